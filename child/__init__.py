@@ -1,0 +1,7 @@
+"""The flrunner job process: `ServerEngine`, the link to the parent, the job run loop."""
+
+from __future__ import annotations
+
+from .engine import ServerEngine
+
+__all__ = ["ServerEngine"]

@@ -1,0 +1,217 @@
+"""`ServerEngine`: the `flrunner.ServerEngineSpec` of one job, inside its job process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from flrunner.client import Client
+from flrunner.component import Widget
+from flrunner.errors import FlrunnerError
+from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
+from flrunner.fl_signal import Signal
+from flrunner.job import Job
+from flrunner.shareable import Shareable
+from flrunner.snapshot import RunSnapshot
+from flrunner.spec import ServerEngineSpec
+from flrunner.status import RunStatus
+from flrunner.wire import Message
+from flrunner.workspace import Workspace
+
+from .link import ParentLink
+
+log = logging.getLogger(__name__)
+
+SERVER_IDENTITY = "server"
+
+
+class NotAvailableYet(FlrunnerError, NotImplementedError):
+    """An engine method whose transport is not built yet."""
+
+
+def _not_yet(method: str) -> NotAvailableYet:
+    return NotAvailableYet(
+        f"ServerEngine.{method} needs site messaging through the parent, which is not available yet "
+        "(it lands with the 'sites serve jobs' issue)")
+
+
+class ServerEngine(ServerEngineSpec):
+    """The server engine of one job.
+
+    Args:
+        job_id: the job.
+        workspace: the parent's workspace (the job's run dir lives in it).
+        link: the connection to the parent; None for an engine used without a parent (unit tests).
+    """
+
+    def __init__(self, job_id: str, workspace: Workspace, link: ParentLink | None = None) -> None:
+        self.job_id = job_id
+        self.workspace = workspace
+        self.link = link
+        self.abort_signal = Signal()
+        self.run_status: RunStatus = RunStatus.RUNNING
+        self.exe_error: str | None = None
+        self.progress: Any = None
+        self.components: dict[str, Any] = {}
+        self.widgets: dict[str, Widget] = {}
+        self.aux_handlers: dict[str, Any] = {}
+        self._clients: dict[str, Client] = {}
+        self._revision: int | None = None
+        self._clients_lock = threading.Lock()
+        self._stale = False
+        self.fl_ctx_mgr = FLContextManager(
+            engine=self, identity_name=SERVER_IDENTITY, job_id=job_id,
+            private_stickers={FLContextKey.WORKSPACE_OBJECT: workspace, FLContextKey.RUN_ABORT_SIGNAL: self.abort_signal})
+
+    # --- components -----------------------------------------------------------------------------
+    def add_component(self, component_id: str, component: Any) -> None:
+        if component_id in self.components:
+            raise ValueError(f"duplicate component id '{component_id}'")
+        self.components[component_id] = component
+        if isinstance(component, Widget):
+            self.widgets[component_id] = component
+
+    def get_component(self, component_id: str) -> object:
+        return self.components.get(component_id)
+
+    def get_widget(self, widget_id: str) -> Widget:
+        return self.widgets.get(widget_id)  # type: ignore[return-value]
+
+    def get_workspace(self) -> Workspace:
+        return self.workspace
+
+    def new_context(self) -> FLContext:
+        return self.fl_ctx_mgr.new_context()
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext):
+        """Call ``handle_event`` of every component that has one; a failing handler is logged."""
+        for cid, comp in list(self.components.items()):
+            handler = getattr(comp, "handle_event", None)
+            if callable(handler):
+                try:
+                    handler(event_type, fl_ctx)
+                except Exception:
+                    log.exception("component '%s' failed handling event %s", cid, event_type)
+
+    # --- clients ---------------------------------------------------------------------------------------
+    def get_clients(self) -> List[Client]:
+        if self._revision is None or self._stale:
+            self.sync_clients_from_main_process()
+        with self._clients_lock:
+            return list(self._clients.values())
+
+    def sync_clients_from_main_process(self):
+        """Fetch the site list from the parent: in full the first time, then only the changes."""
+        if self.link is None:
+            return self.get_clients_cached()
+        with self._clients_lock:
+            since = None if self._stale else self._revision
+        reply = self.link.request("sync_clients", {"since": since}).body
+        with self._clients_lock:
+            if "clients" in reply:
+                self._clients = {d["name"]: Client.from_dict(d) for d in reply["clients"]}
+            else:
+                self._apply(reply["changes"])
+            self._revision = reply["revision"]
+            self._stale = False
+            return list(self._clients.values())
+
+    def get_clients_cached(self) -> List[Client]:
+        with self._clients_lock:
+            return list(self._clients.values())
+
+    def validate_targets(self, client_names: List[str]) -> Tuple[List[Client], List[str]]:
+        """(known clients, names that are not logged-in sites)."""
+        by_name = {c.name: c for c in self.get_clients()}
+        return [by_name[n] for n in client_names if n in by_name], [n for n in client_names if n not in by_name]
+
+    def get_client_name_from_token(self, token: str) -> str:
+        with self._clients_lock:
+            for c in self._clients.values():
+                if c.token and c.token == token:
+                    return c.name
+        return None  # type: ignore[return-value]
+
+    def on_clients_changed(self, body: dict) -> None:
+        """A push from the parent (I/O thread): apply the delta, or mark the cache stale."""
+        with self._clients_lock:
+            if self._revision is not None and body.get("base") == self._revision:
+                self._apply(body.get("changes", []))
+                self._revision = body.get("revision")
+            else:
+                self._stale = True
+
+    def _apply(self, changes: list) -> None:
+        for change in changes:
+            if change.get("op") == "add":
+                c = Client.from_dict(change["client"])
+                self._clients[c.name] = c
+            elif change.get("op") == "remove":
+                self._clients.pop(change.get("name"), None)
+
+    # --- status ---------------------------------------------------------------------------------------------
+    def set_run_progress(self, progress: Any) -> None:
+        """Set the progress detail (a string or a small dict) sent by the next `update_job_run_status`."""
+        self.progress = progress
+
+    def update_job_run_status(self):
+        """Push run status, progress and execution error; returns the status the parent stored."""
+        body = {"status": self.run_status.value, "progress": self.progress, "error": self.exe_error}
+        if self.link is None:
+            return self.run_status.value
+        return self.link.request("run_status", body).body.get("status")
+
+    def on_push(self, msg: Message) -> None:
+        if msg.op == "abort":
+            log.warning("abort requested by the parent: %s", msg.body.get("reason"))
+            self.abort_signal.trigger(msg.body.get("reason") or "aborted")
+        elif msg.op == "clients_changed":
+            self.on_clients_changed(msg.body)
+        else:
+            log.warning("ignored unknown push '%s' from the parent", msg.op[:60])
+
+    # --- persistence -------------------------------------------------------------------------------------
+    def persist_components(self, fl_ctx: FLContext, completed: bool):
+        """Snapshot components that have ``get_persist_state`` to the run dir (atomic write)."""
+        snapshot = RunSnapshot(self.job_id)
+        for cid, comp in self.components.items():
+            getter = getattr(comp, "get_persist_state", None)
+            if callable(getter):
+                snapshot.set_component_snapshot(cid, getter(fl_ctx))
+        snapshot.completed = completed
+        snapshot.save(self.workspace.get_snapshot_path(self.job_id))
+        return snapshot
+
+    def restore_components(self, snapshot: RunSnapshot, fl_ctx: FLContext):
+        """Give each component that has ``restore`` its state from ``snapshot``."""
+        for cid, comp in self.components.items():
+            restorer = getattr(comp, "restore", None)
+            state = snapshot.get_component_snapshot(cid)
+            if callable(restorer) and cid in snapshot.component_states:
+                restorer(state, fl_ctx)
+
+    # --- aux messaging and site jobs ------------------------------------------------------------------
+    def register_aux_message_handler(self, topic: str, message_handle_func):
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"aux topic must be a non-empty string, got {topic!r}")
+        if not callable(message_handle_func):
+            raise TypeError(f"aux handler for topic '{topic}' must be callable, got {type(message_handle_func).__name__}")
+        if topic in self.aux_handlers:
+            raise ValueError(f"an aux handler is already registered for topic '{topic}'")
+        self.aux_handlers[topic] = message_handle_func
+
+    def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
+                         optional=False, secure=False) -> dict:
+        raise _not_yet("send_aux_request")
+
+    def check_client_resources(self, job: Job, resource_reqs: Dict[str, dict], fl_ctx: FLContext
+                               ) -> Dict[str, Tuple[bool, Optional[str]]]:
+        raise _not_yet("check_client_resources")
+
+    def cancel_client_resources(self, resource_check_results: Dict[str, Tuple[bool, str]],
+                                resource_reqs: Dict[str, dict], fl_ctx: FLContext):
+        raise _not_yet("cancel_client_resources")
+
+    def start_client_job(self, job_id, client_sites, fl_ctx: FLContext):
+        raise _not_yet("start_client_job")

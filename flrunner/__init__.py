@@ -1,0 +1,34 @@
+"""flrunner: the server-side job runtime for federated learning.
+
+The public API shared by the parent, job processes, sites and embedding programs:
+the engine spec (`ServerEngineSpec`), the types its methods use, the embedding handle
+(`FLRunner`) and the admin client.
+"""
+
+from __future__ import annotations
+
+from .admin import AdminClient, StatusFeed
+from .client import Client
+from .component import Controller, FLComponent, Widget
+from .embed import FLRunner
+from .errors import (BadRequest, Conflict, FlrunnerError, JobFolderError, NotFound, ParentUnavailable,
+                     RequestTimeout, Unauthorized)
+from .events import EventType
+from .fl_context import FLContext, FLContextKey, FLContextManager
+from .fl_signal import Signal
+from .job import Job, load_job_folder
+from .shareable import ReturnCode, Shareable, make_reply
+from .snapshot import RunSnapshot
+from .spec import EngineSpec, ServerEngineSpec
+from .status import RunStatus
+from .workspace import Workspace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdminClient", "BadRequest", "Client", "Conflict", "Controller", "EngineSpec", "EventType", "FLComponent",
+    "FLContext", "FLContextKey", "FLContextManager", "FLRunner", "FlrunnerError", "Job", "JobFolderError",
+    "NotFound", "ParentUnavailable", "RequestTimeout", "ReturnCode", "RunSnapshot", "RunStatus",
+    "ServerEngineSpec", "Shareable", "Signal", "StatusFeed", "Unauthorized", "Widget", "Workspace",
+    "load_job_folder", "make_reply",
+]

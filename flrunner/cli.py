@@ -1,0 +1,305 @@
+"""The ``flrunner`` command line: a thin layer over `AdminClient`, `Parent` and `SiteAgent`.
+
+Every listing command takes ``--json`` and then prints one JSON document on stdout. Errors go to
+stderr with exit status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from .errors import FlrunnerError, NotFound, ParentUnavailable
+
+DEFAULT_WORKSPACE_ENV = "FLRUNNER_WORKSPACE"
+
+
+def _workspace(args: argparse.Namespace) -> str:
+    return os.path.abspath(args.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "workspace")
+
+
+def _admin(args: argparse.Namespace):
+    from .admin import AdminClient
+
+    return AdminClient.for_workspace(_workspace(args), timeout=args.timeout)
+
+
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _progress(p: Any) -> str:
+    if p is None:
+        return ""
+    if isinstance(p, dict):
+        return str(p.get("message") or json.dumps(p, sort_keys=True))
+    return str(p)
+
+
+# --- commands ---------------------------------------------------------------------------------------
+def cmd_parent(args: argparse.Namespace) -> int:
+    import logging
+
+    from parent import Parent, ParentConfig
+
+    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = ParentConfig(workspace=_workspace(args), sites_endpoint=args.sites, max_concurrent_jobs=args.max_jobs,
+                       site_timeout=args.site_timeout, abort_grace=args.abort_grace, term_grace=args.term_grace,
+                       log_level=args.log_level, set_process_title=True, install_signal_handlers=True)
+    Parent(cfg).run()
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    import logging
+
+    from .site_agent import default_resources, run_site
+
+    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    resources = default_resources()
+    if args.gpus is not None:
+        resources["num_gpus"] = args.gpus
+    return run_site(args.name, args.server, resources)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        if not args.wait:
+            job_id = admin.submit(args.job_dir)
+            _print_json({"job_id": job_id}) if args.json else print(job_id)
+            return 0
+    from .embed import FLRunner
+
+    runner = FLRunner.attach(_workspace(args), timeout=args.timeout)
+    try:
+        with runner.events() as feed:
+            job_id = runner.submit(args.job_dir)
+            if not args.json:
+                print(job_id, flush=True)
+            final = _follow(runner, feed, job_id, quiet=args.json, timeout=args.wait_timeout)
+        if args.json:
+            _print_json({"job_id": job_id, **{k: final[k] for k in ("status", "exit_code", "signal", "error")}})
+        else:
+            print(final["status"])
+        return 0 if final["status"] == "FINISHED:COMPLETED" else 1
+    finally:
+        runner.stop()
+
+
+def _follow(runner: Any, feed: Any, job_id: str, quiet: bool, timeout: float | None) -> dict:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = runner.status(job_id)
+    last = None
+    while True:
+        line = f"{job['status']} {_progress(job.get('progress'))}".strip()
+        if line != last and not quiet:
+            print(f"  {job_id[:8]}  {line}", file=sys.stderr, flush=True)
+            last = line
+        if job["status"].startswith("FINISHED:"):
+            return runner.status(job_id)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise FlrunnerError(f"job {job_id} still {job['status']} after {timeout}s")
+        event = feed.next(left)
+        if event is not None and event["job_id"] == job_id:
+            job = event
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        jobs = admin.jobs()
+    if args.json:
+        _print_json(jobs)
+        return 0
+    _table([[j["job_id"], j["name"], j["status"], _ago(j["submit_time"]), j["pid"], _progress(j.get("progress"))]
+            for j in jobs], ["JOB ID", "NAME", "STATUS", "SUBMITTED", "PID", "PROGRESS"])
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        job = admin.status(args.job_id)
+    if args.json:
+        _print_json(job)
+        return 0
+    for key in ("job_id", "name", "status", "pid", "exit_code", "signal"):
+        print(f"{key + ':':<11}{'-' if job.get(key) is None else job[key]}")
+    if job.get("progress") is not None:
+        print(f"{'progress:':<11}{_progress(job['progress'])}")
+    if job.get("error"):
+        print("error:\n  " + job["error"].rstrip().replace("\n", "\n  "))
+    print("history:")
+    for h in job["history"]:
+        print(f"  {_ago(h['time'])}  {h['status']:<30} {h['reason']}")
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        job = admin.abort(args.job_id, args.reason)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"{job['job_id']}: {job['status']}" + ("" if job["status"].startswith("FINISHED") else " (abort requested)"))
+    return 0
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        clients = admin.clients()
+    if args.json:
+        _print_json(clients)
+        return 0
+    _table([[c["name"], _ago(c["login_time"]), _ago(c["last_seen"]), json.dumps(c["props"].get("resources", {}))]
+            for c in clients], ["NAME", "LOGGED IN", "LAST SEEN", "RESOURCES"])
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    with _admin(args) as admin:
+        ps = admin.ps()
+    if args.json:
+        _print_json(ps)
+        return 0
+
+    def mb(b: int | None) -> str:
+        return "-" if b is None else f"{b / 2**20:.1f}M"
+
+    def pct(c: float | None) -> str:
+        return "-" if c is None else f"{c:.1f}"
+
+    def up(s: float | None) -> str:
+        return "-" if s is None else f"{s:.0f}s"
+
+    p = ps["parent"]
+    rows = [[p["pid"], "parent", "-", pct(p["cpu_percent"]), mb(p["rss_bytes"]), up(p["uptime_s"])]]
+    rows += [[j["pid"], j["job_id"], j["status"], pct(j["cpu_percent"]), mb(j["rss_bytes"]), up(j["uptime_s"])]
+             for j in ps["jobs"]]
+    _table(rows, ["PID", "JOB", "STATUS", "CPU%", "RSS", "UPTIME"])
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .workspace import Workspace
+
+    ws = Workspace(_workspace(args))
+    job_id, final = args.job_id, True
+    try:
+        with _admin(args) as admin:
+            job = admin.status(args.job_id)
+        job_id, final = job["job_id"], job["status"].startswith("FINISHED:")
+    except ParentUnavailable:
+        if args.follow:
+            raise
+    path = ws.get_app_log_file_path(job_id)
+    if not os.path.exists(path):
+        raise NotFound(f"no log for job '{args.job_id}' in {ws.get_root_dir()} ({path})")
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                continue
+            if not args.follow or final:
+                return 0
+            time.sleep(0.2)
+            with _admin(args) as admin:
+                final = admin.status(job_id)["status"].startswith("FINISHED:")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(sites=args.sites, rounds=args.rounds, keep=args.keep)
+
+
+# --- parser ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flrunner", description="Server-side job runtime for federated learning.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def admin_cmd(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--workspace", "-w", help=f"the parent's workspace (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the parent's reply")
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        return sp
+
+    sp = sub.add_parser("parent", help="run the parent in the foreground (SIGTERM/SIGINT: graceful stop)")
+    sp.add_argument("--workspace", "-w", help=f"workspace folder (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
+    sp.add_argument("--sites", default="tcp://127.0.0.1:8002", help="endpoint sites connect to (default %(default)s)")
+    sp.add_argument("--max-jobs", type=int, default=8, help="jobs running at once (default %(default)s)")
+    sp.add_argument("--site-timeout", type=float, default=30.0, help="drop a site silent this long (s)")
+    sp.add_argument("--abort-grace", type=float, default=5.0, help="abort request -> SIGTERM (s)")
+    sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")
+    sp.add_argument("--log-level", default="INFO")
+    sp.set_defaults(func=cmd_parent)
+
+    sp = sub.add_parser("site", help="run a site agent in the foreground")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--server", required=True, help="the parent's sites endpoint, e.g. tcp://127.0.0.1:8002")
+    sp.add_argument("--gpus", type=int, help="number of GPUs to declare")
+    sp.add_argument("--log-level", default="INFO")
+    sp.set_defaults(func=cmd_site)
+
+    sp = admin_cmd("submit", "submit a job folder; prints the job id")
+    sp.add_argument("job_dir")
+    sp.add_argument("--wait", action="store_true", help="return when the job ends; exit 0 only for FINISHED:COMPLETED")
+    sp.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
+    sp.set_defaults(func=cmd_submit)
+    admin_cmd("jobs", "list jobs").set_defaults(func=cmd_jobs)
+    sp = admin_cmd("status", "one job with its status history")
+    sp.add_argument("job_id")
+    sp.set_defaults(func=cmd_status)
+    sp = admin_cmd("abort", "abort a job")
+    sp.add_argument("job_id")
+    sp.add_argument("--reason", default=None)
+    sp.set_defaults(func=cmd_abort)
+    admin_cmd("clients", "the site registry").set_defaults(func=cmd_clients)
+    admin_cmd("ps", "the parent and every job process: pid, job, status, cpu, rss, uptime").set_defaults(func=cmd_ps)
+    sp = admin_cmd("logs", "print a job's log", json_flag=False)
+    sp.add_argument("job_id")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    sp.set_defaults(func=cmd_logs)
+
+    sp = sub.add_parser("demo", help="a parent, a few sites and a sample job, end to end, in a temporary workspace")
+    sp.add_argument("--sites", type=int, default=3)
+    sp.add_argument("--rounds", type=int, default=5)
+    sp.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FlrunnerError as exc:
+        print(f"flrunner {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,138 @@
+"""``flrunner demo``: a parent, a few site agents and the sample job, end to end.
+
+Everything runs as real processes in a temporary workspace, and every process is stopped
+(gracefully, then by process group) before the demo returns, also when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .admin import AdminClient, find_parent
+from .errors import FlrunnerError, ParentUnavailable
+from .examples import example_job
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "flrunner", *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        log.close()
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # the process and anything it left in its group
+        except (ProcessLookupError, PermissionError):
+            pass
+        p.wait()
+
+
+def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise FlrunnerError(f"{what}: the process exited with code {proc.returncode}")
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise FlrunnerError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout) -> int:
+    """Run the demo; returns 0 when the sample job ends ``FINISHED:COMPLETED``."""
+    root = Path(tempfile.mkdtemp(prefix="flrunner-demo-"))
+    ws = root / "workspace"
+    procs: list[subprocess.Popen] = []
+
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    try:
+        say(f"workspace: {ws}")
+        parent = _spawn(["parent", "--workspace", str(ws), "--sites", "tcp://127.0.0.1:*", "--site-timeout", "10"],
+                        root / "parent.out")
+        procs.append(parent)
+
+        def parent_up():
+            try:
+                return find_parent(ws)
+            except ParentUnavailable:
+                return None
+
+        info = _wait_for("the parent to start", parent_up, 30, parent)
+        say(f"parent pid {info['pid']}; sites connect to {info['sites']}")
+        for i in range(1, sites + 1):
+            procs.append(_spawn(["site", "--name", f"site-{i}", "--server", info["sites"]], root / f"site-{i}.out"))
+        with AdminClient(info["admin"]) as admin:
+            _wait_for(f"{sites} sites to log in", lambda: len(admin.clients()) >= sites, 30)
+            say("sites logged in: " + ", ".join(sorted(c["name"] for c in admin.clients())))
+
+            job_dir = root / "hello"
+            shutil.copytree(example_job("hello"), job_dir)
+            cfg_path = job_dir / "app_server" / "config" / "config_fed_server.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["workflows"][0]["args"]["num_rounds"] = rounds
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+
+            from .embed import FLRunner
+
+            runner = FLRunner(info["admin"])
+            try:
+                with runner.events() as feed:
+                    job_id = runner.submit(job_dir)
+                    say(f"submitted job {job_id}")
+                    t0 = time.monotonic()
+                    seen = None
+                    job = runner.status(job_id)
+                    while True:
+                        progress = job.get("progress") or {}
+                        line = job["status"] + (f"  {progress.get('message')}" if isinstance(progress, dict) and progress else "")
+                        if line != seen:
+                            say(f"  [{time.monotonic() - t0:6.2f}s] {line}")
+                            seen = line
+                        if job["status"].startswith("FINISHED:"):
+                            break
+                        event = feed.next(60)
+                        if event is None:
+                            raise FlrunnerError("no status change for 60s")
+                        if event["job_id"] == job_id:
+                            job = event
+                final = runner.status(job_id)
+            finally:
+                runner.stop()
+        say(f"final status: {final['status']}")
+        if final["status"] != "FINISHED:COMPLETED":
+            say(f"job log: {ws / 'jobs' / job_id / 'log.txt'}")
+            return 1
+        return 0
+    except FlrunnerError as exc:
+        say(f"demo failed: {exc}")
+        return 1
+    finally:
+        _stop(procs[1:])  # sites first, so they log out cleanly
+        _stop(procs[:1])
+        if keep:
+            say(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

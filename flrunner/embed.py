@@ -1,0 +1,173 @@
+"""`FLRunner`: drive flrunner from Python, in-process or attached to a running parent.
+
+::
+
+    from flrunner import FLRunner
+
+    with FLRunner.start("/srv/fl/ws", sites_endpoint="tcp://127.0.0.1:8002") as runner:
+        runner.on_status(lambda job: print(job["job_id"], job["status"]))
+        job_id = runner.submit("jobs/hello")
+        final = runner.wait(job_id, timeout=60)
+
+`start` runs a parent on a background thread of this process (no signal handlers, no process
+title change); `attach` talks to a parent already running on a workspace. Both use the same admin
+socket, so they behave the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from .admin import AdminClient, StatusFeed, find_parent
+from .errors import FlrunnerError
+
+log = logging.getLogger(__name__)
+
+
+def is_final(status: str) -> bool:
+    return status.startswith("FINISHED:")
+
+
+class FLRunner:
+    """A handle on one parent. Thread-safe."""
+
+    def __init__(self, admin_endpoint: str, parent: Any = None, thread: threading.Thread | None = None,
+                 timeout: float = 10.0) -> None:
+        self.admin_endpoint = admin_endpoint
+        self.timeout = timeout
+        self._parent = parent
+        self._thread = thread
+        self._client = AdminClient(admin_endpoint, timeout)
+        self._lock = threading.Lock()
+        self._watchers: list[_Watcher] = []
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def start(cls, workspace: str | os.PathLike, **options: Any) -> FLRunner:
+        """Start a parent on a background thread; options are `parent.ParentConfig` fields.
+
+        Raises:
+            WorkspaceBusy: another parent runs on the workspace.
+        """
+        from parent import Parent, ParentConfig
+
+        options.setdefault("sites_endpoint", "tcp://127.0.0.1:*")
+        parent = Parent(ParentConfig(workspace=str(workspace), **options))
+        parent.start()
+        thread = threading.Thread(target=parent.run, name="flrunner-parent", daemon=True)
+        thread.start()
+        return cls(parent.admin.endpoint, parent, thread)
+
+    @classmethod
+    def attach(cls, workspace: str | os.PathLike, timeout: float = 10.0) -> FLRunner:
+        """Talk to the parent already running on ``workspace``."""
+        return cls(find_parent(workspace)["admin"], timeout=timeout)
+
+    @property
+    def sites_endpoint(self) -> str | None:
+        """Where sites connect (only known for a parent started by this process)."""
+        return self._parent.sites.endpoint if self._parent is not None else None
+
+    # --- requests ------------------------------------------------------------------------------------
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            return fn(*args)
+
+    def submit(self, job_dir: str | os.PathLike) -> str:
+        """Validate and queue a job folder; returns its job id (raises `JobFolderError`-coded errors)."""
+        return self._call(self._client.submit, job_dir)
+
+    def status(self, job_id: str) -> dict:
+        """One job with its history: ``job_id, name, status, history, pid, exit_code, signal, …``."""
+        return self._call(self._client.status, job_id)
+
+    def jobs(self) -> list[dict]:
+        return self._call(self._client.jobs)
+
+    def abort(self, job_id: str, reason: str | None = None) -> dict:
+        return self._call(self._client.abort, job_id, reason)
+
+    def clients(self) -> list[dict]:
+        return self._call(self._client.clients)
+
+    def ps(self) -> dict:
+        return self._call(self._client.ps)
+
+    def events(self) -> StatusFeed:
+        """An iterator of every status change from now on (close it when done)."""
+        return StatusFeed(self.admin_endpoint, self.timeout)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict:
+        """Block until the job ends; return its final record (with history).
+
+        Raises:
+            TimeoutError: it did not end within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.events() as feed:  # subscribe before reading, so no change slips between
+            job = self.status(job_id)
+            job_id = job["job_id"]
+            while not is_final(job["status"]):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout}s")
+                event = feed.next(left)
+                if event is not None and event["job_id"] == job_id and is_final(event["status"]):
+                    break
+            return self.status(job_id)
+
+    def on_status(self, callback: Callable[[dict], None]) -> Callable[[], None]:
+        """Call ``callback(job)`` on a background thread for every status change; returns a cancel function."""
+        watcher = _Watcher(self.events(), callback)
+        self._watchers.append(watcher)
+        return watcher.cancel
+
+    # --- shutdown -------------------------------------------------------------------------------------------
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop watchers; stop the parent if this process started it (running jobs are aborted)."""
+        for w in self._watchers:
+            w.cancel()
+        self._watchers.clear()
+        if self._parent is not None:
+            self._parent.stop("stopped by the embedding program")
+            if self._thread is not None:
+                self._thread.join(timeout)
+                if self._thread.is_alive():
+                    raise FlrunnerError(f"the parent did not stop within {timeout}s")
+        self._client.close()
+
+    def __enter__(self) -> FLRunner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class _Watcher:
+    def __init__(self, feed: StatusFeed, callback: Callable[[dict], None]) -> None:
+        self.feed = feed
+        self.callback = callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flrunner-status-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                job = self.feed.next(0.2)
+                if job is not None:
+                    try:
+                        self.callback(job)
+                    except Exception:
+                        log.exception("status callback failed")
+        finally:
+            self.feed.close()
+
+    def cancel(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2.0)

@@ -1,0 +1,241 @@
+"""The job folder: NVIDIA FLARE's layout, parsed and validated; and the `Job` object.
+
+A job folder holds ``meta.json`` and one folder per app. ``deploy_map`` in ``meta.json`` maps
+each app folder to the participants that run it: ``"server"``, site names, or ``"@ALL"``
+(the server and every site). The server's app has ``config/config_fed_server.json``; an app
+for sites has ``config/config_fed_client.json``; either may have ``custom/`` with Python code.
+
+Validation happens once, at submit, and names the file and the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import JobFolderError
+
+META_FILE = "meta.json"
+SERVER_CONFIG = "config/config_fed_server.json"
+CLIENT_CONFIG = "config/config_fed_client.json"
+SERVER = "server"
+ALL_SITES = "@ALL"
+RESOURCE_KEYS = frozenset({"num_cpus", "mem_gb", "num_gpus"})
+_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class ComponentDef:
+    """One entry of a config's ``components`` or ``workflows`` list."""
+
+    id: str
+    path: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class ServerApp:
+    """The parsed server app config."""
+
+    name: str
+    format_version: int
+    workflows: list[ComponentDef]
+    components: list[ComponentDef]
+
+
+@dataclass
+class JobDefinition:
+    """A validated job folder.
+
+    Attributes:
+        folder: where it was read from.
+        meta: ``meta.json`` as read.
+        name: the job name.
+        deploy_map: app folder -> participants.
+        server_app: the app deployed to ``"server"`` and its parsed config.
+    """
+
+    folder: Path
+    meta: dict
+    name: str
+    deploy_map: dict[str, list[str]]
+    server_app: ServerApp
+    min_clients: int = 0
+    mandatory_clients: list[str] = field(default_factory=list)
+    resource_spec: dict[str, dict] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+class Job:
+    """A job as the engine API sees it (NVIDIA FLARE's `Job`)."""
+
+    def __init__(self, job_id: str, resource_spec: dict, deploy_map: dict, meta: dict,
+                 min_sites: int = 1, required_sites: list | None = None) -> None:
+        self.job_id = job_id
+        self.resource_spec = resource_spec
+        self.deploy_map = deploy_map
+        self.meta = meta
+        self.min_sites = min_sites
+        self.required_sites = list(required_sites or [])
+        self.name = meta.get("name", job_id)
+
+    def get_application_name(self, participant: str) -> str | None:
+        """The app folder that ``participant`` runs, or None if it runs none."""
+        for app, targets in self.deploy_map.items():
+            if participant in targets or ALL_SITES in targets:
+                return app
+        return None
+
+    def get_deployment(self) -> dict:
+        return dict(self.deploy_map)
+
+    def __repr__(self) -> str:
+        return f"Job({self.job_id!r}, name={self.name!r})"
+
+
+def _read_json(folder: Path, rel: str) -> Any:
+    path = folder / rel
+    if path.is_symlink() and not _inside(path.resolve(), folder.resolve()):
+        raise JobFolderError(rel, None, "is a symlink that leaves the job folder")
+    if not path.is_file():
+        raise JobFolderError(rel, None, "is missing")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise JobFolderError(rel, None, f"is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobFolderError(rel, None, f"is not valid JSON ({exc})") from None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _component_list(rel: str, key: str, value: Any, seen: set[str]) -> list[ComponentDef]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise JobFolderError(rel, key, f"must be a list, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise JobFolderError(rel, where, f"must be an object, got {type(item).__name__}")
+        cid, path, args = item.get("id"), item.get("path"), item.get("args", {})
+        if not isinstance(cid, str) or not cid:
+            raise JobFolderError(rel, f"{where}.id", "must be a non-empty string")
+        if cid in seen:
+            raise JobFolderError(rel, f"{where}.id", f"duplicate id '{cid}'")
+        seen.add(cid)
+        if not isinstance(path, str) or not _PATH_RE.match(path):
+            raise JobFolderError(rel, f"{where}.path", f"must be 'module.Class', got {path!r}")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise JobFolderError(rel, f"{where}.args", f"must be an object, got {type(args).__name__}")
+        unknown = set(item) - {"id", "path", "args", "name"}
+        if unknown:
+            raise JobFolderError(rel, where, f"unknown key(s) {', '.join(sorted(unknown))}")
+        out.append(ComponentDef(cid, path, args))
+    return out
+
+
+def parse_server_app(app_dir: Path, app_name: str) -> ServerApp:
+    """Parse and validate ``<app>/config/config_fed_server.json``."""
+    rel = f"{app_name}/{SERVER_CONFIG}"
+    cfg = _read_json(app_dir.parent, rel)
+    if not isinstance(cfg, dict):
+        raise JobFolderError(rel, None, f"must hold a JSON object, got {type(cfg).__name__}")
+    fv = cfg.get("format_version", 2)
+    if not isinstance(fv, int) or isinstance(fv, bool) or fv != 2:
+        raise JobFolderError(rel, "format_version", f"must be 2, got {fv!r}")
+    seen: set[str] = set()
+    workflows = _component_list(rel, "workflows", cfg.get("workflows"), seen)
+    components = _component_list(rel, "components", cfg.get("components"), seen)
+    if not workflows:
+        raise JobFolderError(rel, "workflows", "must list at least one workflow")
+    return ServerApp(app_name, fv, workflows, components)
+
+
+def _int_field(meta: dict, key: str, default: int) -> int:
+    value = meta.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise JobFolderError(META_FILE, key, f"must be a non-negative integer, got {value!r}")
+    return value
+
+
+def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
+    """Read and validate a job folder.
+
+    Raises:
+        JobFolderError: naming the file and field that is wrong.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise JobFolderError(str(folder), None, "is not a directory")
+    meta = _read_json(root, META_FILE)
+    if not isinstance(meta, dict):
+        raise JobFolderError(META_FILE, None, f"must hold a JSON object, got {type(meta).__name__}")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise JobFolderError(META_FILE, "name", f"must be a non-empty string, got {name!r}")
+    if len(name) > 128 or any(c in name for c in "\n\r\0"):
+        raise JobFolderError(META_FILE, "name", "must be at most 128 characters on one line")
+
+    dm = meta.get("deploy_map")
+    if not isinstance(dm, dict) or not dm:
+        raise JobFolderError(META_FILE, "deploy_map",
+                             f"must be a non-empty object mapping app folders to participants, got {dm!r:.80}")
+    deploy_map: dict[str, list[str]] = {}
+    server_apps = []
+    for app, targets in dm.items():
+        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+            raise JobFolderError(META_FILE, f"deploy_map.{app}", "must be a list of participant names")
+        if not _NAME_RE.match(app) or app in (".", ".."):
+            raise JobFolderError(META_FILE, f"deploy_map.{app}", "is not a valid app folder name")
+        app_dir = root / app
+        if app_dir.is_symlink() or not app_dir.is_dir():
+            raise JobFolderError(META_FILE, f"deploy_map.{app}", f"app folder '{app}' is missing")
+        if SERVER in targets or ALL_SITES in targets:
+            server_apps.append(app)
+        deploy_map[app] = list(targets)
+    if len(server_apps) != 1:
+        raise JobFolderError(META_FILE, "deploy_map",
+                             f"exactly one app must be deployed to 'server', found {len(server_apps)}")
+    server_app = parse_server_app(root / server_apps[0], server_apps[0])
+
+    min_clients = _int_field(meta, "min_clients", 0)
+    mandatory = meta.get("mandatory_clients", [])
+    if not isinstance(mandatory, list) or not all(isinstance(s, str) for s in mandatory):
+        raise JobFolderError(META_FILE, "mandatory_clients", "must be a list of site names")
+    rs = meta.get("resource_spec", {})
+    if not isinstance(rs, dict):
+        raise JobFolderError(META_FILE, "resource_spec", "must be an object mapping site names to requirements")
+    for site, spec in rs.items():
+        if not isinstance(spec, dict):
+            raise JobFolderError(META_FILE, f"resource_spec.{site}", "must be an object")
+        for k, v in spec.items():
+            if k not in RESOURCE_KEYS:
+                raise JobFolderError(META_FILE, f"resource_spec.{site}.{k}",
+                                     f"unknown resource (known: {', '.join(sorted(RESOURCE_KEYS))})")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise JobFolderError(META_FILE, f"resource_spec.{site}.{k}", f"must be a non-negative number, got {v!r}")
+    timeout = meta.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise JobFolderError(META_FILE, "timeout", f"must be a positive number of seconds, got {timeout!r}")
+    return JobDefinition(root, meta, name, deploy_map, server_app, min_clients, list(mandatory), dict(rs),
+                         float(timeout) if timeout is not None else None)
+
+
+def job_from_definition(job_id: str, jd: JobDefinition) -> Job:
+    return Job(job_id, jd.resource_spec, jd.deploy_map, jd.meta, jd.min_clients, jd.mandatory_clients)

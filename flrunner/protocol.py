@@ -1,0 +1,150 @@
+"""The operations of the flrunner protocol: their names, their body fields and validation.
+
+This layer knows nothing of sockets (see `flrunner.wire`) and nothing of jobs' internals; it says
+what each operation carries and checks that a received body has exactly that shape. Handlers on
+each side look operations up here by name, so an unknown op or a wrong field is refused the same
+way everywhere, with a reason that names the op and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import BadRequest
+
+
+class Rc:
+    """Reply codes on the wire."""
+
+    OK = "OK"
+    BAD_REQUEST = "BAD_REQUEST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    TIMEOUT = "TIMEOUT"
+    NOT_READY = "NOT_READY"
+    ERROR = "ERROR"
+
+
+_NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One body field: its accepted Python types and whether it must be present."""
+
+    types: tuple
+    required: bool = True
+    max_len: int | None = None
+
+    def check(self, op: str, name: str, value: Any) -> None:
+        if isinstance(value, bool) and bool not in self.types:
+            raise BadRequest(f"op '{op}': field '{name}' must be {self._names()}, got bool")
+        if not isinstance(value, self.types):
+            raise BadRequest(f"op '{op}': field '{name}' must be {self._names()}, got {type(value).__name__}")
+        if self.max_len is not None and hasattr(value, "__len__") and len(value) > self.max_len:
+            raise BadRequest(f"op '{op}': field '{name}' is longer than {self.max_len}")
+
+    def _names(self) -> str:
+        return " or ".join(sorted({"null" if t is type(None) else t.__name__ for t in self.types}))
+
+
+def req(*types: type, max_len: int | None = None) -> Field:
+    return Field(types, True, max_len)
+
+
+def opt(*types: type, max_len: int | None = None) -> Field:
+    return Field(types + (type(None),), False, max_len)
+
+
+@dataclass(frozen=True)
+class Op:
+    """An operation: its name, the channel it belongs to, and its request body's fields."""
+
+    name: str
+    doc: str
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    needs_auth: bool = True
+
+    def validate(self, body: Mapping[str, Any]) -> dict:
+        """Check ``body`` against the fields; return a dict with absent optional fields as None."""
+        out: dict[str, Any] = {}
+        for name, spec in self.fields.items():
+            if name not in body or body[name] is None:
+                if spec.required:
+                    raise BadRequest(f"op '{self.name}': missing field '{name}'")
+                out[name] = None
+                continue
+            spec.check(self.name, name, body[name])
+            out[name] = body[name]
+        unknown = sorted(k for k in body if k not in self.fields)
+        if unknown:
+            raise BadRequest(f"op '{self.name}': unknown field(s) {', '.join(map(str, unknown))}")
+        return out
+
+
+class OpTable:
+    """The operations one socket serves."""
+
+    def __init__(self, channel: str, *ops: Op) -> None:
+        self.channel = channel
+        self._ops = {op.name: op for op in ops}
+
+    def get(self, name: str) -> Op:
+        try:
+            return self._ops[name]
+        except KeyError:
+            known = ", ".join(sorted(self._ops))
+            raise BadRequest(f"unknown op '{name[:60]}' on the {self.channel} socket (known: {known})") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._ops
+
+    def __iter__(self):
+        return iter(self._ops.values())
+
+
+_ID = 128  # longest job id / site name / token on the wire
+
+# --- child -> parent (jobs socket) -------------------------------------------------------------
+HELLO = Op("hello", "A job process authenticates with its job id and per-job secret.",
+           {"job_id": req(str, max_len=_ID), "secret": req(str, max_len=256), "pid": req(int)}, needs_auth=False)
+SYNC_CLIENTS = Op("sync_clients", "The site list: all of it, or the changes since registry revision 'since'.",
+                  {"since": opt(int)})
+RUN_STATUS = Op("run_status", "The engine's run status; acknowledged once durable in the job store.",
+                {"status": opt(str, max_len=64), "progress": opt(str, dict, max_len=4096),
+                 "error": opt(str, max_len=65536)})
+JOB_HEARTBEAT = Op("heartbeat", "A job process is alive.", {})
+AUX = Op("aux", "A request for given sites and topic, to be routed (served by the sites issue).",
+         {"targets": opt(list), "topic": req(str, max_len=256), "timeout": opt(int, float)})
+JOB_OPS = OpTable("jobs", HELLO, SYNC_CLIENTS, RUN_STATUS, JOB_HEARTBEAT, AUX)
+
+# --- parent -> child pushes --------------------------------------------------------------------
+ABORT = Op("abort", "Stop the job: workflows see abort_signal.triggered.", {"reason": opt(str)})
+CLIENTS_CHANGED = Op("clients_changed", "The site registry changed; the body is the delta.",
+                     {"revision": req(int), "changes": req(list), "base": req(int)})
+CHILD_PUSHES = OpTable("child", ABORT, CLIENTS_CHANGED)
+
+# --- site <-> parent (sites socket) ------------------------------------------------------------
+LOGIN = Op("login", "A site logs in with its name (and, later, credentials) and gets a token.",
+           {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int)}, needs_auth=False)
+SITE_HEARTBEAT = Op("heartbeat", "A site is alive.", {"token": req(str, max_len=_ID)})
+LOGOUT = Op("logout", "A site leaves the registry.", {"token": req(str, max_len=_ID)})
+SITE_OPS = OpTable("sites", LOGIN, SITE_HEARTBEAT, LOGOUT)
+
+# --- admin -> parent (admin socket) ------------------------------------------------------------
+SUBMIT = Op("submit", "Validate and queue a job folder; reply with its job id.", {"job_dir": req(str, max_len=4096)})
+JOBS = Op("jobs", "Every job, without history.", {})
+STATUS = Op("status", "One job with its status history.", {"job_id": req(str, max_len=_ID)})
+ABORT_JOB = Op("abort", "Abort a job.", {"job_id": req(str, max_len=_ID), "reason": opt(str, max_len=1024)})
+CLIENTS = Op("clients", "The site registry (no tokens).", {})
+PS = Op("ps", "The parent and every job process with cpu, rss and uptime.", {})
+SUBSCRIBE = Op("subscribe", "Push every status change to this peer as 'job_status' until it goes silent.", {})
+UNSUBSCRIBE = Op("unsubscribe", "Stop pushing status changes to this peer.", {})
+PING = Op("ping", "Is the parent serving? Also renews a subscription.", {})
+SHUTDOWN = Op("shutdown", "Stop the parent gracefully (same as SIGTERM).", {})
+ADMIN_OPS = OpTable("admin", SUBMIT, JOBS, STATUS, ABORT_JOB, CLIENTS, PS, SUBSCRIBE, UNSUBSCRIBE, PING, SHUTDOWN)
+
+#: Pushed by the parent to subscribed admin peers.
+JOB_STATUS_EVENT = "job_status"

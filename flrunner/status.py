@@ -1,0 +1,55 @@
+"""Job run statuses and the table of allowed transitions.
+
+The values are NVIDIA FLARE's `RunStatus` strings, stored verbatim in the job store and sent on the
+wire. Transitions only move forward, and nothing leaves a ``FINISHED:*`` status.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class RunStatus(str, enum.Enum):
+    """The status of a job, as stored and reported."""
+
+    SUBMITTED = "SUBMITTED"
+    DISPATCHED = "DISPATCHED"
+    RUNNING = "RUNNING"
+    FINISHED_COMPLETED = "FINISHED:COMPLETED"
+    FINISHED_ABORTED = "FINISHED:ABORTED"
+    FINISHED_EXECUTION_EXCEPTION = "FINISHED:EXECUTION_EXCEPTION"
+    FINISHED_ABNORMAL = "FINISHED:ABNORMAL"
+    FINISHED_CAN_NOT_SCHEDULE = "FINISHED:CAN_NOT_SCHEDULE"
+    FINISHED_FAILED_TO_RUN = "FINISHED:FAILED_TO_RUN"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        return self.value.startswith("FINISHED:")
+
+
+_FINAL_AFTER_LAUNCH = {
+    RunStatus.FINISHED_COMPLETED,
+    RunStatus.FINISHED_ABORTED,
+    RunStatus.FINISHED_EXECUTION_EXCEPTION,
+    RunStatus.FINISHED_ABNORMAL,
+}
+
+#: status -> the statuses it may move to.
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.SUBMITTED: frozenset({RunStatus.DISPATCHED, RunStatus.FINISHED_ABORTED,
+                                    RunStatus.FINISHED_CAN_NOT_SCHEDULE, RunStatus.FINISHED_FAILED_TO_RUN}),
+    RunStatus.DISPATCHED: frozenset({RunStatus.RUNNING, RunStatus.FINISHED_FAILED_TO_RUN} | _FINAL_AFTER_LAUNCH),
+    RunStatus.RUNNING: frozenset(_FINAL_AFTER_LAUNCH),
+    **{s: frozenset() for s in RunStatus if s.is_final},
+}
+
+#: What a job process may report about itself.
+CHILD_REPORTABLE = frozenset({RunStatus.RUNNING, RunStatus.FINISHED_COMPLETED, RunStatus.FINISHED_ABORTED,
+                              RunStatus.FINISHED_EXECUTION_EXCEPTION})
+
+
+def can_move(current: RunStatus, wanted: RunStatus) -> bool:
+    return wanted in TRANSITIONS[current]

@@ -1,0 +1,8 @@
+"""``python -m parent``: the same as ``flrunner parent``."""
+
+import sys
+
+from flrunner.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["parent", *sys.argv[1:]]))

@@ -1,0 +1,120 @@
+"""The admin socket's operations: what the CLI and an embedding platform ask of the parent.
+
+Local admin is authorised by the file system: the socket lives in a 0700 directory of the
+workspace owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import psutil
+
+from flrunner import protocol as P
+from flrunner.errors import BadRequest
+
+from .jobs import JobManager
+from .job_store import JobRecord
+from .registry import SiteRegistry
+from .router import Request, RouterEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class AdminService:
+    """Serves admin clients; pushes status changes to subscribers."""
+
+    def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
+                 subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint = endpoint
+        self.manager = manager
+        self.registry = registry
+        self.subscriber_ttl = subscriber_ttl
+        self.request_stop = request_stop
+        self.workspace = workspace
+        self.clock = clock
+        self.subscribers: dict[bytes, float] = {}
+        self.ready = False
+        self._self_ps = psutil.Process()
+        self._self_ps.cpu_percent(None)
+        for op, handler in ((P.SUBMIT, self.submit), (P.JOBS, self.jobs), (P.STATUS, self.status),
+                            (P.ABORT_JOB, self.abort), (P.CLIENTS, self.clients), (P.PS, self.ps),
+                            (P.SUBSCRIBE, self.subscribe), (P.UNSUBSCRIBE, self.unsubscribe),
+                            (P.PING, self.ping), (P.SHUTDOWN, self.shutdown)):
+            endpoint.on(op, handler)
+
+    def submit(self, req: Request) -> dict:
+        job_dir = req.args["job_dir"]
+        if not os.path.isabs(job_dir):
+            raise BadRequest(f"op 'submit': job_dir must be an absolute path, got '{job_dir[:200]}'")
+        rec = self.manager.submit(job_dir)
+        return {"job_id": rec.job_id, "job": rec.to_dict()}
+
+    def jobs(self, req: Request) -> dict:
+        return {"jobs": [r.to_dict() for r in self.manager.store.list()]}
+
+    def status(self, req: Request) -> dict:
+        return {"job": self.manager.resolve(req.args["job_id"]).to_dict(with_history=True)}
+
+    def abort(self, req: Request) -> dict:
+        rec = self.manager.abort(req.args["job_id"], req.args["reason"] or "aborted by admin")
+        return {"job": rec.to_dict(with_history=True)}
+
+    def clients(self, req: Request) -> dict:
+        return {"clients": self.registry.listing()}
+
+    def ps(self, req: Request) -> dict:
+        now = time.time()
+        me = self._self_ps
+        with me.oneshot():
+            parent = {"pid": me.pid, "workspace": self.workspace, "cpu_percent": me.cpu_percent(None),
+                      "rss_bytes": me.memory_info().rss, "uptime_s": now - me.create_time()}
+        jobs = []
+        for job in self.manager.running.values():
+            status = self.manager.store.get(job.job_id, with_history=False).status.value
+            info = {"job_id": job.job_id, "name": job.name, "pid": job.proc.pid, "status": status,
+                    "cpu_percent": None, "rss_bytes": None, "uptime_s": None}
+            p = job.process_info()
+            if p is not None:
+                try:
+                    with p.oneshot():
+                        info.update(cpu_percent=p.cpu_percent(None), rss_bytes=p.memory_info().rss,
+                                    uptime_s=now - p.create_time())
+                except psutil.Error:
+                    pass
+            jobs.append(info)
+        return {"parent": parent, "jobs": jobs}
+
+    def subscribe(self, req: Request) -> dict:
+        self.subscribers[req.identity] = self.clock()
+        return {"ttl": self.subscriber_ttl}
+
+    def unsubscribe(self, req: Request) -> dict:
+        self.subscribers.pop(req.identity, None)
+        return {}
+
+    def ping(self, req: Request) -> dict:
+        if req.identity in self.subscribers:
+            self.subscribers[req.identity] = self.clock()
+        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready}
+
+    def shutdown(self, req: Request) -> dict:
+        self.request_stop("shutdown requested over the admin socket")
+        return {"stopping": True}
+
+    def publish(self, rec: JobRecord) -> None:
+        """Push a status change to every subscriber."""
+        if not self.subscribers:
+            return
+        body = {"job": rec.to_dict()}
+        for identity in self.subscribers:
+            self.endpoint.push(identity, P.JOB_STATUS_EVENT, body)
+
+    def expire_subscribers(self) -> None:
+        limit = self.clock() - self.subscriber_ttl
+        for identity in [i for i, t in self.subscribers.items() if t < limit]:
+            del self.subscribers[identity]

@@ -1,0 +1,55 @@
+"""The parent's settings. Every timeout and policy is a parameter so tests can drive them fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .launcher import Launcher
+
+DEFAULT_SITES_ENDPOINT = "tcp://127.0.0.1:8002"
+
+
+@dataclass
+class ParentConfig:
+    """Settings of one parent.
+
+    Attributes:
+        workspace: the workspace folder (created if missing).
+        sites_endpoint: where sites connect (``tcp://HOST:PORT``; ``PORT`` may be ``*``).
+        max_concurrent_jobs: jobs running at once; further submissions wait in ``SUBMITTED``.
+        site_timeout: a site silent this long is dropped from the registry.
+        abort_grace: after asking a job to abort, how long before SIGTERM to its process group.
+        term_grace: after SIGTERM, how long before SIGKILL.
+        start_timeout: a job process that has not said hello by then is killed (``FINISHED:ABNORMAL``).
+        child_heartbeat_interval: how often a job process heartbeats to the parent.
+        parent_loss_timeout: a job process that has not heard from its parent this long ends itself.
+        subscriber_ttl: an admin subscription not renewed (ping) within this is dropped.
+        housekeeping_interval: how often silent sites and subscribers are expired.
+        max_msg_size: largest frame accepted on the sites and jobs sockets (ZMQ_MAXMSGSIZE).
+        max_admin_msg_size: largest frame accepted on the admin socket.
+        launcher: starts job processes; the cold `ProcessLauncher` if None.
+        set_process_title: rename the process ``flrunner-parent: <workspace>`` (off when embedded).
+        install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
+        log_to_stderr: also log to stderr (the foreground CLI).
+    """
+
+    workspace: str
+    sites_endpoint: str = DEFAULT_SITES_ENDPOINT
+    max_concurrent_jobs: int = 8
+    site_timeout: float = 30.0
+    abort_grace: float = 5.0
+    term_grace: float = 3.0
+    start_timeout: float = 60.0
+    child_heartbeat_interval: float = 2.0
+    parent_loss_timeout: float = 20.0
+    subscriber_ttl: float = 30.0
+    housekeeping_interval: float = 1.0
+    max_msg_size: int = 1 << 30
+    max_admin_msg_size: int = 1 << 20
+    launcher: Optional[Launcher] = None
+    set_process_title: bool = False
+    install_signal_handlers: bool = False
+    log_to_stderr: bool = False
+    log_level: str = "INFO"
+    on_started: Optional[Callable[[], None]] = field(default=None, repr=False)

@@ -1,0 +1,199 @@
+"""The job store: every job and its status history in SQLite (WAL) in the workspace.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` makes every commit fsync the WAL, so a
+status that was committed survives a ``kill -9`` of the parent and a crash of the machine. The
+parent acknowledges a status change only after `transition` returned, i.e. after the commit.
+
+Monotonicity: `transition` checks the state machine of `flrunner.status` inside the same
+transaction that writes, so nothing ever leaves a ``FINISHED:*`` status.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from flrunner.errors import IllegalTransition, NotFound
+from flrunner.status import RunStatus, can_move
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submit_time REAL NOT NULL,
+    job_dir TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    secret_hash TEXT,
+    pid INTEGER,
+    pid_create_time REAL,
+    exit_code INTEGER,
+    signal INTEGER,
+    progress TEXT,
+    error TEXT,
+    end_time REAL
+);
+CREATE TABLE IF NOT EXISTS history (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    time REAL NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"""
+
+_COLUMNS = ("job_id", "name", "status", "submit_time", "job_dir", "meta", "secret_hash", "pid",
+            "pid_create_time", "exit_code", "signal", "progress", "error", "end_time")
+_UPDATABLE = frozenset({"pid", "pid_create_time", "exit_code", "signal", "progress", "error", "secret_hash"})
+
+
+@dataclass
+class JobRecord:
+    """One job as stored."""
+
+    job_id: str
+    name: str
+    status: RunStatus
+    submit_time: float
+    job_dir: str
+    meta: dict
+    secret_hash: str | None = None
+    pid: int | None = None
+    pid_create_time: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    progress: Any = None
+    error: str | None = None
+    end_time: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self, with_history: bool = False) -> dict:
+        d = {
+            "job_id": self.job_id, "name": self.name, "status": self.status.value,
+            "submit_time": self.submit_time, "end_time": self.end_time, "job_dir": self.job_dir,
+            "pid": self.pid, "exit_code": self.exit_code, "signal": self.signal,
+            "progress": self.progress, "error": self.error,
+        }
+        if with_history:
+            d["history"] = list(self.history)
+        return d
+
+
+class JobStore:
+    """SQLite-backed jobs and history.
+
+    Args:
+        path: the database file.
+        clock: epoch seconds for history times (injected for tests).
+    """
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _row(self, row: tuple) -> JobRecord:
+        d = dict(zip(_COLUMNS, row))
+        d["status"] = RunStatus(d["status"])
+        d["meta"] = json.loads(d["meta"])
+        d["progress"] = json.loads(d["progress"]) if d["progress"] is not None else None
+        return JobRecord(**d)
+
+    def add(self, job_id: str, name: str, job_dir: str, meta: dict, secret_hash: str | None = None,
+            reason: str = "submitted") -> JobRecord:
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO jobs (job_id, name, status, submit_time, job_dir, meta, secret_hash) VALUES (?,?,?,?,?,?,?)",
+                (job_id, name, RunStatus.SUBMITTED.value, now, job_dir, json.dumps(meta), secret_hash))
+            self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, 1, RunStatus.SUBMITTED.value, now, reason))
+        return self.get(job_id)
+
+    def get(self, job_id: str, with_history: bool = True) -> JobRecord:
+        row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job with id '{job_id}'")
+        rec = self._row(row)
+        if with_history:
+            rec.history = [{"status": s, "time": t, "reason": r} for s, t, r in self.db.execute(
+                "SELECT status, time, reason FROM history WHERE job_id=? ORDER BY seq", (job_id,))]
+        return rec
+
+    def list(self, statuses: Iterable[RunStatus] | None = None) -> list[JobRecord]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+        args: tuple = ()
+        if statuses is not None:
+            wanted = [s.value for s in statuses]
+            sql += f" WHERE status IN ({','.join('?' * len(wanted))})"
+            args = tuple(wanted)
+        return [self._row(r) for r in self.db.execute(sql + " ORDER BY submit_time, rowid", args)]
+
+    def transition(self, job_id: str, status: RunStatus, reason: str, **fields: Any) -> JobRecord:
+        """Move a job to ``status`` and record why, durably, in one transaction.
+
+        Raises:
+            IllegalTransition: the state machine does not allow the move (nothing is written).
+            NotFound: no such job.
+        """
+        bad = set(fields) - _UPDATABLE
+        if bad:
+            raise ValueError(f"cannot update column(s) {sorted(bad)}")
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id '{job_id}'")
+            current = RunStatus(row[0])
+            if not can_move(current, status):
+                raise IllegalTransition(job_id, current.value, status.value)
+            sets = {"status": status.value, **self._encode(fields)}
+            if status.is_final:
+                sets["end_time"] = now
+            self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in sets)} WHERE job_id=?",
+                            (*sets.values(), job_id))
+            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job_id=?", (job_id,)).fetchone()[0]
+            self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, seq, status.value, now, reason))
+        return self.get(job_id)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Change non-status fields (progress, pid, …) durably; a finished job keeps its fields."""
+        bad = set(fields) - _UPDATABLE
+        if bad:
+            raise ValueError(f"cannot update column(s) {sorted(bad)}")
+        enc = self._encode(fields)
+        with self.db:
+            self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in enc)} WHERE job_id=? AND status NOT LIKE 'FINISHED:%'",
+                            (*enc.values(), job_id))
+
+    def add_history(self, job_id: str, reason: str) -> None:
+        """A history entry that does not change the status (e.g. an abort request)."""
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            status, = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job_id=?", (job_id,)).fetchone()[0]
+            self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, seq, status, now, reason))
+
+    @staticmethod
+    def _encode(fields: dict) -> dict:
+        out = dict(fields)
+        if "progress" in out:
+            out["progress"] = json.dumps(out["progress"]) if out["progress"] is not None else None
+        return out
+
+    def record_exit(self, job_id: str, exit_code: int | None, signal: int | None) -> None:
+        """Record how a job's process exited, also after the job reached its final status."""
+        with self.db:
+            self.db.execute("UPDATE jobs SET exit_code=?, signal=? WHERE job_id=?", (exit_code, signal, job_id))

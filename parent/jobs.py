@@ -1,0 +1,321 @@
+"""The job manager: submit, schedule, launch, watch, abort, and record how every job ends.
+
+This module is the domain of jobs: it knows the store, the launcher and the timers, and talks
+to the outside only through the callbacks the parent gives it (push a message to a job process,
+watch a file descriptor, announce a status change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+
+from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
+from flrunner.job import load_job_folder
+from flrunner.status import CHILD_REPORTABLE, RunStatus
+from flrunner.workspace import Workspace
+
+from .config import ParentConfig
+from .job_store import JobRecord, JobStore
+from .launcher import Launcher, LaunchSpec
+from .supervision import KillEscalation, RunningJob, describe_exit
+from .timers import Timers
+
+log = logging.getLogger(__name__)
+
+LAUNCHED = (RunStatus.DISPATCHED, RunStatus.RUNNING)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class ManagerHooks:
+    """How the job manager reaches the rest of the parent."""
+
+    watch_fd: Callable[[int, Callable[[], None]], None]
+    unwatch_fd: Callable[[int], None]
+    push_to_child: Callable[[bytes, str, dict], None]
+    on_change: Callable[[JobRecord], None]
+
+
+class JobManager:
+    """Owns every job's lifecycle in one parent."""
+
+    def __init__(self, config: ParentConfig, workspace: Workspace, store: JobStore, launcher: Launcher,
+                 timers: Timers, hooks: ManagerHooks, endpoint: Callable[[], str]) -> None:
+        self.config = config
+        self.ws = workspace
+        self.store = store
+        self.launcher = launcher
+        self.timers = timers
+        self.hooks = hooks
+        self.endpoint = endpoint
+        self.queue: deque[str] = deque()
+        self.running: dict[str, RunningJob] = {}
+        self.by_identity: dict[bytes, str] = {}
+        self.escalation = KillEscalation(timers, config.abort_grace, config.term_grace)
+        self.accepting = True
+
+    # --- start-up -------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Settle what a previous parent left: launched jobs end ABNORMAL, queued jobs wait again.
+
+        A launched job whose process is still alive (same pid and create time) is terminated
+        first, so that no job process runs without a parent that tracks it.
+        """
+        for rec in self.store.list(LAUNCHED):
+            reason = "lost while the parent was down"
+            if rec.pid and _same_process_alive(rec.pid, rec.pid_create_time):
+                try:
+                    os.killpg(rec.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                reason += f"; its process {rec.pid} was still running and was killed (re-adoption is not implemented yet)"
+            self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
+        for rec in self.store.list([RunStatus.SUBMITTED]):
+            self.queue.append(rec.job_id)
+
+    # --- submit and schedule -------------------------------------------------------------------------
+    def submit(self, job_dir: str) -> JobRecord:
+        """Validate a job folder, copy it into the workspace and queue it.
+
+        Raises:
+            JobFolderError: the folder is invalid (the message names file and field).
+        """
+        if not self.accepting:
+            raise Conflict("the parent is shutting down and accepts no new jobs")
+        jd = load_job_folder(job_dir)
+        job_id = str(uuid.uuid4())
+        run_dir = self.ws.get_run_dir(job_id)
+        os.makedirs(run_dir)
+        try:
+            shutil.copytree(jd.folder, self.ws.get_job_folder(job_id))
+            shutil.copytree(jd.folder / jd.server_app.name, self.ws.get_app_dir(job_id))
+        except OSError as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise BadRequest(f"cannot copy job folder {job_dir}: {exc}") from None
+        rec = self.store.add(job_id, jd.name, str(jd.folder.resolve()), jd.meta)
+        log.info("job %s (%s) submitted from %s", job_id, jd.name, job_dir)
+        self.hooks.on_change(rec)
+        self.queue.append(job_id)
+        self.schedule()
+        return self.store.get(job_id)
+
+    def schedule(self) -> None:
+        """Start queued jobs while under the concurrency limit (called on submit and on every exit)."""
+        while self.accepting and self.queue and len(self.running) < self.config.max_concurrent_jobs:
+            self._launch(self.queue.popleft())
+
+    def _launch(self, job_id: str) -> None:
+        rec = self.store.get(job_id, with_history=False)
+        if rec.status is not RunStatus.SUBMITTED:
+            return
+        secret = secrets.token_urlsafe(32)
+        bootstrap = {
+            "job_id": job_id, "job_name": rec.name, "secret": secret, "endpoint": self.endpoint(),
+            "workspace": self.ws.get_root_dir(), "heartbeat_interval": self.config.child_heartbeat_interval,
+            "parent_loss_timeout": self.config.parent_loss_timeout, "log_level": self.config.log_level,
+        }
+        spec = LaunchSpec(job_id, rec.name, bootstrap, self.ws.get_app_log_file_path(job_id), self.ws.get_run_dir(job_id))
+        try:
+            proc = self.launcher.launch(spec)
+        except LaunchError as exc:
+            log.error("job %s: %s", job_id, exc)
+            self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, str(exc))
+            return
+        job = RunningJob(job_id, rec.name, proc, hash_secret(secret), time.monotonic(), last_heard=time.monotonic())
+        self.running[job_id] = job
+        self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(job_id))
+        job.timers.append(self.timers.call_later(self.config.start_timeout, self._start_timeout, job_id))
+        self._transition(job_id, RunStatus.DISPATCHED, f"launched by the {self.launcher.name} launcher as pid {proc.pid}",
+                         pid=proc.pid, pid_create_time=proc.create_time, secret_hash=job.secret_hash)
+
+    def _start_timeout(self, job_id: str) -> None:
+        job = self.running.get(job_id)
+        if job is None or job.identity is not None:
+            return
+        log.error("job %s: no hello within %.1fs; killing it", job_id, self.config.start_timeout)
+        job.start_timed_out = True
+        job.proc.signal_group(signal.SIGKILL)
+
+    # --- messages from job processes --------------------------------------------------------------------
+    def hello(self, identity: bytes, job_id: str, secret: str, pid: int) -> JobRecord:
+        """Authenticate a job process. Raises `Unauthorized` for a wrong job, secret or pid."""
+        job = self.running.get(job_id)
+        if job is None or not hmac.compare_digest(job.secret_hash, hash_secret(secret)):
+            raise Unauthorized("hello refused: unknown job id or wrong secret")
+        if pid != job.proc.pid:
+            raise Unauthorized(f"hello refused: pid {pid} is not the job's process")
+        if job.identity is not None and job.identity != identity:
+            self.by_identity.pop(job.identity, None)
+        job.identity = identity
+        job.last_heard = time.monotonic()
+        self.by_identity[identity] = job_id
+        for t in job.timers:
+            if t.fn == self._start_timeout:
+                t.cancel()
+        rec = self.store.get(job_id, with_history=False)
+        if rec.status is RunStatus.DISPATCHED:
+            rec = self._transition(job_id, RunStatus.RUNNING, f"job process {pid} said hello")
+            timeout = rec.meta.get("timeout")
+            if timeout:
+                job.timers.append(self.timers.call_later(float(timeout), self.abort, job_id,
+                                                         f"timeout: ran longer than {timeout}s"))
+        if job.abort_reason is not None:
+            self.hooks.push_to_child(identity, "abort", {"reason": job.abort_reason})
+        return rec
+
+    def job_for(self, identity: bytes) -> RunningJob:
+        job_id = self.by_identity.get(identity)
+        job = self.running.get(job_id) if job_id else None
+        if job is None:
+            raise Unauthorized("this peer has not said hello with a valid job secret")
+        job.last_heard = time.monotonic()
+        return job
+
+    def report_status(self, job: RunningJob, status: str | None, progress: Any, error: str | None) -> JobRecord:
+        """Store a job process's status report durably (the reply is sent after this returns)."""
+        fields: dict[str, Any] = {}
+        if progress is not None:
+            fields["progress"] = progress
+        if error is not None:
+            fields["error"] = error
+        rec = self.store.get(job.job_id, with_history=False)
+        if status is None or status == rec.status.value:
+            if fields:
+                self.store.update(job.job_id, **fields)
+                rec = self.store.get(job.job_id, with_history=False)
+                self.hooks.on_change(rec)
+            return rec
+        try:
+            wanted = RunStatus(status)
+        except ValueError:
+            raise BadRequest(f"op 'run_status': unknown status '{status[:64]}'") from None
+        if wanted not in CHILD_REPORTABLE:
+            raise BadRequest(f"op 'run_status': a job process cannot report '{status}'")
+        if rec.status.is_final:
+            raise Conflict(f"job {job.job_id} already ended {rec.status.value}; '{status}' ignored")
+        reason = "reported by the job process"
+        if error:
+            reason += f": {error.splitlines()[-1][:500] if error.strip() else error}"
+        elif wanted is RunStatus.FINISHED_ABORTED and job.abort_reason:
+            reason = f"aborted: {job.abort_reason}"
+        return self._transition(job.job_id, wanted, reason, **fields)
+
+    # --- abort and exit -----------------------------------------------------------------------------------
+    def abort(self, job_id: str, reason: str = "aborted by admin") -> JobRecord:
+        """Abort a job: a queued one ends at once; a running one is asked, then SIGTERM, then SIGKILL."""
+        rec = self.resolve(job_id)
+        job_id = rec.job_id
+        if rec.status.is_final:
+            raise Conflict(f"job {job_id} already ended {rec.status.value}")
+        job = self.running.get(job_id)
+        if job is None:
+            try:
+                self.queue.remove(job_id)
+            except ValueError:
+                pass
+            return self._transition(job_id, RunStatus.FINISHED_ABORTED, reason)
+        if job.abort_reason is not None:
+            return rec
+        job.abort_reason = reason
+        self.store.add_history(job_id, f"abort requested: {reason}")
+        log.info("job %s: abort requested (%s)", job_id, reason)
+
+        def ask() -> bool:
+            if job.identity is None:
+                return False
+            self.hooks.push_to_child(job.identity, "abort", {"reason": reason})
+            return True
+
+        self.escalation.start(job, ask)
+        return self.store.get(job_id)
+
+    def on_exit(self, job_id: str) -> None:
+        """The job process exited: clean its group, reap it, and record how the job ended."""
+        job = self.running.get(job_id)
+        if job is None:
+            return
+        # Signal the group while the leader is still unreaped, so the group id cannot be reused.
+        job.proc.signal_group(signal.SIGKILL)
+        rc = job.proc.poll()
+        if rc is None:  # pidfd readable means it exited; tolerate a spurious wake-up
+            return
+        self.hooks.unwatch_fd(job.proc.exit_fd())
+        job.proc.close()
+        job.cancel_timers()
+        del self.running[job_id]
+        if job.identity is not None:
+            self.by_identity.pop(job.identity, None)
+        exit_code, sig, how = describe_exit(rc)
+        rec = self.store.get(job_id, with_history=False)
+        if rec.status.is_final:
+            self.store.record_exit(job_id, exit_code, sig)
+        elif job.abort_reason is not None:
+            self._transition(job_id, RunStatus.FINISHED_ABORTED, f"aborted: {job.abort_reason}; process {how}",
+                             exit_code=exit_code, signal=sig)
+        elif job.start_timed_out:
+            self._transition(job_id, RunStatus.FINISHED_ABNORMAL,
+                             f"start timeout: no hello within {self.config.start_timeout:g}s; process {how}",
+                             exit_code=exit_code, signal=sig)
+        else:
+            self._transition(job_id, RunStatus.FINISHED_ABNORMAL, f"job process {how} without a final status",
+                             exit_code=exit_code, signal=sig)
+        log.info("job %s: process %d %s", job_id, job.proc.pid, how)
+        self.schedule()
+
+    def shutdown(self, reason: str = "parent shutdown") -> None:
+        """Stop taking jobs and abort every running one; queued jobs stay SUBMITTED for the next start."""
+        self.accepting = False
+        for job_id in list(self.running):
+            try:
+                self.abort(job_id, reason)
+            except FlrunnerError:
+                pass
+
+    def kill_all(self) -> None:
+        for job in self.running.values():
+            job.proc.signal_group(signal.SIGKILL)
+
+    # --- queries ---------------------------------------------------------------------------------------------
+    def resolve(self, job_id: str) -> JobRecord:
+        """The job with this id, or with this unique id prefix (as `git` does for commits)."""
+        try:
+            return self.store.get(job_id)
+        except NotFound:
+            matches = [r for r in self.store.list() if r.job_id.startswith(job_id)] if len(job_id) >= 4 else []
+            if len(matches) == 1:
+                return self.store.get(matches[0].job_id)
+            if len(matches) > 1:
+                raise BadRequest(f"job id prefix '{job_id}' is ambiguous ({len(matches)} jobs)") from None
+            raise
+
+    def _transition(self, job_id: str, status: RunStatus, reason: str, **fields: Any) -> JobRecord:
+        rec = self.store.transition(job_id, status, reason, **fields)
+        log.info("job %s: %s (%s)", job_id, status.value, reason)
+        self.hooks.on_change(rec)
+        return rec
+
+
+def _same_process_alive(pid: int, create_time: float | None) -> bool:
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(p.create_time() - create_time) < 0.01
+    except psutil.Error:
+        return False

@@ -1,0 +1,68 @@
+"""The jobs socket's operations: what a job process asks of its parent."""
+
+from __future__ import annotations
+
+import logging
+
+from flrunner import protocol as P
+from flrunner.errors import FlrunnerError
+from flrunner.wire import Message
+
+from .jobs import JobManager
+from .registry import SiteRegistry
+from .router import Request, RouterEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class JobsService:
+    """Serves job processes on the jobs socket; every op but hello needs an authenticated peer."""
+
+    def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry) -> None:
+        self.endpoint = endpoint
+        self.manager = manager
+        self.registry = registry
+        endpoint.authorize = self._authorize
+        endpoint.on(P.HELLO, self.hello)
+        endpoint.on(P.SYNC_CLIENTS, self.sync_clients)
+        endpoint.on(P.RUN_STATUS, self.run_status)
+        endpoint.on(P.JOB_HEARTBEAT, self.heartbeat)
+        endpoint.on(P.AUX, self.aux)
+        registry.listeners.append(self._clients_changed)
+
+    def _authorize(self, identity: bytes, op: P.Op, msg: Message) -> None:
+        if op.needs_auth:
+            self.manager.job_for(identity)
+
+    def hello(self, req: Request) -> dict:
+        rec = self.manager.hello(req.identity, req.args["job_id"], req.args["secret"], req.args["pid"])
+        return {"status": rec.status.value, "name": rec.name, "meta": rec.meta}
+
+    def sync_clients(self, req: Request) -> dict:
+        job = self.manager.job_for(req.identity)
+        since = req.args["since"]
+        changes = self.registry.changes_since(since) if since is not None else None
+        job.synced_revision = self.registry.revision
+        if changes is None:
+            return {"revision": self.registry.revision, "clients": self.registry.clients(with_tokens=True)}
+        return {"revision": self.registry.revision, "base": since, "changes": changes}
+
+    def run_status(self, req: Request) -> dict:
+        job = self.manager.job_for(req.identity)
+        rec = self.manager.report_status(job, req.args["status"], req.args["progress"], req.args["error"])
+        return {"status": rec.status.value, "durable": True}
+
+    def heartbeat(self, req: Request) -> dict:
+        self.manager.job_for(req.identity)
+        return {}
+
+    def aux(self, req: Request) -> dict:
+        raise FlrunnerError("aux messaging is not available yet (it lands with the sites issue)")
+
+    def _clients_changed(self, base: int, revision: int, changes: list[dict]) -> None:
+        """Push the registry delta to every job process that has synced."""
+        for job in self.manager.running.values():
+            if job.identity is not None and job.synced_revision is not None:
+                self.endpoint.push(job.identity, "clients_changed",
+                                   {"base": base, "revision": revision, "changes": changes})
+                job.synced_revision = revision

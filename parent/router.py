@@ -1,0 +1,160 @@
+"""One ROUTER socket of the parent: receive, decode, validate, dispatch, reply.
+
+This is the only place that turns bytes from a peer into calls and errors into coded replies;
+nothing raised by a handler reaches the socket. Handlers are looked up by op name in the
+socket's `OpTable`; an unknown op, a bad field, or an undecodable frame is answered with
+``BAD_REQUEST`` (or counted and dropped when there is no id to answer) and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from flrunner.errors import FlrunnerError, FrameError
+from flrunner.protocol import Op, OpTable, Rc
+from flrunner.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """A validated request from a peer."""
+
+    identity: bytes
+    msg: Message
+    args: dict
+
+    @property
+    def op(self) -> str:
+        return self.msg.op
+
+
+#: A handler gets the request and returns the reply body (and optional raw frames), or None to
+#: answer later with `RouterEndpoint.reply`.
+Handler = Callable[[Request], Any]
+
+
+class RouterEndpoint:
+    """A bound ROUTER socket serving one `OpTable`.
+
+    Args:
+        ctx: ZeroMQ context.
+        name: ``"sites"``, ``"jobs"`` or ``"admin"`` (for logs and errors).
+        ops: the operations this socket serves.
+        max_msg_size: ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq.
+    """
+
+    def __init__(self, ctx: zmq.Context, name: str, ops: OpTable, max_msg_size: int,
+                 max_header: int = MAX_HEADER_BYTES) -> None:
+        self.name = name
+        self.ops = ops
+        self.max_header = max_header
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer may reuse its identity
+        self.handlers: dict[str, Handler] = {}
+        self.authorize: Callable[[bytes, Op, Message], None] | None = None
+        self.dropped = 0
+        self.errors = 0
+        self.endpoint = ""
+
+    def bind(self, endpoint: str) -> str:
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def on(self, op: Op, handler: Handler) -> None:
+        if op.name not in self.ops:
+            raise ValueError(f"op '{op.name}' is not served on the {self.name} socket")
+        self.handlers[op.name] = handler
+
+    def process_ready(self, budget: int = 256) -> None:
+        """Serve the messages waiting on the socket, at most ``budget`` so other sockets get a turn."""
+        for _ in range(budget):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._serve(frames)
+
+    def _serve(self, frames: list) -> None:
+        if len(frames) < 2:
+            self.dropped += 1
+            return
+        identity = frames[0].bytes
+        body_frames = frames[1:]
+        try:
+            msg = decode(body_frames, self.max_header)
+        except FrameError as exc:
+            mid = peek_id(body_frames)
+            self.errors += 1
+            log.warning("%s socket: undecodable message: %s", self.name, exc)
+            if mid is not None:
+                self._send(identity, Message("error", {"reason": str(exc)}, re=mid, rc=Rc.BAD_REQUEST))
+            else:
+                self.dropped += 1
+            return
+        if msg.is_reply:
+            # Replies are only expected where a handler registered for them (see on_reply).
+            if self.on_reply is not None:
+                self.on_reply(identity, msg)
+            else:
+                self.dropped += 1
+            return
+        try:
+            op = self.ops.get(msg.op)
+            if self.authorize is not None:
+                self.authorize(identity, op, msg)
+            args = op.validate(msg.body)
+            handler = self.handlers.get(op.name)
+            if handler is None:
+                raise FlrunnerError(f"op '{op.name}' is not implemented yet")
+            result = handler(Request(identity, msg, args))
+        except FlrunnerError as exc:
+            self.errors += 1
+            log.info("%s socket: %s -> %s: %s", self.name, msg.op[:60], exc.rc, exc)
+            self.reply(identity, msg, {"reason": str(exc)}, rc=exc.rc)
+            return
+        except Exception as exc:  # a handler bug must not stop the parent
+            self.errors += 1
+            log.exception("%s socket: handler for '%s' failed", self.name, msg.op)
+            self.reply(identity, msg, {"reason": f"internal error: {type(exc).__name__}: {exc}"}, rc=Rc.ERROR)
+            return
+        if result is None:
+            return
+        if isinstance(result, tuple):
+            body, raw = result
+        else:
+            body, raw = result, []
+        self.reply(identity, msg, body, raw)
+
+    on_reply: Callable[[bytes, Message], None] | None = None
+
+    def reply(self, identity: bytes, request: Message, body: dict, frames: list | None = None,
+              rc: str = Rc.OK) -> None:
+        self._send(identity, Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
+
+    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None) -> int:
+        mid = next_id()
+        self._send(identity, Message(op, body, id=mid, frames=list(frames or [])))
+        return mid
+
+    def _send(self, identity: bytes, msg: Message) -> None:
+        try:
+            self.sock.send_multipart([identity, *encode(msg)], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # The peer's queue is full (it is not reading): drop rather than block the loop.
+            self.dropped += 1
+            log.warning("%s socket: peer is not reading; dropped '%s'", self.name, msg.op)
+        except zmq.ZMQError as exc:
+            self.dropped += 1
+            log.warning("%s socket: could not send '%s': %s", self.name, msg.op, exc)
+
+    def close(self) -> None:
+        self.sock.close(0)

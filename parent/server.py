@@ -1,0 +1,291 @@
+"""The parent process: one event loop over the sites, jobs and admin sockets, signals and pidfds.
+
+The loop never blocks on a peer: sockets are read without blocking and in bounded batches,
+replies are sent with NOBLOCK (a peer that does not read loses messages rather than stalling
+everyone), child exits arrive as readable pidfds, and signals as a byte on a wake-up pipe.
+
+Graceful stop (SIGTERM, SIGINT, the admin ``shutdown`` op, or `Parent.stop` from another
+thread): the parent refuses new submissions, aborts every running job (ask, then SIGTERM, then
+SIGKILL after the configured graces), records each as ``FINISHED:ABORTED`` with the reason
+"parent shutdown", leaves queued jobs ``SUBMITTED`` for the next start, and exits. A second
+signal skips the graces and SIGKILLs the job process groups at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+import zmq
+
+from flrunner import protocol as P
+from flrunner.errors import FlrunnerError
+from flrunner.workspace import Workspace
+
+from .admin_service import AdminService
+from .config import ParentConfig
+from .job_store import JobRecord, JobStore
+from .jobs import JobManager, ManagerHooks
+from .jobs_service import JobsService
+from .launcher import ProcessLauncher
+from .registry import SiteRegistry
+from .router import RouterEndpoint
+from .sites_service import SitesService
+from .timers import Timers
+
+log = logging.getLogger("parent")
+
+
+class WorkspaceBusy(FlrunnerError):
+    """Another parent holds the workspace."""
+
+
+class Parent:
+    """One parent: construct, `start` (binds and recovers), then `run` the loop until stopped.
+
+    Args:
+        config: the settings; see `ParentConfig`.
+    """
+
+    def __init__(self, config: ParentConfig) -> None:
+        self.config = config
+        self.ws = Workspace(config.workspace)
+        self.timers = Timers()
+        self.ctx: zmq.Context | None = None
+        self.poller = zmq.Poller()
+        self._fd_callbacks: dict[int, Callable[[], None]] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop_reason: str | None = None
+        self._force = False
+        self._stopping = False
+        self._started = False
+        self._lock_fd: int | None = None
+        self._log_handler: logging.Handler | None = None
+        self._old_signals: dict[int, object] = {}
+        self.listeners: list[Callable[[JobRecord], None]] = []
+        self.stopped = threading.Event()
+
+    # --- set-up ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Take the workspace, open the store, settle leftovers, bind the sockets, publish parent.json.
+
+        Raises:
+            WorkspaceBusy: another parent runs on this workspace.
+        """
+        self.ws.ensure()
+        self._take_lock()
+        self._setup_logging()
+        if self.config.set_process_title:
+            import setproctitle
+
+            setproctitle.setproctitle(f"flrunner-parent: {self.ws.get_root_dir()}")
+        cfg = self.config
+        self.ctx = zmq.Context()
+        self.store = JobStore(self.ws.get_job_store_path())
+        self.registry = SiteRegistry(cfg.site_timeout)
+        self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
+        self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
+        self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
+        self.launcher = cfg.launcher or ProcessLauncher()
+        hooks = ManagerHooks(watch_fd=self.watch_fd, unwatch_fd=self.unwatch_fd,
+                             push_to_child=self._push_to_child, on_change=self._on_change)
+        self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
+                                  endpoint=lambda: self.jobs.endpoint)
+        self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
+                                          self.stop, self.ws.get_root_dir())
+        self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
+        self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4))
+
+        sock_dir = self.ws.get_socket_dir()
+        self.jobs.bind(f"ipc://{sock_dir}/jobs.sock")
+        self.admin.bind(f"ipc://{sock_dir}/admin.sock")
+        self.sites.bind(cfg.sites_endpoint)
+        for endpoint in (self.sites, self.jobs, self.admin):
+            self.poller.register(endpoint.sock, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        if not self._is_loopback(self.sites.endpoint):
+            log.warning("the sites socket listens on %s, which is not loopback, WITHOUT authentication; "
+                        "anyone who reaches it can log in as a site", self.sites.endpoint)
+
+        self.manager.recover()
+        self.admin_service.ready = True
+        self._write_info()
+        self._install_signals()
+        self.timers.call_later(cfg.housekeeping_interval, self._housekeeping)
+        self._started = True
+        log.info("parent %d serving workspace %s: sites %s, jobs %s, admin %s", os.getpid(),
+                 self.ws.get_root_dir(), self.sites.endpoint, self.jobs.endpoint, self.admin.endpoint)
+        self.manager.schedule()
+        if cfg.on_started:
+            cfg.on_started()
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.ws.get_root_dir(), "parent.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = _read_info(self.ws).get("pid", "?")
+            raise WorkspaceBusy(f"another parent (pid {other}) is running on workspace {self.ws.get_root_dir()}") from None
+        self._lock_fd = fd
+
+    def _setup_logging(self) -> None:
+        handler = logging.FileHandler(self.ws.get_parent_log_path())
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("parent", "flrunner"):
+            lg = logging.getLogger(name)
+            lg.addHandler(handler)
+            lg.setLevel(self.config.log_level)
+        self._log_handler = handler
+
+    def _install_signals(self) -> None:
+        if not self.config.install_signal_handlers or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_signals[sig] = signal.signal(sig, self._on_signal)
+        self._old_signals[-1] = signal.set_wakeup_fd(self._wake_w)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = f"{signal.Signals(signum).name} received"
+        else:
+            self._force = True
+
+    def _write_info(self) -> None:
+        info = {"pid": os.getpid(), "workspace": self.ws.get_root_dir(), "sites": self.sites.endpoint,
+                "jobs": self.jobs.endpoint, "admin": self.admin.endpoint, "started": time.time()}
+        path = self.ws.get_parent_info_path()
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _is_loopback(endpoint: str) -> bool:
+        host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+        return host in ("127.0.0.1", "localhost", "[::1]", "::1") or host.startswith("127.")
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        self._fd_callbacks[fd] = callback
+        self.poller.register(fd, zmq.POLLIN)
+
+    def unwatch_fd(self, fd: int) -> None:
+        if self._fd_callbacks.pop(fd, None) is not None:
+            self.poller.unregister(fd)
+
+    def stop(self, reason: str = "stop requested", force: bool = False) -> None:
+        """Ask the loop to stop gracefully; safe from any thread."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        elif force:
+            self._force = True
+        try:
+            os.write(self._wake_w, b"s")
+        except (BlockingIOError, OSError):
+            pass
+
+    def run(self) -> None:
+        """Serve until stopped; then clean up. Calls `start` first if needed."""
+        if not self._started:
+            self.start()
+        try:
+            self._loop()
+        finally:
+            self._cleanup()
+
+    def _loop(self) -> None:
+        sockets = {self.sites.sock: self.sites, self.jobs.sock: self.jobs, self.admin.sock: self.admin}
+        while True:
+            if self._stop_reason is not None and not self._stopping:
+                self._stopping = True
+                log.info("stopping: %s; aborting %d running job(s)", self._stop_reason, len(self.manager.running))
+                self.manager.shutdown(f"parent shutdown ({self._stop_reason})")
+            if self._force and self.manager.running:
+                self.manager.kill_all()
+            if self._stopping and not self.manager.running:
+                return
+            timeout = self.timers.timeout(cap=self.config.housekeeping_interval)
+            for what, _ in self.poller.poll(timeout * 1000):
+                endpoint = sockets.get(what)
+                if endpoint is not None:
+                    endpoint.process_ready()
+                elif what == self._wake_r:
+                    self._drain_wake()
+                else:
+                    callback = self._fd_callbacks.get(what)
+                    if callback is not None:
+                        callback()
+            self.timers.run_due()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _housekeeping(self) -> None:
+        gone = self.registry.expire()
+        if gone:
+            log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
+        self.admin_service.expire_subscribers()
+        self.timers.call_later(self.config.housekeeping_interval, self._housekeeping)
+
+    def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
+        self.jobs.push(identity, op, body)
+
+    def _on_change(self, rec: JobRecord) -> None:
+        self.admin_service.publish(rec)
+        for listener in self.listeners:
+            try:
+                listener(rec)
+            except Exception:
+                log.exception("status listener failed")
+
+    def _cleanup(self) -> None:
+        for sig, old in self._old_signals.items():
+            if sig == -1:
+                signal.set_wakeup_fd(old)  # type: ignore[arg-type]
+            else:
+                signal.signal(sig, old)  # type: ignore[arg-type]
+        try:
+            if _read_info(self.ws).get("pid") == os.getpid():
+                os.unlink(self.ws.get_parent_info_path())
+        except OSError:
+            pass
+        for endpoint in (self.sites, self.jobs, self.admin):
+            endpoint.close()
+        self.launcher.close()
+        self.store.close()
+        if self.ctx is not None:
+            self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("parent %d stopped", os.getpid())
+        if self._log_handler is not None:
+            for name in ("parent", "flrunner"):
+                logging.getLogger(name).removeHandler(self._log_handler)
+            self._log_handler.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self.stopped.set()
+
+
+def _read_info(ws: Workspace) -> dict:
+    try:
+        with open(ws.get_parent_info_path()) as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+read_parent_info = _read_info

@@ -1,0 +1,52 @@
+"""The sites socket's operations: login, heartbeat, logout."""
+
+from __future__ import annotations
+
+import logging
+
+from flrunner import protocol as P
+from flrunner.errors import BadRequest
+from flrunner.job import _NAME_RE
+from flrunner.wire import Message
+
+from .registry import SiteRegistry
+from .router import Request, RouterEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class SitesService:
+    """Serves site agents on the sites socket."""
+
+    def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, heartbeat_interval: float) -> None:
+        self.registry = registry
+        self.heartbeat_interval = heartbeat_interval
+        endpoint.on(P.LOGIN, self.login)
+        endpoint.on(P.SITE_HEARTBEAT, self.heartbeat)
+        endpoint.on(P.LOGOUT, self.logout)
+        endpoint.authorize = self._authorize
+
+    def _authorize(self, identity: bytes, op: P.Op, msg: Message) -> None:
+        if op.needs_auth:
+            token = msg.body.get("token")
+            self.registry.authenticate(token if isinstance(token, str) else "")
+
+    def login(self, req: Request) -> dict:
+        name = req.args["name"]
+        if not _NAME_RE.match(name) or name in ("server", "@ALL"):
+            raise BadRequest(f"op 'login': '{name[:64]}' is not a valid site name")
+        props = {"resources": req.args["resources"] or {}}
+        if req.args["pid"] is not None:
+            props["pid"] = req.args["pid"]
+        rec = self.registry.login(name, req.identity, props)
+        log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
+        return {"token": rec.token, "heartbeat_interval": self.heartbeat_interval, "revision": self.registry.revision}
+
+    def heartbeat(self, req: Request) -> dict:
+        self.registry.heartbeat(req.args["token"], req.identity)
+        return {}
+
+    def logout(self, req: Request) -> dict:
+        rec = self.registry.logout(req.args["token"])
+        log.info("site %s logged out", rec.name)
+        return {}

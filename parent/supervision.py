@@ -1,0 +1,100 @@
+"""Watching job processes: exit detection, the abort escalation, exit-status decoding.
+
+Exit is detected through the process's pidfd, registered with the parent's poller: it becomes
+readable the moment the process exits, with no polling loop and no SIGCHLD handler (a handler
+would be inherited by forked children, and cannot run outside the main thread when the parent is
+embedded).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psutil
+
+from .launcher import JobProcess
+from .timers import Timer, Timers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningJob:
+    """A job whose process the parent started and has not yet seen exit."""
+
+    job_id: str
+    name: str
+    proc: JobProcess
+    secret_hash: str
+    started_at: float
+    identity: bytes | None = None
+    synced_revision: int | None = None
+    last_heard: float = 0.0
+    abort_reason: str | None = None
+    start_timed_out: bool = False
+    timers: list[Timer] = field(default_factory=list)
+    _ps: psutil.Process | None = None
+
+    def cancel_timers(self) -> None:
+        for t in self.timers:
+            t.cancel()
+        self.timers.clear()
+
+    def process_info(self) -> psutil.Process | None:
+        if self._ps is None:
+            try:
+                self._ps = psutil.Process(self.proc.pid)
+                self._ps.cpu_percent(None)  # prime: the first reading is always 0
+            except psutil.Error:
+                return None
+        return self._ps
+
+
+def describe_exit(returncode: int | None) -> tuple[int | None, int | None, str]:
+    """(exit code, signal number, readable text) for a Popen-style return code."""
+    if returncode is None:
+        return None, None, "exit status unknown"
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return None, sig, f"killed by {name}"
+    return returncode, None, f"exited with code {returncode}"
+
+
+class KillEscalation:
+    """Abort a job process: ask nicely, then SIGTERM its group, then SIGKILL.
+
+    Args:
+        timers: the loop's timers.
+        abort_grace: seconds between the abort request and SIGTERM.
+        term_grace: seconds between SIGTERM and SIGKILL.
+    """
+
+    def __init__(self, timers: Timers, abort_grace: float, term_grace: float) -> None:
+        self.timers = timers
+        self.abort_grace = abort_grace
+        self.term_grace = term_grace
+
+    def start(self, job: RunningJob, ask: Callable[[], bool]) -> None:
+        """Begin the escalation; ``ask`` sends the abort request and says whether it could."""
+        asked = ask()
+        if asked:
+            job.timers.append(self.timers.call_later(self.abort_grace, self._term, job))
+        else:
+            self._term(job)
+
+    def _term(self, job: RunningJob) -> None:
+        log.info("job %s: SIGTERM to process group %d", job.job_id, job.proc.pid)
+        job.proc.signal_group(signal.SIGTERM)
+        job.timers.append(self.timers.call_later(self.term_grace, self._kill, job))
+
+    def _kill(self, job: RunningJob) -> None:
+        log.warning("job %s: still running %.1fs after SIGTERM; SIGKILL to process group %d",
+                    job.job_id, self.term_grace, job.proc.pid)
+        job.proc.signal_group(signal.SIGKILL)
