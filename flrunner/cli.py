@@ -88,7 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             job_id = admin.submit(args.job_dir)
             _print_json({"job_id": job_id}) if args.json else print(job_id)
             return 0
-    from .embed import FLRunner
+    from .embed import FLRunner, follow_job
 
     runner = FLRunner.attach(_workspace(args), timeout=args.timeout)
     try:
@@ -96,7 +96,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             job_id = runner.submit(args.job_dir)
             if not args.json:
                 print(job_id, flush=True)
-            final = _follow(runner, feed, job_id, quiet=args.json, timeout=args.wait_timeout)
+            try:
+                final = follow_job(runner, feed, job_id, None if args.json else _print_update, args.wait_timeout)
+            except TimeoutError as exc:
+                raise FlrunnerError(str(exc)) from None
         if args.json:
             _print_json({"job_id": job_id, **{k: final[k] for k in ("status", "exit_code", "signal", "error")}})
         else:
@@ -106,23 +109,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         runner.stop()
 
 
-def _follow(runner: Any, feed: Any, job_id: str, quiet: bool, timeout: float | None) -> dict:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    job = runner.status(job_id)
-    last = None
-    while True:
-        line = f"{job['status']} {_progress(job.get('progress'))}".strip()
-        if line != last and not quiet:
-            print(f"  {job_id[:8]}  {line}", file=sys.stderr, flush=True)
-            last = line
-        if job["status"].startswith("FINISHED:"):
-            return runner.status(job_id)
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise FlrunnerError(f"job {job_id} still {job['status']} after {timeout}s")
-        event = feed.next(left)
-        if event is not None and event["job_id"] == job_id:
-            job = event
+def _print_update(job: dict) -> None:
+    line = f"{job['status']} {_progress(job.get('progress'))}".strip()
+    print(f"  {job['job_id'][:8]}  {line}", file=sys.stderr, flush=True)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

@@ -95,7 +95,7 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
             cfg["workflows"][0]["args"]["num_rounds"] = rounds
             cfg_path.write_text(json.dumps(cfg, indent=2))
 
-            from .embed import FLRunner
+            from .embed import FLRunner, follow_job
 
             runner = FLRunner(info["admin"])
             try:
@@ -103,22 +103,13 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
                     job_id = runner.submit(job_dir)
                     say(f"submitted job {job_id}")
                     t0 = time.monotonic()
-                    seen = None
-                    job = runner.status(job_id)
-                    while True:
-                        progress = job.get("progress") or {}
-                        line = job["status"] + (f"  {progress.get('message')}" if isinstance(progress, dict) and progress else "")
-                        if line != seen:
-                            say(f"  [{time.monotonic() - t0:6.2f}s] {line}")
-                            seen = line
-                        if job["status"].startswith("FINISHED:"):
-                            break
-                        event = feed.next(60)
-                        if event is None:
-                            raise FlrunnerError("no status change for 60s")
-                        if event["job_id"] == job_id:
-                            job = event
-                final = runner.status(job_id)
+
+                    def show(job: dict) -> None:
+                        progress = job.get("progress")
+                        detail = progress.get("message") if isinstance(progress, dict) else progress
+                        say(f"  [{time.monotonic() - t0:6.2f}s] {job['status']}" + (f"  {detail}" if detail else ""))
+
+                    final = follow_job(runner, feed, job_id, show, timeout=300)
             finally:
                 runner.stop()
         say(f"final status: {final['status']}")
@@ -126,7 +117,7 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
             say(f"job log: {ws / 'jobs' / job_id / 'log.txt'}")
             return 1
         return 0
-    except FlrunnerError as exc:
+    except (FlrunnerError, TimeoutError) as exc:
         say(f"demo failed: {exc}")
         return 1
     finally:

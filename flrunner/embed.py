@@ -24,12 +24,49 @@ from typing import Any, Callable
 
 from .admin import AdminClient, StatusFeed, find_parent
 from .errors import FlrunnerError
+from .status import status_rank
 
 log = logging.getLogger(__name__)
 
 
 def is_final(status: str) -> bool:
     return status.startswith("FINISHED:")
+
+
+def follow_job(runner: FLRunner, feed: StatusFeed, job_id: str, on_update: Callable[[dict], None] | None = None,
+               timeout: float | None = None) -> dict:
+    """Report each new state of a job to ``on_update`` until it ends; return the final record.
+
+    ``feed`` must have been opened before the job's current status is read, so no change is
+    missed; changes older than what was already reported are skipped.
+
+    Raises:
+        TimeoutError: the job did not end within ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = runner.status(job_id)
+    job_id = job["job_id"]
+    while True:
+        if on_update is not None:
+            on_update(job)
+        if is_final(job["status"]):
+            return runner.status(job_id)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout}s")
+            event = feed.next(left)
+            if event is not None and event["job_id"] == job_id and _is_news(event, job):
+                job = event
+                break
+
+
+def _is_news(event: dict, known: dict) -> bool:
+    """Whether a pushed state is later than (or, at the same status, different from) the known one."""
+    new, old = status_rank(event["status"]), status_rank(known["status"])
+    if new != old:
+        return new > old
+    return (event["status"], event.get("progress")) != (known["status"], known.get("progress"))
 
 
 class FLRunner:
@@ -107,18 +144,8 @@ class FLRunner:
         Raises:
             TimeoutError: it did not end within ``timeout`` seconds.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self.events() as feed:  # subscribe before reading, so no change slips between
-            job = self.status(job_id)
-            job_id = job["job_id"]
-            while not is_final(job["status"]):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout}s")
-                event = feed.next(left)
-                if event is not None and event["job_id"] == job_id and is_final(event["status"]):
-                    break
-            return self.status(job_id)
+            return follow_job(self, feed, job_id, timeout=timeout)
 
     def on_status(self, callback: Callable[[dict], None]) -> Callable[[], None]:
         """Call ``callback(job)`` on a background thread for every status change; returns a cancel function."""

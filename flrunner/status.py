@@ -53,3 +53,10 @@ CHILD_REPORTABLE = frozenset({RunStatus.RUNNING, RunStatus.FINISHED_COMPLETED, R
 
 def can_move(current: RunStatus, wanted: RunStatus) -> bool:
     return wanted in TRANSITIONS[current]
+
+
+def status_rank(status: str) -> int:
+    """Position of a status in a job's life (0 queued … 3 finished), for ordering reports."""
+    if status.startswith("FINISHED:"):
+        return 3
+    return {"SUBMITTED": 0, "DISPATCHED": 1, "RUNNING": 2}.get(status, 0)

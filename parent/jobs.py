@@ -265,6 +265,7 @@ class JobManager:
         rec = self.store.get(job_id, with_history=False)
         if rec.status.is_final:
             self.store.record_exit(job_id, exit_code, sig)
+            self.hooks.on_change(self.store.get(job_id, with_history=False))
         elif job.abort_reason is not None:
             self._transition(job_id, RunStatus.FINISHED_ABORTED, f"aborted: {job.abort_reason}; process {how}",
                              exit_code=exit_code, signal=sig)

@@ -1,0 +1,241 @@
+"""Fixtures that start real parents, sites and job processes, and always end them.
+
+Every process a test starts runs in its own process group and has its cwd under the test's
+temporary folder; teardown SIGTERMs then SIGKILLs those groups, and an autouse check fails the
+test if any process with its cwd under that folder is still alive afterwards (job processes run
+in their run dir inside the workspace, so a leaked job is caught too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+
+from flrunner.admin import AdminClient, StatusFeed, find_parent
+from flrunner.errors import ParentUnavailable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Procs:
+    """Processes started by one test; all of them end at teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[subprocess.Popen] = []
+
+    def spawn(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(self.root / f"{name}.out", "ab")
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        p = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             cwd=self.root, env=full_env, start_new_session=True)
+        log.close()
+        self.started.append(p)
+        return p
+
+    def output(self, name: str) -> str:
+        return (self.root / f"{name}.out").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for p in reversed(self.started):
+            if p.poll() is None:
+                _kill_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in reversed(self.started):
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def processes_under(root: Path) -> list[psutil.Process]:
+    """Live processes whose cwd is inside ``root`` (our parents, sites and job processes)."""
+    me = os.getpid()
+    found = []
+    prefix = str(root)
+    for p in psutil.process_iter(["pid", "cwd", "status"]):
+        try:
+            cwd = p.info["cwd"]
+            if p.pid != me and cwd and (cwd == prefix or cwd.startswith(prefix + os.sep)) \
+                    and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def procs(tmp: Path):
+    """Start processes for a test; end them at teardown and fail if any process outlives it."""
+    tracker = Procs(tmp)
+    yield tracker
+    tracker.stop_all()
+    deadline = time.monotonic() + 5
+    left = processes_under(tmp)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = processes_under(tmp)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left if p.is_running()]}"
+
+
+class ParentHandle:
+    """A real parent process started by a test."""
+
+    def __init__(self, procs: Procs, workspace: Path, name: str, args: list[str]) -> None:
+        self.procs = procs
+        self.workspace = workspace
+        self.name = name
+        self.proc = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(workspace),
+                                 "--sites", "tcp://127.0.0.1:*", *args], name)
+        self.info = wait_for(self._info, 20, f"parent {name} to publish parent.json")
+        self.admin = AdminClient(self.info["admin"], timeout=10)
+
+    def _info(self) -> dict | None:
+        if self.proc.poll() is not None:
+            pytest.fail(f"parent exited with {self.proc.returncode}:\n{self.procs.output(self.name)}")
+        try:
+            info = find_parent(self.workspace)
+        except ParentUnavailable:
+            return None
+        return info if info.get("pid") == self.proc.pid else None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def sites_endpoint(self) -> str:
+        return self.info["sites"]
+
+    def feed(self) -> StatusFeed:
+        return StatusFeed(self.info["admin"])
+
+    def wait_status(self, job_id: str, predicate: Callable[[dict], bool], timeout: float = 20.0) -> dict:
+        """Wait, on pushed status changes, until ``predicate(job)`` holds; return the job with history."""
+        with self.feed() as feed:
+            deadline = time.monotonic() + timeout
+            job = self.admin.status(job_id)
+            while not predicate(job):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"job {job_id} never matched; last: {json.dumps(self.admin.status(job_id), indent=1)}")
+                event = feed.next(min(left, 0.5))
+                job = self.admin.status(job_id) if event is None or event["job_id"] == job_id else job
+            return self.admin.status(job_id)
+
+    def wait_final(self, job_id: str, timeout: float = 20.0) -> dict:
+        return self.wait_status(job_id, lambda j: j["status"].startswith("FINISHED:"), timeout)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.admin.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        self.admin.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def start_parent(procs: Procs, tmp: Path):
+    """``start_parent(*extra_cli_args, workspace=None, name="parent")`` -> `ParentHandle`."""
+    handles: list[ParentHandle] = []
+
+    def start(*args: str, workspace: Path | None = None, name: str = "parent") -> ParentHandle:
+        h = ParentHandle(procs, workspace or tmp / "ws", name, list(args))
+        handles.append(h)
+        return h
+
+    yield start
+    for h in handles:
+        h.admin.close()
+
+
+@pytest.fixture
+def parent(start_parent) -> ParentHandle:
+    """A parent with short graces so abort and shutdown tests run fast."""
+    return start_parent("--abort-grace", "1", "--term-grace", "1", "--site-timeout", "5")
+
+
+@pytest.fixture
+def start_site(procs: Procs):
+    """``start_site(parent, name)`` -> the site's Popen; it is logged in when this returns."""
+
+    def start(parent: ParentHandle, name: str, wait: bool = True) -> subprocess.Popen:
+        p = procs.spawn(["-m", "flrunner", "site", "--name", name, "--server", parent.sites_endpoint], f"site-{name}")
+        if wait:
+            wait_for(lambda: any(c["name"] == name for c in parent.admin.clients()), 15, f"site {name} to log in")
+        return p
+
+    return start
+
+
+@pytest.fixture
+def make_job(tmp: Path):
+    """``make_job(workflows, components=(), name="test-job", **meta)`` -> a job folder path.
+
+    ``workflows`` and ``components`` are lists of ``(id, class name in job_components, args)``.
+    """
+    counter = [0]
+
+    def make(workflows: list, components: list = (), name: str = "test-job", **meta: Any) -> Path:
+        counter[0] += 1
+        folder = tmp / f"job{counter[0]}"
+        app = folder / "app_server"
+        (app / "config").mkdir(parents=True)
+        (app / "custom").mkdir()
+        shutil.copy(HERE / "job_components.py", app / "custom" / "job_components.py")
+
+        def entries(items):
+            return [{"id": i, "path": f"job_components.{cls}", "args": args} for i, cls, args in items]
+
+        (app / "config" / "config_fed_server.json").write_text(json.dumps(
+            {"format_version": 2, "workflows": entries(workflows), "components": entries(components)}))
+        (folder / "meta.json").write_text(json.dumps({"name": name, "deploy_map": {"app_server": ["server"]}, **meta}))
+        return folder
+
+    return make

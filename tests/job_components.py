@@ -1,0 +1,177 @@
+"""Components and workflows for test jobs. Copied into each test job's ``custom/`` folder, so it
+is loaded the way third-party job code is: by module path from the job folder, written only
+against the NVFlare-style API.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from flrunner import Controller, EventType, FLComponent, RunSnapshot, Shareable, Widget
+
+
+def _write(fl_ctx, name, data):
+    engine = fl_ctx.get_engine()
+    path = os.path.join(engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+class EventRecorder(FLComponent):
+    def __init__(self, out="events.json"):
+        super().__init__()
+        self.out = out
+        self.events = []
+        self.value = 0
+
+    def handle_event(self, event_type, fl_ctx):
+        self.events.append(event_type)
+        if event_type == EventType.END_RUN:
+            _write(fl_ctx, self.out, self.events)
+
+    def get_persist_state(self, fl_ctx):
+        return {"value": self.value}
+
+    def restore(self, state, fl_ctx):
+        self.value = state["value"]
+
+
+class ProbeWidget(Widget):
+    pass
+
+
+def _expect_error(fn, exc_type):
+    try:
+        fn()
+    except exc_type as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # the wrong error
+        return f"WRONG {type(exc).__name__}: {exc}"
+    return "NO ERROR"
+
+
+class EngineProbe(Controller):
+    """Calls every ServerEngine method and writes what each returned to probe.json."""
+
+    def __init__(self, expect_sites=0):
+        super().__init__()
+        self.expect_sites = expect_sites
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        r = {}
+        ctx = engine.new_context()
+        r["new_context"] = [ctx.get_job_id(), ctx.get_identity_name(), ctx.get_engine() is engine]
+        ctx.set_prop("sticky_key", 42, private=False, sticky=True)
+        r["sticky_in_new_context"] = engine.new_context().get_prop("sticky_key")
+        r["get_workspace"] = engine.get_workspace().get_run_dir(fl_ctx.get_job_id())
+        r["get_component"] = type(engine.get_component("recorder")).__name__
+        r["get_component_missing"] = engine.get_component("nope")
+        r["get_widget"] = type(engine.get_widget("widget")).__name__
+        r["get_widget_missing"] = engine.get_widget("recorder")
+        engine.fire_event("custom_event", fl_ctx)
+        r["fire_event"] = engine.get_component("recorder").events[-1]
+        clients = engine.sync_clients_from_main_process()
+        deadline = time.time() + 10
+        while len(clients) < self.expect_sites and time.time() < deadline:
+            abort_signal.wait(0.05)
+            clients = engine.sync_clients_from_main_process()
+        r["sync_clients_from_main_process"] = sorted(c.name for c in clients)
+        r["get_clients"] = sorted(c.name for c in engine.get_clients())
+        tok = clients[0].token if clients else ""
+        r["get_client_name_from_token"] = engine.get_client_name_from_token(tok) if tok else None
+        r["get_client_name_from_token_unknown"] = engine.get_client_name_from_token("bogus-token")
+        engine.set_run_progress({"message": "probing", "step": 1})
+        r["update_job_run_status"] = engine.update_job_run_status()
+        rec = engine.get_component("recorder")
+        rec.value = 7
+        snap = engine.persist_components(fl_ctx, completed=False)
+        r["persist_components"] = snap.get_component_snapshot("recorder")
+        rec.value = 0
+        loaded = RunSnapshot.load(engine.get_workspace().get_snapshot_path(fl_ctx.get_job_id()))
+        engine.restore_components(loaded, fl_ctx)
+        r["restore_components"] = rec.value
+
+        def handler(topic, request, fl_ctx):
+            return Shareable()
+
+        engine.register_aux_message_handler("probe_topic", handler)
+        r["register_twice"] = _expect_error(lambda: engine.register_aux_message_handler("probe_topic", handler), ValueError)
+        r["register_empty_topic"] = _expect_error(lambda: engine.register_aux_message_handler("", handler), ValueError)
+        r["register_not_callable"] = _expect_error(lambda: engine.register_aux_message_handler("t2", 5), TypeError)
+        req = Shareable()
+        r["send_aux_request"] = _expect_error(lambda: engine.send_aux_request([], "t", req, 1.0, fl_ctx), NotImplementedError)
+        r["fire_and_forget_aux_request"] = _expect_error(lambda: engine.fire_and_forget_aux_request([], "t", req, fl_ctx), NotImplementedError)
+        r["check_client_resources"] = _expect_error(lambda: engine.check_client_resources(None, {}, fl_ctx), NotImplementedError)
+        r["cancel_client_resources"] = _expect_error(lambda: engine.cancel_client_resources({}, {}, fl_ctx), NotImplementedError)
+        r["start_client_job"] = _expect_error(lambda: engine.start_client_job("j", [], fl_ctx), NotImplementedError)
+        _write(fl_ctx, "probe.json", r)
+
+
+class Sleeper(Controller):
+    """Runs until aborted (cooperative) or for ``seconds``; ``stubborn`` ignores abort and SIGTERM."""
+
+    def __init__(self, seconds=60.0, stubborn=False, grandchild=False, progress_every=0.0):
+        super().__init__()
+        self.seconds = seconds
+        self.stubborn = stubborn
+        self.grandchild = grandchild
+        self.progress_every = progress_every
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        extra = {}
+        if self.grandchild:
+            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            extra["grandchild_pid"] = p.pid
+        if self.stubborn:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            engine.set_run_progress({"message": "stubborn", **extra})
+            engine.update_job_run_status()
+            end = time.time() + self.seconds
+            while time.time() < end:
+                time.sleep(0.05)
+            return
+        engine.set_run_progress({"message": "sleeping", **extra})
+        engine.update_job_run_status()
+        abort_signal.wait(self.seconds)
+
+
+class Progress(Controller):
+    """Reports ``steps`` progress updates, each durable before the next."""
+
+    def __init__(self, steps=5):
+        super().__init__()
+        self.steps = steps
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        for i in range(1, self.steps + 1):
+            engine.set_run_progress({"message": f"step {i}/{self.steps}", "step": i})
+            engine.update_job_run_status()
+
+
+class Fail(Controller):
+    def control_flow(self, abort_signal, fl_ctx):
+        raise RuntimeError("the workflow failed on purpose")
+
+
+class Exit(Controller):
+    """Leaves the process without a final status."""
+
+    def __init__(self, code=3):
+        super().__init__()
+        self.code = code
+
+    def control_flow(self, abort_signal, fl_ctx):
+        os._exit(self.code)
+
+
+class BadInit(Controller):
+    def __init__(self):
+        raise ValueError("cannot construct")
