@@ -53,6 +53,8 @@ class ServerEngine(ServerEngineSpec):
         self.run_status: RunStatus = RunStatus.RUNNING
         self.exe_error: str | None = None
         self.progress: Any = None
+        #: Seconds `update_job_run_status` waits for the parent to make the status durable.
+        self.status_timeout = 30.0
         self.components: dict[str, Any] = {}
         self.widgets: dict[str, Widget] = {}
         self.aux_handlers: dict[str, Any] = {}
@@ -160,7 +162,7 @@ class ServerEngine(ServerEngineSpec):
         body = {"status": self.run_status.value, "progress": self.progress, "error": self.exe_error}
         if self.link is None:
             return self.run_status.value
-        return self.link.request("run_status", body).body.get("status")
+        return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")
 
     def on_push(self, msg: Message) -> None:
         if msg.op == "abort":

@@ -1,6 +1,6 @@
-"""``python -m child``: one job process.
+"""``python -m child [--job-id ID --name NAME]``: one job process.
 
-The parent writes the bootstrap (job id, endpoint, per-job secret, settings) as one msgpack map
+The arguments are informational only (they reserve room for the process title). The parent writes the bootstrap (job id, endpoint, per-job secret, settings) as one msgpack map
 to this process's stdin and closes it; nothing secret is on the command line or in the
 environment.
 """
@@ -90,11 +90,28 @@ def main() -> int:
     return code
 
 
+def run() -> None:
+    """Entry point: run the job, then leave at once.
+
+    ``os._exit`` skips waiting for non-daemon threads a job's components may have left running:
+    once the parent has acknowledged the final status there is nothing left to do.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def report_final(engine: ServerEngine, patience: float) -> int:
     """Send the final status and wait for the parent's ack (a message queued just before exit can
     be lost by ZeroMQ, libzmq #4660), retrying until acked or the parent is gone for good."""
     deadline = time.monotonic() + patience
+    engine.status_timeout = min(patience, 10.0)
     while True:
+        if engine.link is not None and engine.link.parent_lost:
+            log.error("the parent is gone; the final status %s could not be delivered", engine.run_status.value)
+            return EXIT_PARENT_LOST
         try:
             engine.update_job_run_status()
             return EXIT_OK

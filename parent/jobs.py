@@ -214,7 +214,12 @@ class JobManager:
             reason += f": {error.splitlines()[-1][:500] if error.strip() else error}"
         elif wanted is RunStatus.FINISHED_ABORTED and job.abort_reason:
             reason = f"aborted: {job.abort_reason}"
-        return self._transition(job.job_id, wanted, reason, **fields)
+        rec = self._transition(job.job_id, wanted, reason, **fields)
+        if wanted.is_final and job.abort_reason is None:
+            # The job process should exit right after this ack; if something keeps it alive
+            # (a stray non-daemon thread, a hung exit handler) end its group after the graces.
+            job.timers.append(self.timers.call_later(self.config.abort_grace, self.escalation.terminate, job))
+        return rec
 
     # --- abort and exit -----------------------------------------------------------------------------------
     def abort(self, job_id: str, reason: str = "aborted by admin") -> JobRecord:

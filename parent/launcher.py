@@ -127,6 +127,10 @@ class ProcessLauncher(Launcher):
         env.update(spec.env)
         env["FLRUNNER_JOB_ID"] = spec.job_id
         env["PYTHONUNBUFFERED"] = "1"
+        # setproctitle must not overwrite the environment block, or /proc/<pid>/environ (and so
+        # FLRUNNER_JOB_ID) becomes unreadable; the title then lives in argv's space, which the
+        # informational arguments below make long enough.
+        env["SPT_NOENV"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_CODE_ROOT, env.get("PYTHONPATH")) if p)
         for secret_var in ("FLRUNNER_SECRET",):
             env.pop(secret_var, None)
@@ -136,7 +140,7 @@ class ProcessLauncher(Launcher):
             raise LaunchError(f"cannot open the job log {spec.log_path}: {exc}") from None
         try:
             popen = subprocess.Popen(
-                [self.python, "-m", "child"], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                [self.python, "-m", "child", "--job-id", spec.job_id, "--name", spec.job_name], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 cwd=spec.run_dir, env=env, start_new_session=True, close_fds=True)
         except OSError as exc:
             raise LaunchError(f"cannot start {self.python} -m child: {exc}") from None

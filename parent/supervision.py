@@ -85,11 +85,12 @@ class KillEscalation:
         """Begin the escalation; ``ask`` sends the abort request and says whether it could."""
         asked = ask()
         if asked:
-            job.timers.append(self.timers.call_later(self.abort_grace, self._term, job))
+            job.timers.append(self.timers.call_later(self.abort_grace, self.terminate, job))
         else:
-            self._term(job)
+            self.terminate(job)
 
-    def _term(self, job: RunningJob) -> None:
+    def terminate(self, job: RunningJob) -> None:
+        """SIGTERM the job's process group now, and SIGKILL it after ``term_grace``."""
         log.info("job %s: SIGTERM to process group %d", job.job_id, job.proc.pid)
         job.proc.signal_group(signal.SIGTERM)
         job.timers.append(self.timers.call_later(self.term_grace, self._kill, job))

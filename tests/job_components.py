@@ -175,3 +175,38 @@ class Exit(Controller):
 class BadInit(Controller):
     def __init__(self):
         raise ValueError("cannot construct")
+
+
+class WatchClients(Controller):
+    """Syncs once, then watches get_clients() (kept current by the parent's pushes) and reports
+    every change of the site set as progress, until ``until`` is seen or ``seconds`` pass."""
+
+    def __init__(self, until=(), seconds=20.0):
+        super().__init__()
+        self.until = sorted(until)
+        self.seconds = seconds
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        engine.sync_clients_from_main_process()
+        seen = None
+        end = time.time() + self.seconds
+        while time.time() < end and not abort_signal.triggered:
+            names = sorted(c.name for c in engine.get_clients())
+            if names != seen:
+                seen = names
+                engine.set_run_progress({"sites": names})
+                engine.update_job_run_status()
+                if names == self.until:
+                    return
+            abort_signal.wait(0.02)
+        raise RuntimeError(f"never saw {self.until}; last {seen}")
+
+
+class LeaveThreadRunning(Controller):
+    """Completes, but leaves a non-daemon thread that would keep a normal interpreter alive."""
+
+    def control_flow(self, abort_signal, fl_ctx):
+        import threading
+
+        threading.Thread(target=time.sleep, args=(600,), daemon=False).start()

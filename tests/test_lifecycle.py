@@ -172,3 +172,9 @@ def test_second_parent_on_the_same_workspace_is_refused(parent, procs, tmp):
     p = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(tmp / "ws"), "--sites", "tcp://127.0.0.1:*"], "second")
     assert p.wait(20) == 1
     assert "another parent" in procs.output("second")
+
+
+def test_a_stray_thread_does_not_keep_a_finished_job_process_alive(parent, make_job):
+    job_id = parent.admin.submit(make_job([("wf", "LeaveThreadRunning", {})]))
+    job = parent.wait_status(job_id, lambda j: j["status"].startswith("FINISHED:") and j["exit_code"] is not None)
+    assert job["status"] == "FINISHED:COMPLETED" and job["exit_code"] == 0

@@ -1,0 +1,290 @@
+"""Unit tests of `parent.registry.SiteRegistry`: tokens, expiry on a fake clock, revisions, deltas."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flrunner.errors import Unauthorized
+from parent.registry import ADDED, REMOVED, SiteRecord, SiteRegistry
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+
+def make_registry(timeout: float = 10.0, change_log: int = 4096) -> tuple[SiteRegistry, FakeClock]:
+    clock = FakeClock()
+    wall = FakeClock(1_700_000_000.0)
+    return SiteRegistry(timeout, clock=clock, wall=wall, change_log=change_log), clock
+
+
+def by_name(clients: list[dict]) -> dict[str, dict]:
+    return {c["name"]: c for c in clients}
+
+
+def apply_changes(base: dict[str, dict], changes: list[dict]) -> dict[str, dict]:
+    out = dict(base)
+    for ch in changes:
+        if ch["op"] == ADDED:
+            out[ch["client"]["name"]] = ch["client"]
+        elif ch["op"] == REMOVED:
+            out.pop(ch["name"], None)
+        else:  # pragma: no cover - the registry only emits the two ops
+            raise AssertionError(f"unknown op {ch['op']!r}")
+    return out
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+def test_login_gives_distinct_random_tokens():
+    reg, _ = make_registry()
+    recs = [reg.login(f"site-{i}", b"id%d" % i) for i in range(50)]
+    tokens = [r.token for r in recs]
+    assert len(set(tokens)) == 50
+    assert all(isinstance(t, str) and len(t) >= 24 for t in tokens)
+    # Two registries never hand out the same token for the same name (randomness, not a counter).
+    other, _ = make_registry()
+    assert other.login("site-0", b"x").token != recs[0].token
+    for r in recs:
+        assert reg.authenticate(r.token) is r
+
+
+def test_relogin_replaces_the_old_token():
+    reg, _ = make_registry()
+    old = reg.login("site-a", b"id1", {"num_gpus": 1})
+    new = reg.login("site-a", b"id2", {"num_gpus": 2})
+    assert new.token != old.token
+    assert len(reg) == 1
+    with pytest.raises(Unauthorized):
+        reg.authenticate(old.token)
+    with pytest.raises(Unauthorized):
+        reg.heartbeat(old.token)
+    with pytest.raises(Unauthorized):
+        reg.logout(old.token)
+    assert reg.authenticate(new.token).identity == b"id2"
+    assert reg.get("site-a").props == {"num_gpus": 2}
+    # The re-login is one revision: the removal of the old session, then the new one.
+    rev_before = reg.revision - 1
+    delta = reg.changes_since(rev_before)
+    assert [c["op"] for c in delta] == [REMOVED, ADDED]
+    assert delta[0]["name"] == "site-a"
+    assert delta[1]["client"]["token"] == new.token
+
+
+def test_heartbeat_with_unknown_token_is_unauthorized():
+    reg, _ = make_registry()
+    reg.login("site-a", b"id")
+    with pytest.raises(Unauthorized):
+        reg.heartbeat("not-a-token")
+    with pytest.raises(Unauthorized):
+        reg.heartbeat("")
+
+
+def test_logout_then_token_is_dead():
+    reg, _ = make_registry()
+    rec = reg.login("site-a", b"id")
+    rev = reg.revision
+    assert reg.logout(rec.token) is rec
+    assert "site-a" not in reg
+    assert reg.revision == rev + 1
+    assert reg.changes_since(rev) == [{"op": REMOVED, "name": "site-a"}]
+    with pytest.raises(Unauthorized):
+        reg.heartbeat(rec.token)
+
+
+def test_heartbeat_updates_identity_and_last_seen():
+    reg, clock = make_registry()
+    rec = reg.login("site-a", b"id1")
+    rev = reg.revision
+    clock.advance(3)
+    reg.heartbeat(rec.token, b"id2")
+    assert rec.last_seen == clock.now
+    assert rec.identity == b"id2"
+    reg.heartbeat(rec.token)
+    assert rec.identity == b"id2"
+    assert reg.revision == rev  # a heartbeat is not a change of membership
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+def test_expire_drops_exactly_the_silent_sites_and_bumps_revision():
+    reg, clock = make_registry(timeout=10.0)
+    recs = {}
+    for name in ("a", "b", "c", "d"):
+        recs[name] = reg.login(name, name.encode())
+        clock.advance(1)
+    # now = 1004; a@1000 b@1001 c@1002 d@1003. b heartbeats, so it becomes the most recent.
+    clock.advance(5)  # 1009
+    reg.heartbeat(recs["b"].token)
+    rev = reg.revision
+    assert reg.expire() == []  # nobody silent > 10 s yet
+    assert reg.revision == rev
+
+    clock.advance(3.5)  # 1012.5: a (12.5 s) and c (10.5 s) are silent; d (9.5 s) and b (3.5 s) are not
+    gone = reg.expire()
+    assert gone == ["a", "c"]  # in last-heard order
+    assert sorted(n for n in ("a", "b", "c", "d") if n in reg) == ["b", "d"]
+    assert reg.revision == rev + 1  # one expiry sweep is one revision
+    assert reg.changes_since(rev) == [{"op": REMOVED, "name": "a"}, {"op": REMOVED, "name": "c"}]
+    for n in ("a", "c"):
+        with pytest.raises(Unauthorized):
+            reg.authenticate(recs[n].token)
+    assert reg.expire() == []
+    assert reg.revision == rev + 1
+
+
+def test_expire_at_exact_timeout_keeps_the_site():
+    reg, clock = make_registry(timeout=10.0)
+    reg.login("a", b"a")
+    clock.advance(10.0)
+    assert reg.expire() == []
+    clock.advance(0.001)
+    assert reg.expire() == ["a"]
+
+
+class _CountingRecord(SiteRecord):
+    reads = 0
+
+    def __getattribute__(self, name: str):
+        if name == "last_seen":
+            type(self).reads += 1
+        return super().__getattribute__(name)
+
+
+def test_expire_costs_o_expired_not_o_sites():
+    reg, clock = make_registry(timeout=10.0)
+    for i in range(3):
+        reg.login(f"old-{i}", b"x")
+    clock.advance(20)
+    for i in range(500):
+        reg.login(f"new-{i}", b"x")
+    for rec in reg._sites.values():  # count how many records expire() looks at
+        rec.__class__ = _CountingRecord
+    _CountingRecord.reads = 0
+    assert reg.expire() == ["old-0", "old-1", "old-2"]
+    # The three expired ones and the first live one, not all 503.
+    assert _CountingRecord.reads <= 4
+
+
+def test_listeners_get_base_revision_and_changes():
+    reg, clock = make_registry(timeout=1.0)
+    seen = []
+    reg.listeners.append(lambda base, rev, changes: seen.append((base, rev, changes)))
+    a = reg.login("a", b"a")
+    clock.advance(5)
+    reg.expire()
+    assert seen[0][0:2] == (0, 1)
+    assert seen[0][2][0]["client"]["token"] == a.token
+    assert seen[1] == (1, 2, [{"op": REMOVED, "name": "a"}])
+
+
+# --- changes_since --------------------------------------------------------------------------------
+
+def test_changes_since_exact_ordered_delta():
+    reg, _ = make_registry()
+    assert reg.changes_since(0) == []
+    a = reg.login("a", b"a")  # rev 1
+    b = reg.login("b", b"b")  # rev 2
+    reg.logout(a.token)  # rev 3
+    assert reg.revision == 3
+    d = reg.changes_since(1)
+    assert d == [{"op": ADDED, "client": b.to_client().to_dict(with_token=True)},
+                 {"op": REMOVED, "name": "a"}]
+    d0 = reg.changes_since(0)
+    assert [c["op"] for c in d0] == [ADDED, ADDED, REMOVED]
+    assert d0[0]["client"]["name"] == "a" and d0[1]["client"]["name"] == "b"
+    assert reg.changes_since(3) == []
+
+
+def test_changes_since_none_for_too_old_or_future_revision():
+    reg, _ = make_registry(change_log=3)
+    for i in range(5):
+        reg.login(f"s{i}", b"x")  # revisions 1..5; the log keeps 3, 4, 5 (bases 2, 3, 4)
+    assert reg.revision == 5
+    assert reg.changes_since(5) == []
+    assert [c["client"]["name"] for c in reg.changes_since(2)] == ["s2", "s3", "s4"]
+    assert [c["client"]["name"] for c in reg.changes_since(4)] == ["s4"]
+    assert reg.changes_since(1) is None
+    assert reg.changes_since(0) is None
+    assert reg.changes_since(6) is None
+    assert reg.changes_since(100) is None
+
+
+def test_changes_since_future_revision_on_empty_registry():
+    reg, _ = make_registry()
+    assert reg.changes_since(1) is None
+    assert reg.changes_since(-1) is None
+
+
+def test_listing_has_no_tokens():
+    reg, clock = make_registry()
+    a = reg.login("a", b"a", {"num_gpus": 1})
+    clock.advance(2)
+    reg.login("b", b"b")
+    listing = reg.listing()
+    assert [r["name"] for r in listing] == ["a", "b"]
+    for row in listing:
+        assert "token" not in row
+        assert a.token not in repr(row)
+        assert set(row) == {"name", "last_seen", "login_time", "props"}
+    # last_seen is reported on the wall clock: a was heard 2 s before "now".
+    assert listing[1]["last_seen"] - listing[0]["last_seen"] == pytest.approx(2.0)
+    assert all("token" not in c for c in reg.clients(with_tokens=False))
+    assert all("token" in c for c in reg.clients())
+
+
+# --- property: deltas rebuild the latest client list ----------------------------------------------
+
+NAMES = ["a", "b", "c", "d"]
+_op = st.one_of(
+    st.tuples(st.just("login"), st.sampled_from(NAMES)),
+    st.tuples(st.just("logout"), st.sampled_from(NAMES)),
+    st.tuples(st.just("heartbeat"), st.sampled_from(NAMES)),
+    st.tuples(st.just("tick"), st.floats(min_value=0.0, max_value=6.0, allow_nan=False)),
+    st.tuples(st.just("expire"), st.none()),
+    st.tuples(st.just("snapshot"), st.none()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(_op, max_size=40), change_log=st.integers(min_value=1, max_value=12))
+def test_deltas_applied_to_an_old_list_reproduce_latest_clients(ops, change_log):
+    reg, clock = make_registry(timeout=10.0, change_log=change_log)
+    snapshots = [(reg.revision, by_name(reg.clients()))]
+    for op, arg in ops:
+        if op == "login":
+            reg.login(arg, arg.encode(), {"n": arg})
+        elif op == "logout":
+            rec = reg.get(arg)
+            if rec is not None:
+                reg.logout(rec.token)
+        elif op == "heartbeat":
+            rec = reg.get(arg)
+            if rec is not None:
+                reg.heartbeat(rec.token)
+        elif op == "tick":
+            clock.advance(arg)
+        elif op == "expire":
+            reg.expire()
+        else:
+            snapshots.append((reg.revision, by_name(reg.clients())))
+    latest = by_name(reg.clients())
+    for rev, clients_at_rev in snapshots:
+        delta = reg.changes_since(rev)
+        if rev < reg.revision - change_log:
+            assert delta is None, (rev, reg.revision, change_log)
+            continue
+        assert delta is not None, (rev, reg.revision, change_log)
+        assert apply_changes(clients_at_rev, delta) == latest
+    # Every token in the registry authenticates to its own site.
+    for name, c in latest.items():
+        assert reg.authenticate(c["token"]).name == name
