@@ -60,6 +60,7 @@ class ServerEngine(ServerEngineSpec):
         self.aux_handlers: dict[str, Any] = {}
         self._clients: dict[str, Client] = {}
         self._revision: int | None = None
+        self._pushed_revision = -1
         self._clients_lock = threading.Lock()
         self._stale = False
         self.fl_ctx_mgr = FLContextManager(
@@ -111,12 +112,18 @@ class ServerEngine(ServerEngineSpec):
             since = None if self._stale else self._revision
         reply = self.link.request("sync_clients", {"since": since}).body
         with self._clients_lock:
+            revision = reply["revision"]
+            # A push handled while this request was in flight may already be newer than the
+            # reply: then the reply is old news, and must neither roll the cache back nor
+            # clear a stale mark that the push set.
+            if self._revision is not None and revision < self._revision:
+                return list(self._clients.values())
             if "clients" in reply:
                 self._clients = {d["name"]: Client.from_dict(d) for d in reply["clients"]}
             else:
                 self._apply(reply["changes"])
-            self._revision = reply["revision"]
-            self._stale = False
+            self._revision = revision
+            self._stale = self._pushed_revision > revision
             return list(self._clients.values())
 
     def get_clients_cached(self) -> List[Client]:
@@ -137,11 +144,16 @@ class ServerEngine(ServerEngineSpec):
 
     def on_clients_changed(self, body: dict) -> None:
         """A push from the parent (I/O thread): apply the delta, or mark the cache stale."""
+        revision, base = body.get("revision"), body.get("base")
+        if not isinstance(revision, int) or not isinstance(base, int):
+            log.warning("ignored a clients_changed push without integer revision/base")
+            return
         with self._clients_lock:
-            if self._revision is not None and body.get("base") == self._revision:
+            self._pushed_revision = max(self._pushed_revision, revision)
+            if self._revision is not None and base == self._revision:
                 self._apply(body.get("changes", []))
-                self._revision = body.get("revision")
-            else:
+                self._revision = revision
+            elif self._revision is None or revision > self._revision:
                 self._stale = True
 
     def _apply(self, changes: list) -> None:

@@ -11,6 +11,7 @@ Validation happens once, at submit, and names the file and the field that is wro
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -101,8 +102,8 @@ class Job:
 
 def _read_json(folder: Path, rel: str) -> Any:
     path = folder / rel
-    if path.is_symlink() and not _inside(path.resolve(), folder.resolve()):
-        raise JobFolderError(rel, None, "is a symlink that leaves the job folder")
+    if path.exists() and not _inside(path.resolve(), folder.resolve()):
+        raise JobFolderError(rel, None, "resolves outside the job folder (a symlink leaves it)")
     if not path.is_file():
         raise JobFolderError(rel, None, "is missing")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -167,6 +168,10 @@ def parse_server_app(app_dir: Path, app_name: str) -> ServerApp:
     return ServerApp(app_name, fv, workflows, components)
 
 
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _int_field(meta: dict, key: str, default: int) -> int:
     value = meta.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -228,10 +233,10 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
             if k not in RESOURCE_KEYS:
                 raise JobFolderError(META_FILE, f"resource_spec.{site}.{k}",
                                      f"unknown resource (known: {', '.join(sorted(RESOURCE_KEYS))})")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            if not _finite_number(v) or v < 0:
                 raise JobFolderError(META_FILE, f"resource_spec.{site}.{k}", f"must be a non-negative number, got {v!r}")
     timeout = meta.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+    if timeout is not None and (not _finite_number(timeout) or timeout <= 0):
         raise JobFolderError(META_FILE, "timeout", f"must be a positive number of seconds, got {timeout!r}")
     return JobDefinition(root, meta, name, deploy_map, server_app, min_clients, list(mandatory), dict(rs),
                          float(timeout) if timeout is not None else None)

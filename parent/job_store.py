@@ -173,6 +173,8 @@ class JobStore:
         if bad:
             raise ValueError(f"cannot update column(s) {sorted(bad)}")
         enc = self._encode(fields)
+        if not enc:
+            return
         with self.db:
             self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in enc)} WHERE job_id=? AND status NOT LIKE 'FINISHED:%'",
                             (*enc.values(), job_id))
@@ -182,7 +184,10 @@ class JobStore:
         now = self.clock()
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            status, = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            row = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id '{job_id}'")
+            status = row[0]
             seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job_id=?", (job_id,)).fetchone()[0]
             self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, seq, status, now, reason))
 

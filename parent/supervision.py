@@ -34,6 +34,7 @@ class RunningJob:
     synced_revision: int | None = None
     last_heard: float = 0.0
     abort_reason: str | None = None
+    term_sent: bool = False
     start_timed_out: bool = False
     timers: list[Timer] = field(default_factory=list)
     _ps: psutil.Process | None = None
@@ -90,7 +91,10 @@ class KillEscalation:
             self.terminate(job)
 
     def terminate(self, job: RunningJob) -> None:
-        """SIGTERM the job's process group now, and SIGKILL it after ``term_grace``."""
+        """SIGTERM the job's process group now, and SIGKILL it after ``term_grace`` (once per job)."""
+        if job.term_sent:
+            return
+        job.term_sent = True
         log.info("job %s: SIGTERM to process group %d", job.job_id, job.proc.pid)
         job.proc.signal_group(signal.SIGTERM)
         job.timers.append(self.timers.call_later(self.term_grace, self._kill, job))

@@ -263,8 +263,6 @@ def test_journal_mode_is_wal_and_synchronous_full(tmp_path):
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: JobStore.add_history on an unknown job raises TypeError "
-                   "(unpacking None) instead of NotFound")
 def test_add_history_on_unknown_job_is_not_found(store):
     with pytest.raises(NotFound):
         store.add_history("nope", "abort requested")

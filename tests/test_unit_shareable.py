@@ -87,8 +87,7 @@ def test_to_wire_refuses_unencodable_value_naming_the_key():
     assert "model.layer1" in str(ei.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: to_wire accepts non-str map keys (msgpack packs them) but every "
-                   "receiver decodes with strict_map_key=True and fails; should be refused at the sender")
+# Regression: at HEAD to_wire() accepted int map keys that every receiver (strict_map_key=True) refused.
 def test_to_wire_output_is_decodable_by_the_receiver():
     s = Shareable({"per_round": {1: 0.5, 2: 0.7}})
     try:
