@@ -89,7 +89,10 @@ class Job:
     def get_application_name(self, participant: str) -> str | None:
         """The app folder that ``participant`` runs, or None if it runs none."""
         for app, targets in self.deploy_map.items():
-            if participant in targets or ALL_SITES in targets:
+            if participant in targets:
+                return app
+        for app, targets in self.deploy_map.items():
+            if ALL_SITES in targets:
                 return app
         return None
 
@@ -203,9 +206,17 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
                              f"must be a non-empty object mapping app folders to participants, got {dm!r:.80}")
     deploy_map: dict[str, list[str]] = {}
     server_apps = []
+    deployed: dict[str, str] = {}  # participant -> the app it runs
     for app, targets in dm.items():
-        if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
-            raise JobFolderError(META_FILE, f"deploy_map.{app}", "must be a list of participant names")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+            raise JobFolderError(META_FILE, f"deploy_map.{app}", "must be a non-empty list of participant names")
+        for target in targets:
+            clash = deployed.get(target) or deployed.get(ALL_SITES) or (
+                next(iter(deployed.values())) if target == ALL_SITES and deployed else None)
+            if clash is not None:
+                raise JobFolderError(META_FILE, f"deploy_map.{app}",
+                                     f"'{target}' would run two apps ('{clash}' and '{app}'); each participant runs one")
+            deployed[target] = app
         if not _NAME_RE.match(app) or app in (".", ".."):
             raise JobFolderError(META_FILE, f"deploy_map.{app}", "is not a valid app folder name")
         app_dir = root / app
@@ -221,7 +232,7 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
 
     min_clients = _int_field(meta, "min_clients", 0)
     mandatory = meta.get("mandatory_clients", [])
-    if not isinstance(mandatory, list) or not all(isinstance(s, str) for s in mandatory):
+    if not isinstance(mandatory, list) or not all(isinstance(s, str) and s for s in mandatory):
         raise JobFolderError(META_FILE, "mandatory_clients", "must be a list of site names")
     rs = meta.get("resource_spec", {})
     if not isinstance(rs, dict):

@@ -83,7 +83,7 @@ CASES: list[tuple[str, Any, Any, str, str | None]] = [
      "deploy_map.app_gone"),
     ("zero-server-apps", with_meta(deploy_map={"app_site": ["site-1"]}), None, META, "deploy_map"),
     ("two-server-apps", with_meta(deploy_map={"app_server": ["server"], "app_site": ["@ALL"]}), None, META,
-     "deploy_map"),
+     "deploy_map.app_site"),
     ("min_clients-negative", with_meta(min_clients=-1), None, META, "min_clients"),
     ("min_clients-bool", with_meta(min_clients=True), None, META, "min_clients"),
     ("mandatory-str", with_meta(mandatory_clients="site-1"), None, META, "mandatory_clients"),
@@ -288,3 +288,28 @@ def test_example_hello_loads():
     assert [w.id for w in jd.server_app.workflows] == ["hello"]
     assert [c.id for c in jd.server_app.components] == ["tally"]
     assert jd.min_clients == 1
+
+
+@pytest.mark.parametrize("deploy_map, problem", [
+    ({"app_server": ["server", "site-1"], "app_site": ["site-1"]}, "'site-1' would run two apps"),
+    ({"app_server": ["@ALL"], "app_site": ["site-1"]}, "would run two apps"),
+    ({"app_server": ["server"], "app_site": []}, "non-empty list"),
+])
+def test_each_participant_runs_one_app(tmp_path, deploy_map, problem):
+    job = tmp_path / "job"
+    for app in deploy_map:
+        (job / app / "config").mkdir(parents=True)
+    (job / "app_server" / "config" / "config_fed_server.json").write_text(
+        json.dumps({"format_version": 2, "workflows": [{"id": "w", "path": "m.W"}]}))
+    (job / "meta.json").write_text(json.dumps({"name": "j", "deploy_map": deploy_map}))
+    with pytest.raises(JobFolderError) as err:
+        load_job_folder(job)
+    assert "deploy_map" in str(err.value) and problem in str(err.value)
+
+
+def test_named_site_app_wins_over_all():
+    from flrunner.job import Job
+
+    job = Job("j", {}, {"app_site": ["site-1"], "app_server": ["server"], "app_all": ["@ALL"]}, {"name": "j"})
+    assert job.get_application_name("site-1") == "app_site"
+    assert job.get_application_name("site-9") == "app_all"
