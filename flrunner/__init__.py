@@ -10,7 +10,7 @@ from __future__ import annotations
 from .admin import AdminClient, StatusFeed
 from .client import Client
 from .component import Controller, FLComponent, Widget
-from .embed import FLRunner
+from .embed import FLRunner, follow_job, follow_jobs
 from .errors import (BadRequest, Conflict, FlrunnerError, JobFolderError, NotFound, ParentUnavailable,
                      RequestTimeout, Unauthorized)
 from .events import EventType
@@ -30,5 +30,5 @@ __all__ = [
     "FLContext", "FLContextKey", "FLContextManager", "FLRunner", "FlrunnerError", "Job", "JobFolderError",
     "NotFound", "ParentUnavailable", "RequestTimeout", "ReturnCode", "RunSnapshot", "RunStatus",
     "ServerEngineSpec", "Shareable", "Signal", "StatusFeed", "Unauthorized", "Widget", "Workspace",
-    "load_job_folder", "make_reply",
+    "follow_job", "follow_jobs", "load_job_folder", "make_reply",
 ]

@@ -105,11 +105,27 @@ class StatusFeed:
 
     Subscribe first, then read the current state, then iterate: nothing is missed in between.
     The subscription is renewed while iterating.
+
+    Args:
+        endpoint: the parent's admin endpoint.
+        timeout: seconds to wait for the parent to accept the subscription.
+
+    Raises:
+        ParentUnavailable: the parent did not answer the subscription within ``timeout``.
     """
 
     def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
         self._client = DealerClient(endpoint)
-        self.ttl = float(self._client.request("subscribe", {}, timeout=timeout).body.get("ttl", 30.0))
+        try:
+            reply = self._client.request("subscribe", {}, timeout=timeout)
+        except RequestTimeout:
+            self._client.close()
+            raise ParentUnavailable(f"the parent at {endpoint} did not answer 'subscribe' within {timeout:g}s") from None
+        except BaseException:
+            self._client.close()
+            raise
+        self.ttl = float(reply.body.get("ttl", 30.0))
         self._renew_at = time.monotonic() + self.ttl / 3
 
     def next(self, timeout: float | None = None) -> dict | None:

@@ -20,10 +20,10 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .admin import AdminClient, StatusFeed, find_parent
-from .errors import FlrunnerError
+from .errors import FlrunnerError, ParentUnavailable
 from .status import status_rank
 
 log = logging.getLogger(__name__)
@@ -33,32 +33,85 @@ def is_final(status: str) -> bool:
     return status.startswith("FINISHED:")
 
 
+def follow_jobs(runner: FLRunner, feed: StatusFeed, job_ids: Sequence[str],
+                on_update: Callable[[dict], None] | None = None, timeout: float | None = None, *,
+                resync_every: float = 2.0,
+                on_unavailable: Callable[[ParentUnavailable], None] | None = None) -> dict[str, dict]:
+    """Report each new state of several jobs to ``on_update`` until all have ended; return their final records.
+
+    ``feed`` must have been opened before the jobs' current statuses are read (best: before they
+    are submitted), so no change is missed; changes older than what was already reported are
+    skipped. Pushed changes drive the reports; every ``resync_every`` seconds the jobs that have
+    not ended are also read directly, in case a push was lost (the parent drops pushes to a slow
+    reader, and a restarted parent has forgotten the feed's subscription).
+
+    Args:
+        runner: the handle on the parent that runs the jobs.
+        feed: a status feed of that parent, opened before this call.
+        job_ids: the jobs to follow.
+        on_update: called with each job's current record, then with each of its later states.
+        timeout: seconds to wait for all jobs to end; None waits for ever.
+        resync_every: seconds between direct reads of the jobs that have not ended.
+        on_unavailable: called when a direct read finds the parent not answering (following goes
+            on); by default a warning is logged.
+
+    Returns:
+        Each job's final record (with history), keyed by the id given in ``job_ids``.
+
+    Raises:
+        TimeoutError: some job had not ended within ``timeout`` seconds; the message names each.
+    """
+    if isinstance(job_ids, str):
+        raise TypeError(f"job_ids must be a sequence of job ids, not the string {job_ids!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    full_ids: dict[str, str] = {}  # id as given -> id as the parent names the job
+    known: dict[str, dict] = {}  # the last state reported, by the parent's job id
+    for job_id in job_ids:
+        job = runner.status(job_id)
+        full_ids[job_id] = job["job_id"]
+        known[job["job_id"]] = job
+        if on_update is not None:
+            on_update(job)
+    resync_at = time.monotonic() + resync_every
+    while not all(is_final(j["status"]) for j in known.values()):
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            pending = ", ".join(f"job {j['job_id']} is still {j['status']}"
+                                for j in known.values() if not is_final(j["status"]))
+            raise TimeoutError(f"{pending} after {timeout}s")
+        updates = []
+        event = feed.next((resync_at if deadline is None else min(resync_at, deadline)) - now)
+        if event is not None and event["job_id"] in known:
+            updates.append(event)
+        if time.monotonic() >= resync_at:
+            resync_at = time.monotonic() + resync_every
+            try:
+                updates += [runner.status(i) for i, j in known.items() if not is_final(j["status"])]
+            except ParentUnavailable as exc:
+                if on_unavailable is None:
+                    log.warning("%s; still waiting", exc)
+                else:
+                    on_unavailable(exc)
+        for job in updates:
+            if _is_news(job, known[job["job_id"]]):
+                known[job["job_id"]] = job
+                if on_update is not None:
+                    on_update(job)
+    return {job_id: runner.status(full_id) for job_id, full_id in full_ids.items()}
+
+
 def follow_job(runner: FLRunner, feed: StatusFeed, job_id: str, on_update: Callable[[dict], None] | None = None,
                timeout: float | None = None) -> dict:
     """Report each new state of a job to ``on_update`` until it ends; return the final record.
 
-    ``feed`` must have been opened before the job's current status is read, so no change is
-    missed; changes older than what was already reported are skipped.
+    One job's `follow_jobs`: ``feed`` must have been opened before the job's current status is
+    read, so no change is missed.
 
     Raises:
         TimeoutError: the job did not end within ``timeout`` seconds.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    job = runner.status(job_id)
-    job_id = job["job_id"]
-    while True:
-        if on_update is not None:
-            on_update(job)
-        if is_final(job["status"]):
-            return runner.status(job_id)
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout}s")
-            event = feed.next(left)
-            if event is not None and event["job_id"] == job_id and _is_news(event, job):
-                job = event
-                break
+    final, = follow_jobs(runner, feed, [job_id], on_update, timeout).values()
+    return final
 
 
 def _is_news(event: dict, known: dict) -> bool:
