@@ -29,6 +29,26 @@ class Rc:
 
 _NUMBER = (int, float)
 
+#: Deepest nesting accepted inside one field's value. A receiver stores and later echoes values
+#: (site resources in the registry listing, progress in status replies) wrapped in a few more
+#: levels, which must still encode.
+MAX_FIELD_DEPTH = 64
+_SCALARS = frozenset((type(None), bool, int, float, str, bytes))
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists/maps in ``value`` nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        if _SCALARS.issuperset(map(type, children)):  # runs in C: cheap for long lists of numbers
+            continue
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    return False
+
 
 @dataclass(frozen=True)
 class Field:
@@ -37,6 +57,7 @@ class Field:
     types: tuple
     required: bool = True
     max_len: int | None = None
+    max_depth: int = MAX_FIELD_DEPTH
 
     def check(self, op: str, name: str, value: Any) -> None:
         if isinstance(value, bool) and bool not in self.types:
@@ -45,6 +66,8 @@ class Field:
             raise BadRequest(f"op '{op}': field '{name}' must be {self._names()}, got {type(value).__name__}")
         if self.max_len is not None and hasattr(value, "__len__") and len(value) > self.max_len:
             raise BadRequest(f"op '{op}': field '{name}' is longer than {self.max_len}")
+        if isinstance(value, (dict, list)) and _deeper_than(value, self.max_depth):
+            raise BadRequest(f"op '{op}': field '{name}' is nested deeper than {self.max_depth} levels")
 
     def _names(self) -> str:
         return " or ".join(sorted({"null" if t is type(None) else t.__name__ for t in self.types}))
@@ -78,9 +101,11 @@ class Op:
                 continue
             spec.check(self.name, name, body[name])
             out[name] = body[name]
-        unknown = sorted(k for k in body if k not in self.fields)
+        # Keys may be str or bytes (msgpack bin): sort by text, and list only a few.
+        unknown = sorted((str(k)[:60] for k in body if k not in self.fields))
         if unknown:
-            raise BadRequest(f"op '{self.name}': unknown field(s) {', '.join(map(str, unknown))}")
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise BadRequest(f"op '{self.name}': unknown field(s) {', '.join(unknown[:10])}{more}")
         return out
 
 

@@ -7,9 +7,26 @@ import tempfile
 import time
 from typing import Any
 
-from .wire import pack, unpack
+import msgpack
+
+from .errors import EncodeError
+from .wire import find_unencodable
 
 _SNAPSHOT_LIMIT = 1 << 30
+
+
+def _pack_state(value: Any) -> bytes:
+    # A snapshot is this job's own file, not wire input: big lists and int keys are fine here,
+    # so it is packed without the wire's item and key limits.
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except Exception as exc:
+        bad = find_unencodable(value)
+        raise EncodeError(f"cannot persist component state{f' at {bad!r}' if bad else ''}: {exc}") from None
+
+
+def _unpack_state(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
 
 
 class RunSnapshot:
@@ -36,8 +53,8 @@ class RunSnapshot:
     def save(self, path: str) -> None:
         """Write atomically: a temp file in the same folder, fsync, rename, fsync the folder."""
         self.time = time.time()
-        data = pack({"job_id": self.job_id, "completed": self.completed, "time": self.time,
-                     "states": self.component_states}, "component state")
+        data = _pack_state({"job_id": self.job_id, "completed": self.completed, "time": self.time,
+                            "states": self.component_states})
         folder = os.path.dirname(path) or "."
         fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=folder)
         try:
@@ -66,7 +83,9 @@ class RunSnapshot:
                 raw = f.read(_SNAPSHOT_LIMIT + 1)
         except FileNotFoundError:
             return None
-        d = unpack(raw, _SNAPSHOT_LIMIT)
+        if len(raw) > _SNAPSHOT_LIMIT:
+            raise ValueError(f"snapshot {path} is larger than {_SNAPSHOT_LIMIT} bytes")
+        d = _unpack_state(raw)
         snap = cls(d["job_id"])
         snap.completed = bool(d.get("completed"))
         snap.time = d.get("time")

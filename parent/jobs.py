@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -191,6 +192,10 @@ class JobManager:
         """Store a job process's status report durably (the reply is sent after this returns)."""
         fields: dict[str, Any] = {}
         if progress is not None:
+            try:
+                json.dumps(progress)
+            except (TypeError, ValueError) as exc:
+                raise BadRequest(f"op 'run_status': field 'progress' must be JSON-compatible: {exc}") from None
             fields["progress"] = progress
         if error is not None:
             fields["error"] = error

@@ -9,16 +9,20 @@ socket's `OpTable`; an unknown op, a bad field, or an undecodable frame is answe
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
-from flrunner.errors import FlrunnerError, FrameError
+from flrunner.errors import EncodeError, FlrunnerError, FrameError
 from flrunner.protocol import Op, OpTable, Rc
 from flrunner.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
 
 log = logging.getLogger(__name__)
+
+#: Lines about bad input logged per socket per second; the rest are counted.
+LOG_BURST = 20
 
 
 @dataclass
@@ -57,11 +61,19 @@ class RouterEndpoint:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer may reuse its identity
+        # No ROUTER_HANDOVER: the jobs socket authenticates a peer by its routing identity, and with
+        # handover any peer that sets the same ZMQ_ROUTING_ID would take over that session (its
+        # replies and pushes, and its authentication). Peers here use libzmq-assigned identities.
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         self.handlers: dict[str, Handler] = {}
         self.authorize: Callable[[bytes, Op, Message], None] | None = None
+        #: Receives replies peers send to this socket's pushes; without it they are dropped.
+        self.on_reply: Callable[[bytes, Message], None] | None = None
         self.dropped = 0
         self.errors = 0
+        self._log_window = 0.0
+        self._log_count = 0
+        self._log_suppressed = 0
         self.endpoint = ""
 
     def bind(self, endpoint: str) -> str:
@@ -81,7 +93,11 @@ class RouterEndpoint:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._serve(frames)
+            try:
+                self._serve(frames)
+            except Exception:  # last resort: nothing a peer sends may stop the parent's loop
+                self.errors += 1
+                log.exception("%s socket: serving a message failed", self.name)
 
     def _serve(self, frames: list) -> None:
         if len(frames) < 2:
@@ -94,11 +110,16 @@ class RouterEndpoint:
         except FrameError as exc:
             mid = peek_id(body_frames)
             self.errors += 1
-            log.warning("%s socket: undecodable message: %s", self.name, exc)
+            self._warn("undecodable message: %s", exc)
             if mid is not None:
                 self._send(identity, Message("error", {"reason": str(exc)}, re=mid, rc=Rc.BAD_REQUEST))
             else:
                 self.dropped += 1
+            return
+        except Exception:  # a decoder bug: count and drop, never stop the loop
+            self.errors += 1
+            self.dropped += 1
+            log.exception("%s socket: decoding a message failed", self.name)
             return
         if msg.is_reply:
             # Replies are only expected where a handler registered for them (see on_reply).
@@ -118,7 +139,7 @@ class RouterEndpoint:
             result = handler(Request(identity, msg, args))
         except FlrunnerError as exc:
             self.errors += 1
-            log.info("%s socket: %s -> %s: %s", self.name, msg.op[:60], exc.rc, exc)
+            self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
             self.reply(identity, msg, {"reason": str(exc)}, rc=exc.rc)
             return
         except Exception as exc:  # a handler bug must not stop the parent
@@ -134,8 +155,6 @@ class RouterEndpoint:
             body, raw = result, []
         self.reply(identity, msg, body, raw)
 
-    on_reply: Callable[[bytes, Message], None] | None = None
-
     def reply(self, identity: bytes, request: Message, body: dict, frames: list | None = None,
               rc: str = Rc.OK) -> None:
         self._send(identity, Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
@@ -147,14 +166,41 @@ class RouterEndpoint:
 
     def _send(self, identity: bytes, msg: Message) -> None:
         try:
-            self.sock.send_multipart([identity, *encode(msg)], zmq.NOBLOCK, copy=False)
+            frames = encode(msg)
+        except EncodeError as exc:
+            # A body built from what a peer sent (or a handler bug) cannot travel: answer a request
+            # with ERROR rather than let the exception reach the loop; drop a push.
+            self.errors += 1
+            log.error("%s socket: cannot encode '%s': %s", self.name, msg.op, exc)
+            if not msg.is_reply:
+                self.dropped += 1
+                return
+            frames = encode(Message(msg.op, {"reason": f"internal error: the reply cannot be encoded: {exc}"[:4096]},
+                                    re=msg.re, rc=Rc.ERROR))
+        try:
+            self.sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
         except zmq.Again:
             # The peer's queue is full (it is not reading): drop rather than block the loop.
             self.dropped += 1
-            log.warning("%s socket: peer is not reading; dropped '%s'", self.name, msg.op)
+            self._warn("peer is not reading; dropped '%s'", msg.op)
         except zmq.ZMQError as exc:
             self.dropped += 1
             log.warning("%s socket: could not send '%s': %s", self.name, msg.op, exc)
+
+    def _warn(self, fmt: str, *args: Any, level: int = logging.WARNING) -> None:
+        """Log a peer's bad input, at most `LOG_BURST` lines per second per socket, so a flooding
+        peer cannot fill the disk; the number of lines held back is logged with the next one."""
+        now = time.monotonic()
+        if now - self._log_window >= 1.0:
+            if self._log_suppressed:
+                log.warning("%s socket: %d similar message(s) not logged in the last second",
+                            self.name, self._log_suppressed)
+            self._log_window, self._log_count, self._log_suppressed = now, 0, 0
+        if self._log_count >= LOG_BURST:
+            self._log_suppressed += 1
+            return
+        self._log_count += 1
+        log.log(level, "%s socket: " + fmt, self.name, *args)
 
     def close(self) -> None:
         self.sock.close(0)
