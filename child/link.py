@@ -19,6 +19,7 @@ import zmq
 
 from flrunner.errors import FrameError, RequestTimeout, error_for_rc
 from flrunner.protocol import Rc
+from flrunner.wakeup import WakePipe
 from flrunner.wire import Message, decode, encode, next_id
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ParentLink:
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
         self._pending_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="parent-link", daemon=True)
         self.last_heard = time.monotonic()
@@ -77,7 +78,7 @@ class ParentLink:
             self._pending[mid] = pending
         try:
             self._outbox.put(encode(Message(op, body or {}, id=mid, frames=list(frames or []))))
-            self._wake()
+            self._wake.wake()
             if not pending.event.wait(timeout):
                 raise RequestTimeout(f"no reply to '{op}' from the parent within {timeout:g}s")
         finally:
@@ -91,14 +92,8 @@ class ParentLink:
 
     def close(self, timeout: float = 2.0) -> None:
         self._closing.set()
-        self._wake()
+        self._wake.wake()
         self._thread.join(timeout)
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"w")
-        except BlockingIOError:
-            pass
 
     # --- the I/O thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -108,14 +103,14 @@ class ParentLink:
         sock.connect(self.endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wake.fileno(), zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat_interval
         try:
             while not self._closing.is_set():
                 timeout = max(0.0, next_beat - time.monotonic())
                 for what, _ in poller.poll(timeout * 1000):
-                    if what == self._wake_r:
-                        self._drain_wake()
+                    if what == self._wake.fileno():
+                        self._wake.drain()
                     else:
                         self._receive(sock)
                 self._send_outbox(sock)
@@ -133,15 +128,7 @@ class ParentLink:
         finally:
             sock.close()
             ctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+            self._wake.close()
 
     def _send_outbox(self, sock: zmq.Socket) -> None:
         while True:

@@ -152,10 +152,7 @@ class JobStore:
         now = self.clock()
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job with id '{job_id}'")
-            current = RunStatus(row[0])
+            current = self._status_of(job_id)
             if not can_move(current, status):
                 raise IllegalTransition(job_id, current.value, status.value)
             sets = {"status": status.value, **self._encode(fields)}
@@ -163,8 +160,7 @@ class JobStore:
                 sets["end_time"] = now
             self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in sets)} WHERE job_id=?",
                             (*sets.values(), job_id))
-            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job_id=?", (job_id,)).fetchone()[0]
-            self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, seq, status.value, now, reason))
+            self._append_history(job_id, status, now, reason)
         return self.get(job_id)
 
     def update(self, job_id: str, **fields: Any) -> None:
@@ -184,12 +180,17 @@ class JobStore:
         now = self.clock()
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job with id '{job_id}'")
-            status = row[0]
-            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job_id=?", (job_id,)).fetchone()[0]
-            self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, seq, status, now, reason))
+            self._append_history(job_id, self._status_of(job_id), now, reason)
+
+    def _status_of(self, job_id: str) -> RunStatus:
+        row = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job with id '{job_id}'")
+        return RunStatus(row[0])
+
+    def _append_history(self, job_id: str, status: RunStatus, now: float, reason: str) -> None:
+        seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job_id=?", (job_id,)).fetchone()[0]
+        self.db.execute("INSERT INTO history VALUES (?,?,?,?,?)", (job_id, seq, status.value, now, reason))
 
     @staticmethod
     def _encode(fields: dict) -> dict:

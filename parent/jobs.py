@@ -151,7 +151,7 @@ class JobManager:
             return
         log.error("job %s: no hello within %.1fs; killing it", job_id, self.config.start_timeout)
         job.start_timed_out = True
-        job.proc.signal_group(signal.SIGKILL)
+        job.proc.terminate(signal.SIGKILL)
 
     # --- messages from job processes --------------------------------------------------------------------
     def hello(self, identity: bytes, job_id: str, secret: str, pid: int) -> JobRecord:
@@ -261,7 +261,7 @@ class JobManager:
         if job is None:
             return
         # Signal the group while the leader is still unreaped, so the group id cannot be reused.
-        job.proc.signal_group(signal.SIGKILL)
+        job.proc.terminate(signal.SIGKILL)
         rc = job.proc.poll()
         if rc is None:  # pidfd readable means it exited; tolerate a spurious wake-up
             return
@@ -300,7 +300,7 @@ class JobManager:
 
     def kill_all(self) -> None:
         for job in self.running.values():
-            job.proc.signal_group(signal.SIGKILL)
+            job.proc.terminate(signal.SIGKILL)
 
     # --- queries ---------------------------------------------------------------------------------------------
     def resolve(self, job_id: str) -> JobRecord:

@@ -54,7 +54,7 @@ class JobProcess(ABC):
     def poll(self) -> int | None:
         """Reap if exited: the return code (negative for a signal), or None while it runs."""
 
-    def signal_group(self, sig: int) -> bool:
+    def terminate(self, sig: int = signal.SIGTERM) -> bool:
         """Send ``sig`` to the job's whole process group; False if the group is gone.
 
         Must be called before the leader is reaped: while the leader is a zombie its pid (the
@@ -63,9 +63,7 @@ class JobProcess(ABC):
         try:
             os.killpg(self.pid, sig)
             return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
             return False
 
     @abstractmethod
@@ -152,7 +150,7 @@ class ProcessLauncher(Launcher):
             popen.stdin.write(pack(spec.bootstrap, "bootstrap"))
             popen.stdin.close()
         except OSError as exc:
-            proc.signal_group(signal.SIGKILL)
+            proc.terminate(signal.SIGKILL)
             popen.wait()
             proc.close()
             raise LaunchError(f"job process exited before reading its bootstrap: {exc}") from None

@@ -26,6 +26,7 @@ import zmq
 
 from flrunner import protocol as P
 from flrunner.errors import FlrunnerError
+from flrunner.wakeup import WakePipe
 from flrunner.workspace import Workspace
 
 from .admin_service import AdminService
@@ -60,7 +61,7 @@ class Parent:
         self.ctx: zmq.Context | None = None
         self.poller = zmq.Poller()
         self._fd_callbacks: dict[int, Callable[[], None]] = {}
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake = WakePipe()
         self._stop_reason: str | None = None
         self._force = False
         self._stopping = False
@@ -108,7 +109,7 @@ class Parent:
         self.sites.bind(cfg.sites_endpoint)
         for endpoint in (self.sites, self.jobs, self.admin):
             self.poller.register(endpoint.sock, zmq.POLLIN)
-        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.poller.register(self._wake.fileno(), zmq.POLLIN)
         if not self._is_loopback(self.sites.endpoint):
             log.warning("the sites socket listens on %s, which is not loopback, WITHOUT authentication; "
                         "anyone who reaches it can log in as a site", self.sites.endpoint)
@@ -150,7 +151,7 @@ class Parent:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._old_signals[sig] = signal.signal(sig, self._on_signal)
-        self._old_signals[-1] = signal.set_wakeup_fd(self._wake_w)
+        self._old_signals[-1] = signal.set_wakeup_fd(self._wake.write_fd)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._stop_reason is None:
@@ -187,10 +188,7 @@ class Parent:
             self._stop_reason = reason
         elif force:
             self._force = True
-        try:
-            os.write(self._wake_w, b"s")
-        except (BlockingIOError, OSError):
-            pass
+        self._wake.wake()
 
     def run(self) -> None:
         """Serve until stopped; then clean up. Calls `start` first if needed."""
@@ -217,20 +215,13 @@ class Parent:
                 endpoint = sockets.get(what)
                 if endpoint is not None:
                     endpoint.process_ready()
-                elif what == self._wake_r:
-                    self._drain_wake()
+                elif what == self._wake.fileno():
+                    self._wake.drain()
                 else:
                     callback = self._fd_callbacks.get(what)
                     if callback is not None:
                         callback()
             self.timers.run_due()
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _housekeeping(self) -> None:
         gone = self.registry.expire()
@@ -267,8 +258,7 @@ class Parent:
         self.store.close()
         if self.ctx is not None:
             self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()
         log.info("parent %d stopped", os.getpid())
         if self._log_handler is not None:
             for name in ("parent", "flrunner"):

@@ -96,10 +96,10 @@ class KillEscalation:
             return
         job.term_sent = True
         log.info("job %s: SIGTERM to process group %d", job.job_id, job.proc.pid)
-        job.proc.signal_group(signal.SIGTERM)
+        job.proc.terminate(signal.SIGTERM)
         job.timers.append(self.timers.call_later(self.term_grace, self._kill, job))
 
     def _kill(self, job: RunningJob) -> None:
         log.warning("job %s: still running %.1fs after SIGTERM; SIGKILL to process group %d",
                     job.job_id, self.term_grace, job.proc.pid)
-        job.proc.signal_group(signal.SIGKILL)
+        job.proc.terminate(signal.SIGKILL)

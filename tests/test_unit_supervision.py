@@ -33,7 +33,7 @@ class FakeJobProcess(JobProcess):
     def poll(self) -> int | None:
         return None
 
-    def signal_group(self, sig: int) -> bool:
+    def terminate(self, sig: int) -> bool:
         self.signals.append(sig)
         return True
 
