@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 from flrunner.client import Client
 from flrunner.component import Widget
-from flrunner.errors import FlrunnerError
+from flrunner.errors import BadRequest, EncodeError, FlrunnerError, error_for_rc
 from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
 from flrunner.fl_signal import Signal
 from flrunner.job import Job
-from flrunner.shareable import Shareable
+from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
+from flrunner.protocol import CHILD_PUSHES, Rc
+from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
 from flrunner.status import RunStatus
 from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
-from .link import ParentLink
+from flrunner.link import Link
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +31,7 @@ SERVER_IDENTITY = "server"
 
 
 class NotAvailableYet(FlrunnerError, NotImplementedError):
-    """An engine method whose transport is not built yet."""
-
-
-def _not_yet(method: str) -> NotAvailableYet:
-    return NotAvailableYet(
-        f"ServerEngine.{method} needs site messaging through the parent, which is not available yet "
-        "(it lands with the 'sites serve jobs' issue)")
+    """An engine feature that is not built yet."""
 
 
 class ServerEngine(ServerEngineSpec):
@@ -45,7 +43,7 @@ class ServerEngine(ServerEngineSpec):
         link: the connection to the parent; None for an engine used without a parent (unit tests).
     """
 
-    def __init__(self, job_id: str, workspace: Workspace, link: ParentLink | None = None) -> None:
+    def __init__(self, job_id: str, workspace: Workspace, link: Link | None = None) -> None:
         self.job_id = job_id
         self.workspace = workspace
         self.link = link
@@ -58,6 +56,7 @@ class ServerEngine(ServerEngineSpec):
         self.components: dict[str, Any] = {}
         self.widgets: dict[str, Widget] = {}
         self.aux_handlers: dict[str, Any] = {}
+        self._aux_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aux")
         self._clients: dict[str, Client] = {}
         self._revision: int | None = None
         self._pushed_revision = -1
@@ -177,13 +176,19 @@ class ServerEngine(ServerEngineSpec):
         return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")
 
     def on_push(self, msg: Message) -> None:
-        if msg.op == "abort":
+        """A message the parent pushed (on the link's I/O thread: quick, or handed to a thread)."""
+        try:
+            CHILD_PUSHES.get(msg.op).validate(msg.body)
+        except BadRequest as exc:
+            log.warning("ignored a bad push from the parent: %s", exc)
+            return
+        if msg.op == "aux":
+            self._aux_pool.submit(self._serve_site_aux, msg)
+        elif msg.op == "abort":
             log.warning("abort requested by the parent: %s", msg.body.get("reason"))
             self.abort_signal.trigger(msg.body.get("reason") or "aborted")
         elif msg.op == "clients_changed":
             self.on_clients_changed(msg.body)
-        else:
-            log.warning("ignored unknown push '%s' from the parent", msg.op[:60])
 
     # --- persistence -------------------------------------------------------------------------------------
     def persist_components(self, fl_ctx: FLContext, completed: bool):
@@ -217,15 +222,112 @@ class ServerEngine(ServerEngineSpec):
 
     def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
-        raise _not_yet("send_aux_request")
+        """Send ``request`` to sites through the parent; {site name: reply Shareable}.
+
+        All targets are asked at once. A site that does not answer within ``timeout`` gets a reply
+        with return code ``TIMEOUT``; an unknown target ``NOT_FOUND``; an offline one, or one that
+        leaves while asked, ``COMMUNICATION_ERROR`` (at once, not at the timeout). ``timeout`` 0
+        sends and returns ``{}`` at once.
+        """
+        if secure:
+            raise NotAvailableYet("secure aux messages (end-to-end encryption) are not available yet")
+        names = self._target_names(targets)
+        frames = encode_shareable(request)
+        body: dict[str, Any] = {"targets": names, "topic": topic, "timeout": max(float(timeout), 0.0)}
+        link = self._require_link()
+        if timeout <= 0:
+            body["fire_and_forget"] = True
+            link.send("aux", body, frames)
+            return {}
+        deadline = time.monotonic() + timeout
+        call = link.call("aux", body, frames)
+        try:
+            if not call.wait(1, timeout):
+                return {n: failure_reply(Rc.TIMEOUT, "the parent did not answer") for n in names or []}
+            plan = call.replies[0]
+            if plan.rc != Rc.OK:
+                raise error_for_rc(plan.rc or Rc.ERROR, str(plan.body.get("reason", plan.rc)))
+            planned = list(plan.body.get("targets") or [])
+            call.wait(1 + len(planned), max(0.0, deadline - time.monotonic()))
+            answers = list(call.replies[1:])
+        finally:
+            link.end_call(call)
+        replies = {m.body.get("site"): reply_from(m) for m in answers if isinstance(m.body.get("site"), str)}
+        for name in planned:
+            replies.setdefault(name, failure_reply(Rc.TIMEOUT, f"site '{name}' did not answer within {timeout:g}s"))
+        return replies
 
     def check_client_resources(self, job: Job, resource_reqs: Dict[str, dict], fl_ctx: FLContext
                                ) -> Dict[str, Tuple[bool, Optional[str]]]:
-        raise _not_yet("check_client_resources")
+        """Ask each site whether its requirements fit, reserving them: {site: (is_enough, token)}."""
+        results = self._require_link().request("check_resources", {"resource_reqs": dict(resource_reqs)}).body["results"]
+        for site, (ok, _, reason) in results.items():
+            if not ok:
+                log.info("site %s lacks resources for job %s: %s", site, self.job_id, reason)
+        return {site: (bool(ok), token) for site, (ok, token, _) in results.items()}
 
     def cancel_client_resources(self, resource_check_results: Dict[str, Tuple[bool, str]],
                                 resource_reqs: Dict[str, dict], fl_ctx: FLContext):
-        raise _not_yet("cancel_client_resources")
+        """Release the reservations of a `check_client_resources`."""
+        tokens = {site: token for site, (ok, token) in resource_check_results.items() if ok and token}
+        if tokens:
+            self._require_link().request("cancel_resources", {"tokens": tokens})
 
     def start_client_job(self, job_id, client_sites, fl_ctx: FLContext):
-        raise _not_yet("start_client_job")
+        """Start this job's site app on ``client_sites`` (names, Clients, or {name: reservation token}).
+
+        Returns {site: (started, reason)}.
+        """
+        if job_id != self.job_id:
+            raise ValueError(f"job {self.job_id} cannot start another job ({job_id}) on sites")
+        tokens = {k: v for k, v in client_sites.items() if isinstance(v, str)} if isinstance(client_sites, dict) else {}
+        sites = self._target_names(list(client_sites)) or []
+        results = self._require_link().request("start_client_job", {"sites": sites, "tokens": tokens}).body["results"]
+        return {site: (bool(ok), reason) for site, (ok, reason) in results.items()}
+
+    @staticmethod
+    def _target_names(targets: Any) -> list[str] | None:
+        if not targets:
+            return None
+        names = []
+        for t in targets:
+            name = t if isinstance(t, str) else getattr(t, "name", None)
+            if not isinstance(name, str):
+                raise TypeError(f"an aux target must be a site name or a Client, got {type(t).__name__}")
+            names.append(name)
+        return names
+
+    def _require_link(self) -> Link:
+        if self.link is None:
+            raise NotAvailableYet("this engine has no connection to a parent")
+        return self.link
+
+    # --- requests from sites --------------------------------------------------------------------------------
+    def _serve_site_aux(self, msg: Message) -> None:
+        body = msg.body
+        try:
+            request = decode_shareable(msg.frames)
+        except FlrunnerError as exc:
+            reply = failure_reply(Rc.BAD_REQUEST, f"undecodable request: {exc}")
+        else:
+            handler = self.aux_handlers.get(body["topic"])
+            if handler is None:
+                reply = make_reply(ReturnCode.TOPIC_UNKNOWN, {REASON_HEADER: f"the job's engine has no handler for "
+                                                                             f"'{body['topic']}'"})
+            else:
+                fl_ctx = self.new_context()
+                fl_ctx.set_prop("__peer_name__", body["site"], private=True, sticky=False)
+                try:
+                    reply = handler(body["topic"], request, fl_ctx)
+                    if not isinstance(reply, Shareable):
+                        reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR,
+                                           {REASON_HEADER: f"handler returned {type(reply).__name__}, not a Shareable"})
+                except Exception as exc:
+                    log.exception("aux handler for '%s' failed", body["topic"])
+                    reply = make_reply(ReturnCode.EXECUTION_EXCEPTION, {REASON_HEADER: f"{type(exc).__name__}: {exc}"[:2000]})
+        if body.get("fire_and_forget") or self.link is None:
+            return
+        try:
+            self.link.reply(msg, {}, encode_shareable(reply))
+        except EncodeError as exc:
+            self.link.reply(msg, {"reason": f"the reply cannot travel: {exc}"}, rc=Rc.ERROR)

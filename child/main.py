@@ -20,7 +20,7 @@ from flrunner.wire import unpack
 from flrunner.workspace import Workspace
 
 from .engine import ServerEngine
-from .link import ParentLink
+from flrunner.link import Link
 from .runner import JobRunner
 
 log = logging.getLogger("child")
@@ -63,7 +63,7 @@ def main() -> int:
     def parent_lost() -> None:
         engine.abort_signal.trigger("the parent is gone")
 
-    link = ParentLink(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
+    link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
                       float(boot.get("parent_loss_timeout", 20.0)), parent_lost)
     engine.link = link
 

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 from flrunner.events import EventType
-from flrunner.job import ComponentDef, parse_server_app
+from flrunner.job import parse_server_app
+from flrunner.loader import AppLoadError, add_custom_dir, instantiate
 from flrunner.status import RunStatus
 
 from .engine import ServerEngine
 
 log = logging.getLogger(__name__)
-
-
-class AppLoadError(Exception):
-    """The server app could not be instantiated; the message names the component."""
-
-
-def instantiate(cdef: ComponentDef) -> Any:
-    module_name, _, class_name = cdef.path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise AppLoadError(f"component '{cdef.id}': cannot import module '{module_name}': "
-                           f"{type(exc).__name__}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise AppLoadError(f"component '{cdef.id}': module '{module_name}' has no '{class_name}'")
-    try:
-        return cls(**cdef.args)
-    except Exception as exc:
-        raise AppLoadError(f"component '{cdef.id}': {cdef.path}(**args) failed: {type(exc).__name__}: {exc}") from exc
 
 
 class JobRunner:
@@ -47,11 +25,8 @@ class JobRunner:
         self.workflows: list[tuple[str, Any]] = []
 
     def load(self) -> None:
-        ws = self.engine.workspace
-        app_dir = Path(ws.get_app_dir(self.engine.job_id))
-        custom = ws.get_app_custom_dir(self.engine.job_id)
-        if os.path.isdir(custom):
-            sys.path.insert(0, custom)
+        app_dir = Path(self.engine.workspace.get_app_dir(self.engine.job_id))
+        add_custom_dir(str(app_dir))
         app = parse_server_app(app_dir, app_dir.name)
         for cdef in app.components:
             self.engine.add_component(cdef.id, instantiate(cdef))

@@ -64,6 +64,7 @@ def cmd_parent(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = ParentConfig(workspace=_workspace(args), sites_endpoint=args.sites, max_concurrent_jobs=args.max_jobs,
                        site_timeout=args.site_timeout, abort_grace=args.abort_grace, term_grace=args.term_grace,
+                       schedule_attempts=args.schedule_attempts, schedule_backoff=args.schedule_backoff,
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True)
     Parent(cfg).run()
     return 0
@@ -72,14 +73,14 @@ def cmd_parent(args: argparse.Namespace) -> int:
 def cmd_site(args: argparse.Namespace) -> int:
     import logging
 
-    from .site_agent import default_resources, run_site
+    from .site.agent import default_resources, run_site
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resources = default_resources()
     if args.gpus is not None:
         resources["num_gpus"] = args.gpus
-    return run_site(args.name, args.server, resources)
+    return run_site(args.name, args.server, resources, args.site_workspace)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--site-timeout", type=float, default=30.0, help="drop a site silent this long (s)")
     sp.add_argument("--abort-grace", type=float, default=5.0, help="abort request -> SIGTERM (s)")
     sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")
+    sp.add_argument("--schedule-attempts", type=int, default=10,
+                    help="tries before a job that cannot get its sites ends FINISHED:CAN_NOT_SCHEDULE")
+    sp.add_argument("--schedule-backoff", type=float, default=1.0, help="seconds before the second try; doubled after")
     sp.add_argument("--log-level", default="INFO")
     sp.set_defaults(func=cmd_parent)
 
@@ -250,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True)
     sp.add_argument("--server", required=True, help="the parent's sites endpoint, e.g. tcp://127.0.0.1:8002")
     sp.add_argument("--gpus", type=int, help="number of GPUs to declare")
+    sp.add_argument("--workspace", "-w", dest="site_workspace",
+                    help="where job apps are unpacked (default ./flrunner-site-NAME)")
     sp.add_argument("--log-level", default="INFO")
     sp.set_defaults(func=cmd_site)
 

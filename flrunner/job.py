@@ -51,6 +51,15 @@ class ServerApp:
 
 
 @dataclass
+class ClientApp:
+    """The parsed site app config: components, and executors with the tasks each serves."""
+
+    name: str
+    components: list[ComponentDef]
+    executors: list[tuple[list[str], ComponentDef]]
+
+
+@dataclass
 class JobDefinition:
     """A validated job folder.
 
@@ -96,11 +105,28 @@ class Job:
                 return app
         return None
 
+    def site_participants(self) -> tuple[set[str], bool]:
+        """(sites named in deploy_map, whether ``@ALL`` adds every site)."""
+        return site_participants(self.deploy_map)
+
     def get_deployment(self) -> dict:
         return dict(self.deploy_map)
 
     def __repr__(self) -> str:
         return f"Job({self.job_id!r}, name={self.name!r})"
+
+
+def site_participants(deploy_map: dict) -> tuple[set[str], bool]:
+    """(sites named in a deploy map, whether ``@ALL`` adds every site)."""
+    named: set[str] = set()
+    everyone = False
+    for targets in deploy_map.values():
+        for t in targets:
+            if t == ALL_SITES:
+                everyone = True
+            elif t != SERVER:
+                named.add(t)
+    return named, everyone
 
 
 def _read_json(folder: Path, rel: str) -> Any:
@@ -173,6 +199,44 @@ def parse_server_app(app_dir: Path, app_name: str) -> ServerApp:
 
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_client_app(app_dir: Path, app_name: str) -> ClientApp:
+    """Parse and validate ``<app>/config/config_fed_client.json``.
+
+    Raises:
+        JobFolderError: naming the file and field that is wrong.
+    """
+    rel = f"{app_name}/{CLIENT_CONFIG}"
+    cfg = _read_json(app_dir.parent, rel)
+    if not isinstance(cfg, dict):
+        raise JobFolderError(rel, None, f"must hold a JSON object, got {type(cfg).__name__}")
+    seen: set[str] = set()
+    components = _component_list(rel, "components", cfg.get("components"), seen)
+    raw = cfg.get("executors") or []
+    if not isinstance(raw, list):
+        raise JobFolderError(rel, "executors", f"must be a list, got {type(raw).__name__}")
+    executors: list[tuple[list[str], ComponentDef]] = []
+    tasks_seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"executors[{i}]"
+        if not isinstance(entry, dict):
+            raise JobFolderError(rel, where, "must be an object {'tasks': [...], 'executor': {...}}")
+        tasks = entry.get("tasks")
+        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise JobFolderError(rel, f"{where}.tasks", "must be a non-empty list of task names")
+        for t in tasks:
+            if t in tasks_seen:
+                raise JobFolderError(rel, f"{where}.tasks", f"task '{t}' has two executors")
+            tasks_seen.add(t)
+        ex = entry.get("executor")
+        if isinstance(ex, dict) and "id" not in ex:
+            ex = {"id": f"executor_{i}", **ex}
+        [cdef] = _component_list(rel, f"{where}.executor", [ex] if ex is not None else None, seen) or [None]
+        if cdef is None:
+            raise JobFolderError(rel, f"{where}.executor", "is missing")
+        executors.append((list(tasks), cdef))
+    return ClientApp(app_name, components, executors)
 
 
 def _int_field(meta: dict, key: str, default: int) -> int:

@@ -24,6 +24,7 @@ class Rc:
     CONFLICT = "CONFLICT"
     TIMEOUT = "TIMEOUT"
     NOT_READY = "NOT_READY"
+    UNAVAILABLE = "UNAVAILABLE"
     ERROR = "ERROR"
 
 
@@ -141,22 +142,49 @@ RUN_STATUS = Op("run_status", "The engine's run status; acknowledged once durabl
                 {"status": opt(str, max_len=64), "progress": opt(str, dict, max_len=4096),
                  "error": opt(str, max_len=65536)})
 JOB_HEARTBEAT = Op("heartbeat", "A job process is alive.", {})
-AUX = Op("aux", "A request for given sites and topic, to be routed (served by the sites issue).",
-         {"targets": opt(list), "topic": req(str, max_len=256), "timeout": opt(int, float)})
-JOB_OPS = OpTable("jobs", HELLO, SYNC_CLIENTS, RUN_STATUS, JOB_HEARTBEAT, AUX)
+AUX = Op("aux", "An aux request (payload in raw frames) for sites of this job; the parent answers once per "
+         "target with the site's reply or the reason there is none. With 'fire_and_forget' nothing is answered.",
+         {"targets": opt(list, max_len=100_000), "topic": req(str, max_len=256), "timeout": req(int, float),
+          "fire_and_forget": opt(bool)})
+CHECK_RESOURCES = Op("check_resources", "Ask sites whether resources fit and reserve them: "
+                     "{results: {site: [is_enough, token, reason]}}.",
+                     {"resource_reqs": req(dict), "timeout": opt(int, float)})
+CANCEL_RESOURCES = Op("cancel_resources", "Release reservations: {tokens: {site: token}}.", {"tokens": req(dict)})
+START_CLIENT_JOB = Op("start_client_job", "Start this job's site app on sites (consuming reservations): "
+                      "{results: {site: [started, reason]}}.",
+                      {"sites": req(list), "tokens": opt(dict), "timeout": opt(int, float)})
+JOB_OPS = OpTable("jobs", HELLO, SYNC_CLIENTS, RUN_STATUS, JOB_HEARTBEAT, AUX, CHECK_RESOURCES, CANCEL_RESOURCES,
+                  START_CLIENT_JOB)
 
 # --- parent -> child pushes --------------------------------------------------------------------
 ABORT = Op("abort", "Stop the job: workflows see abort_signal.triggered.", {"reason": opt(str)})
 CLIENTS_CHANGED = Op("clients_changed", "The site registry changed; the body is the delta.",
                      {"revision": req(int), "changes": req(list), "base": req(int)})
-CHILD_PUSHES = OpTable("child", ABORT, CLIENTS_CHANGED)
+CHILD_AUX = Op("aux", "A site's aux request to this job's engine (payload in raw frames); answer it.",
+               {"site": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool)})
+CHILD_PUSHES = OpTable("child", ABORT, CLIENTS_CHANGED, CHILD_AUX)
 
 # --- site <-> parent (sites socket) ------------------------------------------------------------
 LOGIN = Op("login", "A site logs in with its name (and, later, credentials) and gets a token.",
            {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int)}, needs_auth=False)
 SITE_HEARTBEAT = Op("heartbeat", "A site is alive.", {"token": req(str, max_len=_ID)})
 LOGOUT = Op("logout", "A site leaves the registry.", {"token": req(str, max_len=_ID)})
-SITE_OPS = OpTable("sites", LOGIN, SITE_HEARTBEAT, LOGOUT)
+SITE_AUX = Op("aux", "A site's aux request to a job's engine (payload in raw frames), answered with the engine's reply.",
+              {"token": req(str, max_len=_ID), "job_id": req(str, max_len=_ID), "topic": req(str, max_len=256),
+               "timeout": req(int, float), "fire_and_forget": opt(bool)})
+SITE_OPS = OpTable("sites", LOGIN, SITE_HEARTBEAT, LOGOUT, SITE_AUX)
+
+# --- parent -> site pushes (the site answers each, except fire-and-forget aux) -------------------
+SITE_AUX_REQUEST = Op("aux", "A job's aux request (payload in raw frames) for this site.",
+                      {"job_id": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool)})
+SITE_CHECK_RESOURCES = Op("check_resources", "Does this resource spec fit? Reserve it: {ok, token, reason}.",
+                          {"job_id": req(str), "spec": req(dict), "ttl": req(int, float)})
+SITE_CANCEL_RESOURCES = Op("cancel_resources", "Release a reservation.", {"token": req(str)})
+SITE_START_JOB = Op("start_job", "Run a job's site app (bundle: one raw frame, a tar.gz of the app folder).",
+                    {"job_id": req(str), "job_name": req(str), "app": req(str), "token": opt(str), "meta": opt(dict)})
+SITE_STOP_JOB = Op("stop_job", "Stop this site's part of a job.", {"job_id": req(str), "reason": opt(str)})
+SITE_PUSHES = OpTable("site", SITE_AUX_REQUEST, SITE_CHECK_RESOURCES, SITE_CANCEL_RESOURCES, SITE_START_JOB,
+                      SITE_STOP_JOB)
 
 # --- admin -> parent (admin socket) ------------------------------------------------------------
 SUBMIT = Op("submit", "Validate and queue a job folder; reply with its job id.", {"job_dir": req(str, max_len=4096)})

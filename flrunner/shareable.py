@@ -70,10 +70,13 @@ class Shareable(dict):
     def get_return_code(self, default: str = ReturnCode.OK) -> str:
         return self.get_header(ReservedHeaderKey.RC, default)
 
+    def wire_parts(self) -> dict:
+        """``{"h": headers, "d": data}`` without checking that it can be encoded."""
+        return {"h": self.get_headers(), "d": {k: v for k, v in self.items() if k != ReservedHeaderKey.HEADERS}}
+
     def to_wire(self) -> dict:
         """``{"h": headers, "d": data}``; raises `EncodeError` naming a key msgpack cannot take."""
-        data = {k: v for k, v in self.items() if k != ReservedHeaderKey.HEADERS}
-        wire = {"h": self.get_headers(), "d": data}
+        wire = self.wire_parts()
         pack(wire, "Shareable")  # fail here, at the sender, naming the key
         return wire
 

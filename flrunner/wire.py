@@ -155,6 +155,11 @@ def _has_bad_key_or_size(value: Any) -> bool:
     return False
 
 
+def has_bad_key_or_size(value: Any) -> bool:
+    """Whether ``value`` holds what msgpack packs but receivers refuse (see `pack`)."""
+    return isinstance(value, (dict, list, tuple)) and _has_bad_key_or_size(value)
+
+
 def find_unencodable(value: Any) -> str | None:
     """Where in ``value`` something cannot be encoded, and why (None if nothing is found)."""
     return _find_unencodable(value)

@@ -21,8 +21,10 @@ class Workspace:
         <root>/jobs/<job_id>/      a job's run dir: job/ (the submitted folder), app_server/, log.txt, snapshot
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, app_folder: str = "app_server") -> None:
         self.root = Path(root).absolute()
+        #: The app's folder name inside a run dir (``app_<site name>`` on a site).
+        self.app_folder = app_folder
 
     def get_root_dir(self) -> str:
         return str(self.root)
@@ -32,7 +34,7 @@ class Workspace:
 
     def get_app_dir(self, job_id: str) -> str:
         """The server app of a job, as copied at submit."""
-        return os.path.join(self.get_run_dir(job_id), "app_server")
+        return os.path.join(self.get_run_dir(job_id), self.app_folder)
 
     def get_app_config_dir(self, job_id: str) -> str:
         return os.path.join(self.get_app_dir(job_id), "config")

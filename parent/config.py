@@ -28,6 +28,11 @@ class ParentConfig:
         housekeeping_interval: how often silent sites and subscribers are expired.
         max_msg_size: largest frame accepted on the sites and jobs sockets (ZMQ_MAXMSGSIZE).
         max_admin_msg_size: largest frame accepted on the admin socket.
+        schedule_attempts: tries to schedule a job before it ends ``FINISHED:CAN_NOT_SCHEDULE``.
+        schedule_backoff: seconds before the second try; doubled for each later one.
+        schedule_backoff_max: the longest wait between tries.
+        reservation_ttl: a site releases a resource reservation not used by a job start within this.
+        site_request_timeout: how long the parent waits for a site to answer a job-control request.
         launcher: starts job processes; the cold `ProcessLauncher` if None.
         set_process_title: rename the process ``flrunner-parent: <workspace>`` (off when embedded).
         install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
@@ -47,6 +52,11 @@ class ParentConfig:
     housekeeping_interval: float = 1.0
     max_msg_size: int = 1 << 30
     max_admin_msg_size: int = 1 << 20
+    reservation_ttl: float = 30.0
+    schedule_attempts: int = 10
+    schedule_backoff: float = 1.0
+    schedule_backoff_max: float = 30.0
+    site_request_timeout: float = 10.0
     launcher: Optional[Launcher] = None
     set_process_title: bool = False
     install_signal_handlers: bool = False

@@ -17,20 +17,22 @@ import shutil
 import signal
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
 
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
-from flrunner.job import load_job_folder
+from flrunner.job import Job, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus
 from flrunner.workspace import Workspace
 
 from .config import ParentConfig
 from .job_store import JobRecord, JobStore
 from .launcher import Launcher, LaunchSpec
+from .registry import SiteRegistry
+from .scheduler import Scheduler
+from .site_gateway import SiteJobs
 from .supervision import KillEscalation, RunningJob, describe_exit
 from .timers import Timers
 
@@ -51,13 +53,16 @@ class ManagerHooks:
     unwatch_fd: Callable[[int], None]
     push_to_child: Callable[[bytes, str, dict], None]
     on_change: Callable[[JobRecord], None]
+    #: The job's process is gone (called before its final status is settled).
+    on_job_exit: Callable[[RunningJob, str], None] = lambda job, how: None
 
 
 class JobManager:
     """Owns every job's lifecycle in one parent."""
 
     def __init__(self, config: ParentConfig, workspace: Workspace, store: JobStore, launcher: Launcher,
-                 timers: Timers, hooks: ManagerHooks, endpoint: Callable[[], str]) -> None:
+                 timers: Timers, hooks: ManagerHooks, endpoint: Callable[[], str], registry: SiteRegistry,
+                 site_jobs: SiteJobs) -> None:
         self.config = config
         self.ws = workspace
         self.store = store
@@ -65,11 +70,19 @@ class JobManager:
         self.timers = timers
         self.hooks = hooks
         self.endpoint = endpoint
-        self.queue: deque[str] = deque()
+        self.scheduler = Scheduler(config, store, registry, site_jobs, timers, self._launch, self._transition,
+                                   lambda: len(self.running), lambda job_id: job_from_meta(
+                                       job_id, self.store.get(job_id, with_history=False).meta))
+        self.scheduler.paused = True  # until the parent serves; see start()
         self.running: dict[str, RunningJob] = {}
         self.by_identity: dict[bytes, str] = {}
         self.escalation = KillEscalation(timers, config.abort_grace, config.term_grace)
         self.accepting = True
+
+    def start(self) -> None:
+        """The parent serves: start scheduling."""
+        self.scheduler.paused = False
+        self.scheduler.kick()
 
     # --- start-up -------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -88,7 +101,7 @@ class JobManager:
                 reason += f"; its process {rec.pid} was still running and was killed (re-adoption is not implemented yet)"
             self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
         for rec in self.store.list([RunStatus.SUBMITTED]):
-            self.queue.append(rec.job_id)
+            self.scheduler.add(rec.job_id)
 
     # --- submit and schedule -------------------------------------------------------------------------
     def submit(self, job_dir: str) -> JobRecord:
@@ -112,16 +125,11 @@ class JobManager:
         rec = self.store.add(job_id, jd.name, str(jd.folder.resolve()), jd.meta)
         log.info("job %s (%s) submitted from %s", job_id, jd.name, job_dir)
         self.hooks.on_change(rec)
-        self.queue.append(job_id)
-        self.schedule()
+        self.scheduler.add(job_id)
         return self.store.get(job_id)
 
-    def schedule(self) -> None:
-        """Start queued jobs while under the concurrency limit (called on submit and on every exit)."""
-        while self.accepting and self.queue and len(self.running) < self.config.max_concurrent_jobs:
-            self._launch(self.queue.popleft())
-
-    def _launch(self, job_id: str) -> None:
+    def _launch(self, job_id: str, sites: set[str]) -> None:
+        """Start the job process (the scheduler has started its site apps on ``sites``)."""
         rec = self.store.get(job_id, with_history=False)
         if rec.status is not RunStatus.SUBMITTED:
             return
@@ -138,7 +146,8 @@ class JobManager:
             log.error("job %s: %s", job_id, exc)
             self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, str(exc))
             return
-        job = RunningJob(job_id, rec.name, proc, hash_secret(secret), time.monotonic(), last_heard=time.monotonic())
+        job = RunningJob(job_id, rec.name, proc, hash_secret(secret), time.monotonic(), last_heard=time.monotonic(),
+                         job=job_from_meta(job_id, rec.meta), sites=set(sites))
         self.running[job_id] = job
         self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(job_id))
         job.timers.append(self.timers.call_later(self.config.start_timeout, self._start_timeout, job_id))
@@ -235,10 +244,7 @@ class JobManager:
             raise Conflict(f"job {job_id} already ended {rec.status.value}")
         job = self.running.get(job_id)
         if job is None:
-            try:
-                self.queue.remove(job_id)
-            except ValueError:
-                pass
+            self.scheduler.remove(job_id)
             return self._transition(job_id, RunStatus.FINISHED_ABORTED, reason)
         if job.abort_reason is not None:
             return rec
@@ -272,6 +278,7 @@ class JobManager:
         if job.identity is not None:
             self.by_identity.pop(job.identity, None)
         exit_code, sig, how = describe_exit(rc)
+        self.hooks.on_job_exit(job, how)
         rec = self.store.get(job_id, with_history=False)
         if rec.status.is_final:
             self.store.record_exit(job_id, exit_code, sig)
@@ -287,11 +294,12 @@ class JobManager:
             self._transition(job_id, RunStatus.FINISHED_ABNORMAL, f"job process {how} without a final status",
                              exit_code=exit_code, signal=sig)
         log.info("job %s: process %d %s", job_id, job.proc.pid, how)
-        self.schedule()
+        self.scheduler.kick(resources_changed=True)
 
     def shutdown(self, reason: str = "parent shutdown") -> None:
         """Stop taking jobs and abort every running one; queued jobs stay SUBMITTED for the next start."""
         self.accepting = False
+        self.scheduler.paused = True
         for job_id in list(self.running):
             try:
                 self.abort(job_id, reason)
@@ -320,6 +328,15 @@ class JobManager:
         log.info("job %s: %s (%s)", job_id, status.value, reason)
         self.hooks.on_change(rec)
         return rec
+
+
+def job_from_meta(job_id: str, meta: dict) -> Job:
+    """The `Job` of a stored job. A job with a site app and no ``min_clients`` needs one site."""
+    deploy_map = meta.get("deploy_map") or {}
+    named, everyone = site_participants(deploy_map)
+    min_clients = meta.get("min_clients", 1 if (named or everyone) else 0)
+    return Job(job_id, meta.get("resource_spec") or {}, deploy_map, meta, int(min_clients or 0),
+               meta.get("mandatory_clients") or [])
 
 
 def _same_process_alive(pid: int, create_time: float | None) -> bool:

@@ -30,14 +30,18 @@ from flrunner.wakeup import WakePipe
 from flrunner.workspace import Workspace
 
 from .admin_service import AdminService
+from .aux_service import AuxService
 from .config import ParentConfig
 from .job_store import JobRecord, JobStore
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
 from .launcher import ProcessLauncher
 from .registry import SiteRegistry
+from .outstanding import Outstanding
 from .router import RouterEndpoint
+from .site_gateway import SiteGateway, SiteJobs
 from .sites_service import SitesService
+from .supervision import RunningJob
 from .timers import Timers
 
 log = logging.getLogger("parent")
@@ -95,13 +99,20 @@ class Parent:
         self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
         self.launcher = cfg.launcher or ProcessLauncher()
         hooks = ManagerHooks(watch_fd=self.watch_fd, unwatch_fd=self.unwatch_fd,
-                             push_to_child=self._push_to_child, on_change=self._on_change)
+                             push_to_child=self._push_to_child, on_change=self._on_change,
+                             on_job_exit=self._on_job_exit)
+        self.outstanding = Outstanding(self.timers)
+        self.gateway = SiteGateway(self.sites, self.registry, self.outstanding)
+        self.site_jobs = SiteJobs(self.gateway, self.ws, cfg.reservation_ttl, cfg.site_request_timeout)
         self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
-                                  endpoint=lambda: self.jobs.endpoint)
+                                  endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
                                           self.stop, self.ws.get_root_dir())
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4))
+        self.aux_service = AuxService(self.jobs, self.sites, self.manager, self.registry, self.gateway,
+                                      self.site_jobs, self.outstanding)
+        self.registry.listeners.append(self._on_registry_change)
 
         sock_dir = self.ws.get_socket_dir()
         self.jobs.bind(f"ipc://{sock_dir}/jobs.sock")
@@ -122,7 +133,7 @@ class Parent:
         self._started = True
         log.info("parent %d serving workspace %s: sites %s, jobs %s, admin %s", os.getpid(),
                  self.ws.get_root_dir(), self.sites.endpoint, self.jobs.endpoint, self.admin.endpoint)
-        self.manager.schedule()
+        self.manager.start()
         if cfg.on_started:
             cfg.on_started()
 
@@ -232,6 +243,19 @@ class Parent:
 
     def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
         self.jobs.push(identity, op, body)
+
+    def _on_registry_change(self, base: int, revision: int, changes: list[dict]) -> None:
+        if any(change["op"] == "add" for change in changes):
+            self.manager.scheduler.kick(resources_changed=True)
+        for change in changes:
+            if change["op"] == "remove":
+                # Whoever waits on that site learns now, not at its timeout.
+                self.outstanding.fail_site(change["name"], f"site '{change['name']}' left")
+
+    def _on_job_exit(self, job: RunningJob, how: str) -> None:
+        self.outstanding.fail_job(job.job_id, f"job {job.job_id} ended")
+        if job.sites:
+            self.site_jobs.stop(job.job_id, sorted(job.sites), f"job process {how}")
 
     def _on_change(self, rec: JobRecord) -> None:
         self.admin_service.publish(rec)

@@ -15,6 +15,8 @@ from typing import Callable
 
 import psutil
 
+from flrunner.job import Job
+
 from .launcher import JobProcess
 from .timers import Timer, Timers
 
@@ -36,8 +38,25 @@ class RunningJob:
     abort_reason: str | None = None
     term_sent: bool = False
     start_timed_out: bool = False
+    job: Job | None = None
+    #: Sites whose part of the job was started (they get stop_job when it ends).
+    sites: set[str] = field(default_factory=set)
     timers: list[Timer] = field(default_factory=list)
     _ps: psutil.Process | None = None
+
+    def may_address(self, site: str) -> bool:
+        """Whether this job may send to ``site``: a site it runs on, one its deploy map names (or
+        any site for ``@ALL``); a job that names no site (server-only) may address any site."""
+        if site in self.sites or self.job is None:
+            return site in self.sites
+        named, everyone = self.job.site_participants()
+        return everyone or site in named or not named
+
+    def default_targets(self, online: list[str]) -> list[str]:
+        """The sites an aux request without targets goes to."""
+        if self.sites:
+            return sorted(self.sites)
+        return [s for s in online if self.may_address(s)]
 
     def cancel_timers(self) -> None:
         for t in self.timers:

@@ -216,26 +216,45 @@ def start_site(procs: Procs):
 
 @pytest.fixture
 def make_job(tmp: Path):
-    """``make_job(workflows, components=(), name="test-job", **meta)`` -> a job folder path.
+    """``make_job(workflows, components=(), name="test-job", site_app=None, sites=None, **meta)`` -> a job folder.
 
     ``workflows`` and ``components`` are lists of ``(id, class name in job_components, args)``.
+    ``site_app``, if given, is ``{"components": [...], "executors": [(tasks, class name, args), ...]}``
+    and is deployed to ``sites`` (a list of names, default ``["@ALL"]``-style: every site).
+    Extra keyword arguments go into ``meta.json``.
     """
     counter = [0]
 
-    def make(workflows: list, components: list = (), name: str = "test-job", **meta: Any) -> Path:
+    def entries(items):
+        return [{"id": i, "path": f"job_components.{cls}", "args": args} for i, cls, args in items]
+
+    def app(folder: Path, configs: dict[str, dict]) -> None:
+        (folder / "config").mkdir(parents=True)
+        (folder / "custom").mkdir()
+        shutil.copy(HERE / "job_components.py", folder / "custom" / "job_components.py")
+        for config_name, config in configs.items():
+            (folder / "config" / config_name).write_text(json.dumps(config))
+
+    def make(workflows: list, components: list = (), name: str = "test-job", site_app: dict | None = None,
+             sites: list | None = None, **meta: Any) -> Path:
         counter[0] += 1
         folder = tmp / f"job{counter[0]}"
-        app = folder / "app_server"
-        (app / "config").mkdir(parents=True)
-        (app / "custom").mkdir()
-        shutil.copy(HERE / "job_components.py", app / "custom" / "job_components.py")
-
-        def entries(items):
-            return [{"id": i, "path": f"job_components.{cls}", "args": args} for i, cls, args in items]
-
-        (app / "config" / "config_fed_server.json").write_text(json.dumps(
-            {"format_version": 2, "workflows": entries(workflows), "components": entries(components)}))
-        (folder / "meta.json").write_text(json.dumps({"name": name, "deploy_map": {"app_server": ["server"]}, **meta}))
+        server = {"format_version": 2, "workflows": entries(workflows), "components": entries(components)}
+        if site_app is None:
+            app(folder / "app_server", {"config_fed_server.json": server})
+            deploy_map = {"app_server": ["server"]}
+        else:
+            client = {"format_version": 2, "components": entries(site_app.get("components", [])),
+                      "executors": [{"tasks": list(tasks), "executor": {"path": f"job_components.{cls}", "args": args}}
+                                    for tasks, cls, args in site_app.get("executors", [])]}
+            if sites:  # the server's app and the sites' app apart
+                app(folder / "app_server", {"config_fed_server.json": server})
+                app(folder / "app_site", {"config_fed_client.json": client})
+                deploy_map = {"app_server": ["server"], "app_site": list(sites)}
+            else:  # one app for the server and every site
+                app(folder / "app", {"config_fed_server.json": server, "config_fed_client.json": client})
+                deploy_map = {"app": ["@ALL"]}
+        (folder / "meta.json").write_text(json.dumps({"name": name, "deploy_map": deploy_map, **meta}))
         return folder
 
     return make

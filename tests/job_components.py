@@ -104,12 +104,16 @@ class EngineProbe(Controller):
         r["register_twice"] = _expect_error(lambda: engine.register_aux_message_handler("probe_topic", handler), ValueError)
         r["register_empty_topic"] = _expect_error(lambda: engine.register_aux_message_handler("", handler), ValueError)
         r["register_not_callable"] = _expect_error(lambda: engine.register_aux_message_handler("t2", 5), TypeError)
-        req = Shareable()
-        r["send_aux_request"] = _expect_error(lambda: engine.send_aux_request([], "t", req, 1.0, fl_ctx), NotImplementedError)
-        r["fire_and_forget_aux_request"] = _expect_error(lambda: engine.fire_and_forget_aux_request([], "t", req, fl_ctx), NotImplementedError)
-        r["check_client_resources"] = _expect_error(lambda: engine.check_client_resources(None, {}, fl_ctx), NotImplementedError)
-        r["cancel_client_resources"] = _expect_error(lambda: engine.cancel_client_resources({}, {}, fl_ctx), NotImplementedError)
-        r["start_client_job"] = _expect_error(lambda: engine.start_client_job("j", [], fl_ctx), NotImplementedError)
+        req = Shareable({"hello": "sites"})
+        replies = engine.send_aux_request([], "no_such_topic", req, 5.0, fl_ctx)
+        r["send_aux_request"] = {name: rep.get_return_code() for name, rep in replies.items()}
+        r["fire_and_forget_aux_request"] = engine.fire_and_forget_aux_request([], "t", req, fl_ctx)
+        checked = engine.check_client_resources(None, {"site-a": {"num_cpus": 1}, "site-b": {"num_gpus": 99}}, fl_ctx)
+        r["check_client_resources"] = {s: [ok, bool(tok)] for s, (ok, tok) in checked.items()}
+        engine.cancel_client_resources(checked, {}, fl_ctx)
+        r["cancel_client_resources"] = "done"
+        started = engine.start_client_job(fl_ctx.get_job_id(), ["site-a"], fl_ctx)
+        r["start_client_job"] = {s: [ok, reason] for s, (ok, reason) in started.items()}
         _write(fl_ctx, "probe.json", r)
 
 
@@ -210,3 +214,33 @@ class LeaveThreadRunning(Controller):
         import threading
 
         threading.Thread(target=time.sleep, args=(600,), daemon=False).start()
+
+
+# --- site side --------------------------------------------------------------------------------------
+
+
+class EchoExecutor(FLComponent):
+    """Answers a task with what it got, the site's name and the task."""
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        reply = Shareable({"echo": dict((k, v) for k, v in shareable.items() if k != "__headers__"),
+                           "site": fl_ctx.get_identity_name(), "task": task_name})
+        return reply
+
+
+class AuxRoundTrip(Controller):
+    """Sends ``topic`` to all sites (or ``targets``) and writes each reply's rc and data to aux.json."""
+
+    def __init__(self, topic="echo", targets=None, timeout=10.0, payload=None):
+        super().__init__()
+        self.topic = topic
+        self.targets = targets
+        self.timeout = timeout
+        self.payload = payload or {"x": 1}
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        replies = engine.send_aux_request(self.targets, self.topic, Shareable(self.payload), self.timeout, fl_ctx)
+        _write(fl_ctx, "aux.json", {s: {"rc": r.get_return_code(), "data": {k: v for k, v in r.items()
+                                                                            if k != "__headers__"},
+                                        "reason": r.get_header("reason")} for s, r in replies.items()})

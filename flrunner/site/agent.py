@@ -1,0 +1,263 @@
+"""The site agent: logs in to the parent, heartbeats, and serves the jobs that run on this site.
+
+The parent pushes job-control requests (check and reserve resources, start a job's site app
+from a bundle, stop it) and jobs' aux requests; the agent answers each on its own threads, so
+its connection keeps serving while a job's handler works or hangs. It logs in again by itself
+when the parent forgets it (a restart, an expiry), backing off while the parent is unreachable,
+and logs out on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psutil
+
+from flrunner import protocol as P
+from flrunner.bundles import extract_bundle
+from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
+from flrunner.link import Link
+from flrunner.payload import decode_shareable, encode_shareable, failure_reply, reply_from
+from flrunner.shareable import Shareable
+from flrunner.wire import Message
+from flrunner.workspace import Workspace
+
+from .job import SiteJob
+from .resources import ResourceManager
+
+log = logging.getLogger(__name__)
+
+
+def default_resources() -> dict:
+    return {"num_cpus": os.cpu_count() or 1, "mem_gb": round(psutil.virtual_memory().total / 2**30, 1), "num_gpus": 0}
+
+
+class SiteAgent:
+    """One FL site's agent.
+
+    Args:
+        name: the site name.
+        server: the parent's sites endpoint.
+        resources: declared resources (defaults from psutil).
+        workspace: where job apps are unpacked (default ``./flrunner-site-<name>``).
+        request_timeout: seconds to wait for the parent's reply to a login or logout.
+        job_threads: requests of one job served at once.
+    """
+
+    def __init__(self, name: str, server: str, resources: dict | None = None, workspace: str | None = None,
+                 request_timeout: float = 5.0, job_threads: int = 4) -> None:
+        self.name = name
+        self.server = server
+        self.resources = resources if resources is not None else default_resources()
+        self.workspace = Workspace(workspace or os.path.abspath(f"flrunner-site-{name}"), app_folder=f"app_{name}")
+        self.request_timeout = request_timeout
+        self.job_threads = job_threads
+        self.resource_manager = ResourceManager(self.resources)
+        self.token: str | None = None
+        self.jobs: dict[str, SiteJob] = {}
+        self._jobs_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._relogin = threading.Event()
+        self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="site-control")
+        self.link = Link(server, self._on_push, heartbeat_interval=5.0, parent_loss_timeout=20.0,
+                         on_parent_lost=self._forgotten, heartbeat_body=lambda: {"token": self.token or ""},
+                         immediate=True, on_heartbeat_refused=lambda msg: self._forgotten())
+        self._handlers = {"aux": self._aux, "check_resources": self._check_resources,
+                          "cancel_resources": self._cancel_resources, "start_job": self._start_job,
+                          "stop_job": self._stop_job}
+
+    # --- session ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self._relogin.set()
+
+    def run(self) -> None:
+        """Serve until `stop` (or SIGTERM when installed); log out and stop jobs on the way out."""
+        self.link.start()
+        backoff = 0.1
+        try:
+            while not self._stop.is_set():
+                if self.token is None:
+                    try:
+                        self.login(timeout=min(self.request_timeout, 0.5 + backoff))
+                        backoff = 0.1
+                    except FlrunnerError as exc:
+                        log.warning("site %s: login to %s failed (%s); retrying in %.1fs", self.name, self.server,
+                                    exc, backoff)
+                        self._stop.wait(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                    continue
+                self._relogin.wait(1.0)
+                self._relogin.clear()
+            self.logout()
+        finally:
+            self._stop_all_jobs("the site agent stops")
+            self._control.shutdown(wait=False, cancel_futures=True)
+            self.link.close()
+
+    def login(self, timeout: float | None = None) -> None:
+        body = self.link.request("login", {"name": self.name, "resources": self.resources, "pid": os.getpid()},
+                                 timeout=timeout or self.request_timeout).body
+        self.token = body["token"]
+        self.link.heartbeat_interval = float(body.get("heartbeat_interval", 5.0))
+        self.link.parent_loss_timeout = max(4 * self.link.heartbeat_interval, 2.0)
+        self.link.authenticated = True
+        log.info("site %s logged in to %s", self.name, self.server)
+
+    def logout(self) -> None:
+        if self.token is None:
+            return
+        try:
+            self.link.request("logout", {"token": self.token}, timeout=min(self.request_timeout, 2.0))
+            log.info("site %s logged out", self.name)
+        except FlrunnerError as exc:
+            log.warning("site %s: logout failed: %s", self.name, exc)
+        self.token = None
+
+    def _forgotten(self) -> None:
+        """The parent refused a heartbeat or went silent: log in again; this site's jobs are over."""
+        if self.token is None:
+            return
+        log.warning("site %s: the parent no longer knows this site; logging in again", self.name)
+        self.token = None
+        self.link.authenticated = False
+        self._control.submit(self._stop_all_jobs, "the parent forgot this site")
+        self._relogin.set()
+
+    # --- requests from the parent (I/O thread: hand work to threads, never block) -----------------
+    def _on_push(self, msg: Message) -> None:
+        try:
+            args = P.SITE_PUSHES.get(msg.op).validate(msg.body)
+        except BadRequest as exc:
+            self.link.reply(msg, {"reason": str(exc)}, rc=P.Rc.BAD_REQUEST)
+            return
+        self._handlers[msg.op](msg, args)
+
+    def _aux(self, msg: Message, args: dict) -> None:
+        with self._jobs_lock:
+            job = self.jobs.get(args["job_id"])
+        if job is None or job.stopped:
+            if not args["fire_and_forget"]:
+                self.link.reply(msg, {"reason": f"job {args['job_id']} is not running on site {self.name}"},
+                                rc=P.Rc.NOT_FOUND)
+            return
+        try:
+            job.pool.submit(self._serve_aux, job, msg, args)
+        except RuntimeError:  # the job stopped in between
+            if not args["fire_and_forget"]:
+                self.link.reply(msg, {"reason": f"job {args['job_id']} stopped on site {self.name}"},
+                                rc=P.Rc.NOT_FOUND)
+
+    def _serve_aux(self, job: SiteJob, msg: Message, args: dict) -> None:
+        try:
+            request = decode_shareable(msg.frames)
+        except FrameError as exc:
+            reply = failure_reply(P.Rc.BAD_REQUEST, f"undecodable request: {exc}")
+        else:
+            reply = job.handle(args["topic"], request)
+        if args["fire_and_forget"]:
+            return
+        try:
+            frames = encode_shareable(reply)
+        except EncodeError as exc:
+            self.link.reply(msg, {"reason": f"the reply of '{args['topic']}' cannot travel: {exc}"}, rc=P.Rc.ERROR)
+            return
+        self.link.reply(msg, {}, frames)
+
+    def _check_resources(self, msg: Message, args: dict) -> None:
+        ok, token, reason = self.resource_manager.check(args["job_id"], args["spec"], float(args["ttl"]))
+        self.link.reply(msg, {"token": token, "reason": reason}, rc=P.Rc.OK if ok else P.Rc.CONFLICT)
+
+    def _cancel_resources(self, msg: Message, args: dict) -> None:
+        self.resource_manager.cancel(args["token"])
+
+    def _start_job(self, msg: Message, args: dict) -> None:
+        self._control.submit(self._do_start_job, msg, args)
+
+    def _do_start_job(self, msg: Message, args: dict) -> None:
+        job_id = args["job_id"]
+        with self._jobs_lock:
+            if job_id in self.jobs:
+                self.link.reply(msg, {"started": True, "reason": "already running"})
+                return
+        if args["token"] and not self.resource_manager.consume(args["token"], job_id):
+            self.link.reply(msg, {"reason": "the resource reservation expired or is unknown"}, rc=P.Rc.CONFLICT)
+            return
+        job = SiteJob(self.name, job_id, args["job_name"], args["app"], self.workspace, self._sender(job_id),
+                      self.job_threads)
+        try:
+            if len(msg.frames) != 1:
+                raise BadRequest("start_job must carry exactly one bundle frame")
+            shutil.rmtree(job.app_dir, ignore_errors=True)
+            extract_bundle(msg.frames[0].bytes if hasattr(msg.frames[0], "bytes") else bytes(msg.frames[0]), job.app_dir)
+            job.start()
+        except Exception as exc:
+            log.error("site %s: cannot start job %s: %s", self.name, job_id, exc)
+            self.resource_manager.release_job(job_id)
+            job.stop(f"failed to start: {exc}")
+            self.link.reply(msg, {"reason": f"{type(exc).__name__}: {exc}"[:2000]}, rc=P.Rc.ERROR)
+            return
+        with self._jobs_lock:
+            self.jobs[job_id] = job
+        self.link.reply(msg, {"started": True})
+
+    def _stop_job(self, msg: Message, args: dict) -> None:
+        self._control.submit(self._do_stop_job, args["job_id"], args["reason"] or "the job ended")
+
+    def _do_stop_job(self, job_id: str, reason: str) -> None:
+        with self._jobs_lock:
+            job = self.jobs.pop(job_id, None)
+        if job is not None:
+            job.stop(reason)
+        self.resource_manager.release_job(job_id)
+
+    def _stop_all_jobs(self, reason: str) -> None:
+        with self._jobs_lock:
+            jobs, self.jobs = list(self.jobs.values()), {}
+        for job in jobs:
+            job.stop(reason)
+            self.resource_manager.release_job(job.job_id)
+
+    # --- site -> the job's engine -----------------------------------------------------------------------
+    def _sender(self, job_id: str):
+        def send_to_server(topic: str, request: Shareable, timeout: float, fire_and_forget: bool) -> Shareable:
+            body = {"token": self.token or "", "job_id": job_id, "topic": topic, "timeout": max(timeout, 0.0)}
+            frames = encode_shareable(request)
+            if fire_and_forget:
+                body["fire_and_forget"] = True
+                self.link.send("aux", body, frames)
+                return Shareable()
+            call = self.link.call("aux", body, frames)
+            try:
+                if not call.wait(1, timeout):
+                    return failure_reply(P.Rc.TIMEOUT, f"no reply from the job's engine within {timeout:g}s")
+            finally:
+                self.link.end_call(call)
+            return reply_from(call.replies[0])
+
+        return send_to_server
+
+
+def run_site(name: str, server: str, resources: dict | None = None, workspace: str | None = None) -> int:
+    """Run a site agent in the foreground: process title, signals, logs to stderr."""
+    import setproctitle
+
+    setproctitle.setproctitle(f"flrunner-site: {name}")
+    agent = SiteAgent(name, server, resources, workspace)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.run()
+    return 0
+
+
+__all__ = ["SiteAgent", "default_resources", "run_site"]

@@ -1,0 +1,141 @@
+"""Routing between a job's engine and sites: aux requests both ways, and the job-control
+requests a job's engine makes of sites (resources, starting its site app).
+
+The parent only routes: payloads stay in their raw frames and are forwarded as they arrived
+(no decode, no copy). A request to several sites is sent to all of them at once; each target's
+reply (or the reason there is none: unknown, offline, timed out, left while waited on) goes back
+to the engine as it comes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flrunner import protocol as P
+from flrunner.errors import BadRequest, NotFound, Unauthorized
+from flrunner.wire import Message
+
+from .jobs import JobManager
+from .outstanding import Outstanding
+from .registry import SiteRegistry
+from .router import Request, RouterEndpoint
+from .site_gateway import Results, SiteGateway, SiteJobs
+from .supervision import RunningJob
+
+log = logging.getLogger(__name__)
+
+#: Extra seconds the parent waits beyond a request's own timeout (the requester times out first).
+SLACK = 2.0
+
+
+class AuxService:
+    """Serves the routed ops of the jobs and sites sockets."""
+
+    def __init__(self, jobs: RouterEndpoint, sites: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
+                 gateway: SiteGateway, site_jobs: SiteJobs, outstanding: Outstanding) -> None:
+        self.jobs = jobs
+        self.sites = sites
+        self.manager = manager
+        self.registry = registry
+        self.gateway = gateway
+        self.site_jobs = site_jobs
+        self.outstanding = outstanding
+        jobs.on(P.AUX, self.job_aux)
+        jobs.on(P.CHECK_RESOURCES, self.check_resources)
+        jobs.on(P.CANCEL_RESOURCES, self.cancel_resources)
+        jobs.on(P.START_CLIENT_JOB, self.start_client_job)
+        sites.on(P.SITE_AUX, self.site_aux)
+        jobs.on_reply = lambda identity, msg: self._on_reply(jobs, identity, msg)
+        sites.on_reply = lambda identity, msg: self._on_reply(sites, identity, msg)
+
+    def _on_reply(self, endpoint: RouterEndpoint, identity: bytes, msg: Message) -> None:
+        if not self.outstanding.reply(endpoint.name, identity, msg):
+            endpoint.dropped += 1  # late (after its timeout) or never asked for
+
+    # --- job -> sites --------------------------------------------------------------------------
+    def job_aux(self, req: Request) -> None:
+        job = self.manager.job_for(req.identity)
+        topic, timeout = req.args["topic"], float(req.args["timeout"])
+        targets = req.args["targets"] or job.default_targets([c["name"] for c in self.registry.listing()])
+        if not all(isinstance(t, str) for t in targets):
+            raise BadRequest("op 'aux': field 'targets' must be a list of site names")
+        targets = list(dict.fromkeys(targets))
+        body = {"job_id": job.job_id, "topic": topic, "timeout": timeout}
+        if req.args["fire_and_forget"]:
+            body["fire_and_forget"] = True
+            for site in targets:
+                if job.may_address(site):
+                    self.gateway.send(site, "aux", body, req.msg.frames)
+            return None
+        # First the plan (which sites will answer), then one reply per site as it comes.
+        self.jobs.reply(req.identity, req.msg, {"targets": targets})
+        for site in targets:
+            if not job.may_address(site):
+                self.jobs.reply(req.identity, req.msg, {"site": site, "reason": f"site '{site}' is not a site of this job"},
+                                rc=P.Rc.NOT_FOUND)
+                continue
+            self.gateway.request(
+                site, "aux", body, timeout + SLACK,
+                on_reply=lambda m, s=site: self.jobs.reply(req.identity, req.msg, {"site": s}, m.frames, rc=m.rc or P.Rc.OK),
+                on_fail=lambda rc, reason, s=site: self.jobs.reply(req.identity, req.msg, {"site": s, "reason": reason}, rc=rc),
+                frames=req.msg.frames, job_id=job.job_id)
+        return None
+
+    def check_resources(self, req: Request) -> None:
+        job = self.manager.job_for(req.identity)
+        reqs = req.args["resource_reqs"]
+        self._check_sites(job, reqs)
+
+        def done(results: Results) -> None:
+            self.jobs.reply(req.identity, req.msg, {"results": {
+                s: [ok, d.get("token") if ok else None, d.get("reason")] for s, (ok, d) in results.items()}})
+
+        self.site_jobs.check_resources(job.job_id, reqs, done, req.args["timeout"])
+
+    def cancel_resources(self, req: Request) -> dict:
+        job = self.manager.job_for(req.identity)
+        tokens = req.args["tokens"]
+        self._check_sites(job, tokens)
+        self.site_jobs.cancel_resources({s: t for s, t in tokens.items() if isinstance(t, str)})
+        return {}
+
+    def start_client_job(self, req: Request) -> None:
+        job = self.manager.job_for(req.identity)
+        sites = req.args["sites"]
+        self._check_sites(job, {s: None for s in sites})
+        tokens = {s: t for s, t in (req.args["tokens"] or {}).items() if isinstance(t, str)}
+
+        def done(results: Results) -> None:
+            job.sites.update(s for s, (ok, _) in results.items() if ok)
+            self.jobs.reply(req.identity, req.msg, {"results": {s: [ok, d.get("reason")] for s, (ok, d) in results.items()}})
+
+        assert job.job is not None
+        self.site_jobs.start(job.job, list(dict.fromkeys(sites)), tokens, done, req.args["timeout"])
+
+    @staticmethod
+    def _check_sites(job: RunningJob, by_site: dict) -> None:
+        for site in by_site:
+            if not isinstance(site, str) or not job.may_address(site):
+                raise BadRequest(f"site {site!r} is not a site of job {job.job_id}")
+
+    # --- site -> job ------------------------------------------------------------------------------
+    def site_aux(self, req: Request) -> None:
+        site = self.registry.authenticate(req.args["token"]).name
+        job = self.manager.running.get(req.args["job_id"])
+        if job is None or job.identity is None:
+            raise NotFound(f"job '{req.args['job_id'][:64]}' is not running")
+        if not job.may_address(site):
+            raise Unauthorized(f"site '{site}' is not a site of job {job.job_id}")
+        body = {"site": site, "topic": req.args["topic"], "timeout": req.args["timeout"]}
+        if req.args["fire_and_forget"]:
+            body["fire_and_forget"] = True
+            self.jobs.push(job.identity, "aux", body, req.msg.frames)
+            return None
+        mid = self.jobs.push(job.identity, "aux", body, req.msg.frames)
+        self.outstanding.expect(
+            self.jobs.name, job.identity, mid, float(req.args["timeout"]) + SLACK,
+            on_reply=lambda m: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id}, m.frames, rc=m.rc or P.Rc.OK),
+            on_fail=lambda rc, reason: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id, "reason": reason},
+                                                        rc=rc),
+            job_id=job.job_id)
+        return None
