@@ -218,20 +218,26 @@ def start_site(procs: Procs):
 def make_job(tmp: Path):
     """``make_job(workflows, components=(), name="test-job", site_app=None, sites=None, **meta)`` -> a job folder.
 
-    ``workflows`` and ``components`` are lists of ``(id, class name in job_components, args)``.
+    ``workflows`` and ``components`` are lists of ``(id, class, args)``; a class is a name in
+    ``tests/job_components.py`` or ``module.Class`` for any ``tests/job_components*.py`` module (all
+    of them are copied into the job's ``custom/`` folders).
     ``site_app``, if given, is ``{"components": [...], "executors": [(tasks, class name, args), ...]}``
     and is deployed to ``sites`` (a list of names, default ``["@ALL"]``-style: every site).
     Extra keyword arguments go into ``meta.json``.
     """
     counter = [0]
 
+    def path(cls: str) -> str:
+        return cls if "." in cls else f"job_components.{cls}"
+
     def entries(items):
-        return [{"id": i, "path": f"job_components.{cls}", "args": args} for i, cls, args in items]
+        return [{"id": i, "path": path(cls), "args": args} for i, cls, args in items]
 
     def app(folder: Path, configs: dict[str, dict]) -> None:
         (folder / "config").mkdir(parents=True)
         (folder / "custom").mkdir()
-        shutil.copy(HERE / "job_components.py", folder / "custom" / "job_components.py")
+        for module in HERE.glob("job_components*.py"):
+            shutil.copy(module, folder / "custom" / module.name)
         for config_name, config in configs.items():
             (folder / "config" / config_name).write_text(json.dumps(config))
 
@@ -245,7 +251,7 @@ def make_job(tmp: Path):
             deploy_map = {"app_server": ["server"]}
         else:
             client = {"format_version": 2, "components": entries(site_app.get("components", [])),
-                      "executors": [{"tasks": list(tasks), "executor": {"path": f"job_components.{cls}", "args": args}}
+                      "executors": [{"tasks": list(tasks), "executor": {"path": path(cls), "args": args}}
                                     for tasks, cls, args in site_app.get("executors", [])]}
             if sites:  # the server's app and the sites' app apart
                 app(folder / "app_server", {"config_fed_server.json": server})
