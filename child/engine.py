@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +29,9 @@ from flrunner.link import Link
 log = logging.getLogger(__name__)
 
 SERVER_IDENTITY = "server"
+#: Largest progress detail (as JSON) and longest execution error sent to the parent (its tail).
+MAX_PROGRESS_BYTES = 16 * 1024
+MAX_ERROR_CHARS = 60 * 1024
 
 
 class NotAvailableYet(FlrunnerError, NotImplementedError):
@@ -135,6 +139,8 @@ class ServerEngine(ServerEngineSpec):
         return [by_name[n] for n in client_names if n in by_name], [n for n in client_names if n not in by_name]
 
     def get_client_name_from_token(self, token: str) -> str:
+        if self.link is not None and (self._revision is None or self._stale):
+            self.sync_clients_from_main_process()
         with self._clients_lock:
             for c in self._clients.values():
                 if c.token and c.token == token:
@@ -165,12 +171,28 @@ class ServerEngine(ServerEngineSpec):
 
     # --- status ---------------------------------------------------------------------------------------------
     def set_run_progress(self, progress: Any) -> None:
-        """Set the progress detail (a string or a small dict) sent by the next `update_job_run_status`."""
+        """Set the progress detail sent by the next `update_job_run_status`.
+
+        Raises:
+            TypeError: ``progress`` is not a string or a JSON-compatible dict.
+            ValueError: it is larger than 16 KB as JSON.
+        """
+        if not isinstance(progress, (str, dict)):
+            raise TypeError(f"progress must be a string or a dict, got {type(progress).__name__}")
+        try:
+            size = len(json.dumps(progress))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"progress must be JSON-compatible: {exc}") from None
+        if size > MAX_PROGRESS_BYTES:
+            raise ValueError(f"progress is {size} bytes as JSON, over the limit of {MAX_PROGRESS_BYTES}")
         self.progress = progress
 
     def update_job_run_status(self):
         """Push run status, progress and execution error; returns the status the parent stored."""
-        body = {"status": self.run_status.value, "progress": self.progress, "error": self.exe_error}
+        error = self.exe_error
+        if error is not None and len(error) > MAX_ERROR_CHARS:
+            error = "…" + error[-MAX_ERROR_CHARS:]
+        body = {"status": self.run_status.value, "progress": self.progress, "error": error}
         if self.link is None:
             return self.run_status.value
         return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import setproctitle
@@ -45,6 +46,7 @@ def read_bootstrap(stream) -> dict:
 
 
 def main() -> int:
+    """Read the bootstrap from stdin and run the job; returns the exit code."""
     try:
         boot = read_bootstrap(sys.stdin.buffer)
     except Exception as exc:
@@ -53,18 +55,29 @@ def main() -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    return run_job(boot)
+
+
+def run_job(boot: dict) -> int:
+    """Run one job in this process, given its bootstrap (a warm launcher calls this after a fork)."""
     job_id = boot["job_id"]
     setproctitle.setproctitle(f"flrunner-job: {job_id} {boot['job_name']}")
     logging.basicConfig(stream=sys.stderr, level=boot.get("log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     engine = ServerEngine(job_id, Workspace(boot["workspace"]))
+    loss_timeout = float(boot.get("parent_loss_timeout", 20.0))
+    orphan_grace = float(boot.get("orphan_grace", 10.0))
 
     def parent_lost() -> None:
+        # Ask the workflows to stop; if they do not within the grace, leave anyway, so a job whose
+        # parent is gone for good never runs on unsupervised.
         engine.abort_signal.trigger("the parent is gone")
+        watchdog = threading.Timer(orphan_grace, _exit_orphaned, args=(link,))
+        watchdog.daemon = True
+        watchdog.start()
 
-    link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
-                      float(boot.get("parent_loss_timeout", 20.0)), parent_lost)
+    link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)), loss_timeout,
+                parent_lost)
     engine.link = link
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -75,19 +88,27 @@ def main() -> int:
     link.start()
     try:
         link.request("hello", {"job_id": job_id, "secret": boot["secret"], "pid": os.getpid()}, timeout=30.0)
-        link.authenticated = True
     except FlrunnerError as exc:
         log.error("the parent refused this job process: %s", exc)
         link.close()
         return EXIT_PARENT_REFUSED
+    link.last_heard = time.monotonic()  # the loss clock starts once the parent has answered
+    link.authenticated = True
     boot.pop("secret", None)
     log.info("job %s (%s) running as pid %d", job_id, boot["job_name"], os.getpid())
 
     status = JobRunner(engine).run()
     log.info("job %s ends %s", job_id, status.value)
-    code = report_final(engine, float(boot.get("parent_loss_timeout", 20.0)))
+    code = report_final(engine, loss_timeout)
     link.close()
     return code
+
+
+def _exit_orphaned(link: Link) -> None:
+    if link.parent_lost:
+        log.error("the parent has been gone for too long; the job process exits")
+        logging.shutdown()
+        os._exit(EXIT_PARENT_LOST)
 
 
 def run() -> None:
@@ -105,20 +126,25 @@ def run() -> None:
 
 def report_final(engine: ServerEngine, patience: float) -> int:
     """Send the final status and wait for the parent's ack (a message queued just before exit can
-    be lost by ZeroMQ, libzmq #4660), retrying until acked or the parent is gone for good."""
+    be lost by ZeroMQ, libzmq #4660), retrying until acked or ``patience`` runs out.
+
+    It is always tried at least once, even when the parent looked gone: a parent that was only
+    slow must still get the job's outcome.
+    """
     deadline = time.monotonic() + patience
     engine.status_timeout = min(patience, 10.0)
     while True:
-        if engine.link is not None and engine.link.parent_lost:
-            log.error("the parent is gone; the final status %s could not be delivered", engine.run_status.value)
-            return EXIT_PARENT_LOST
         try:
             engine.update_job_run_status()
             return EXIT_OK
         except RequestTimeout:
             if time.monotonic() > deadline:
-                log.error("the parent never acknowledged the final status")
+                log.error("the parent never acknowledged the final status %s", engine.run_status.value)
                 return EXIT_PARENT_LOST
         except FlrunnerError as exc:
+            if engine.progress is not None:
+                log.warning("the parent refused the final status with its progress (%s); sending it without", exc)
+                engine.progress = None
+                continue
             log.error("the parent refused the final status: %s", exc)
             return EXIT_PARENT_REFUSED

@@ -27,7 +27,8 @@ SERVER = "server"
 ALL_SITES = "@ALL"
 RESOURCE_KEYS = frozenset({"num_cpus", "mem_gb", "num_gpus"})
 _PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+#: A valid app folder or site name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
@@ -281,7 +282,7 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
                 raise JobFolderError(META_FILE, f"deploy_map.{app}",
                                      f"'{target}' would run two apps ('{clash}' and '{app}'); each participant runs one")
             deployed[target] = app
-        if not _NAME_RE.match(app) or app in (".", ".."):
+        if not NAME_RE.match(app) or app in (".", ".."):
             raise JobFolderError(META_FILE, f"deploy_map.{app}", "is not a valid app folder name")
         app_dir = root / app
         if app_dir.is_symlink() or not app_dir.is_dir():

@@ -139,8 +139,7 @@ HELLO = Op("hello", "A job process authenticates with its job id and per-job sec
 SYNC_CLIENTS = Op("sync_clients", "The site list: all of it, or the changes since registry revision 'since'.",
                   {"since": opt(int)})
 RUN_STATUS = Op("run_status", "The engine's run status; acknowledged once durable in the job store.",
-                {"status": opt(str, max_len=64), "progress": opt(str, dict, max_len=4096),
-                 "error": opt(str, max_len=65536)})
+                {"status": opt(str, max_len=64), "progress": opt(str, dict), "error": opt(str)})
 JOB_HEARTBEAT = Op("heartbeat", "A job process is alive.", {})
 AUX = Op("aux", "An aux request (payload in raw frames) for sites of this job; the parent answers once per "
          "target with the site's reply or the reason there is none. With 'fire_and_forget' nothing is answered.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .config import ParentConfig
 from .launcher import JobProcess, Launcher, LaunchSpec, ProcessLauncher
-from .server import Parent, WorkspaceBusy
+from .errors import WorkspaceBusy
+from .server import Parent
 
 __all__ = ["Parent", "ParentConfig", "Launcher", "LaunchSpec", "JobProcess", "ProcessLauncher", "WorkspaceBusy"]

@@ -132,6 +132,8 @@ class AuxService:
             self.jobs.push(job.identity, "aux", body, req.msg.frames)
             return None
         mid = self.jobs.push(job.identity, "aux", body, req.msg.frames)
+        if mid is None:
+            raise NotFound(f"job {job.job_id}'s process cannot be reached")
         self.outstanding.expect(
             self.jobs.name, job.identity, mid, float(req.args["timeout"]) + SLACK,
             on_reply=lambda m: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id}, m.frames, rc=m.rc or P.Rc.OK),

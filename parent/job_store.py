@@ -16,8 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from flrunner.errors import IllegalTransition, NotFound
+from flrunner.errors import FlrunnerError, IllegalTransition, NotFound
 from flrunner.status import RunStatus, can_move
+
+#: Bumped, with a step in `JobStore._migrate`, whenever the tables change.
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -97,7 +100,17 @@ class JobStore:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the schema to `SCHEMA_VERSION` (``PRAGMA user_version``), one step per version."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise FlrunnerError(f"job store {self.path} has schema version {version}; this flrunner knows up to "
+                                f"{SCHEMA_VERSION} (a newer flrunner wrote it)")
+        if version < 1:
+            self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()

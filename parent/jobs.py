@@ -39,9 +39,22 @@ from .timers import Timers
 log = logging.getLogger(__name__)
 
 LAUNCHED = (RunStatus.DISPATCHED, RunStatus.RUNNING)
+#: Largest progress detail stored (as JSON), and longest execution error (its tail is kept).
+MAX_PROGRESS_BYTES = 16 * 1024
+MAX_ERROR_CHARS = 64 * 1024
+
+
+def progress_problem(progress: Any) -> str | None:
+    """What is wrong with a progress detail, or None: it must be small and JSON-compatible."""
+    try:
+        size = len(json.dumps(progress))
+    except (TypeError, ValueError) as exc:
+        return f"must be JSON-compatible: {exc}"
+    return f"is {size} bytes as JSON, over the limit of {MAX_PROGRESS_BYTES}" if size > MAX_PROGRESS_BYTES else None
 
 
 def hash_secret(secret: str) -> str:
+    """What the store keeps of a job secret (never the secret itself)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -70,6 +83,7 @@ class JobManager:
         self.timers = timers
         self.hooks = hooks
         self.endpoint = endpoint
+        self.site_jobs = site_jobs
         self.scheduler = Scheduler(config, store, registry, site_jobs, timers, self._launch, self._transition,
                                    lambda: len(self.running), lambda job_id: job_from_meta(
                                        job_id, self.store.get(job_id, with_history=False).meta))
@@ -93,12 +107,9 @@ class JobManager:
         """
         for rec in self.store.list(LAUNCHED):
             reason = "lost while the parent was down"
-            if rec.pid and _same_process_alive(rec.pid, rec.pid_create_time):
-                try:
-                    os.killpg(rec.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                reason += f"; its process {rec.pid} was still running and was killed (re-adoption is not implemented yet)"
+            if rec.pid and kill_leftover_group(rec.job_id, rec.pid):
+                reason += f"; its process group {rec.pid} was still running and was killed " \
+                          "(re-adoption is not implemented yet)"
             self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
         for rec in self.store.list([RunStatus.SUBMITTED]):
             self.scheduler.add(rec.job_id)
@@ -138,13 +149,18 @@ class JobManager:
             "job_id": job_id, "job_name": rec.name, "secret": secret, "endpoint": self.endpoint(),
             "workspace": self.ws.get_root_dir(), "heartbeat_interval": self.config.child_heartbeat_interval,
             "parent_loss_timeout": self.config.parent_loss_timeout, "log_level": self.config.log_level,
+            "orphan_grace": self.config.abort_grace + self.config.term_grace,
         }
         spec = LaunchSpec(job_id, rec.name, bootstrap, self.ws.get_app_log_file_path(job_id), self.ws.get_run_dir(job_id))
         try:
             proc = self.launcher.launch(spec)
-        except LaunchError as exc:
-            log.error("job %s: %s", job_id, exc)
-            self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, str(exc))
+        except Exception as exc:  # any launcher failure, e.g. out of fds for the pidfd
+            reason = str(exc) if isinstance(exc, LaunchError) else f"the {self.launcher.name} launcher failed: " \
+                                                                    f"{type(exc).__name__}: {exc}"
+            log.error("job %s: %s", job_id, reason)
+            self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, reason)
+            if sites:
+                self.site_jobs.stop(job_id, sorted(sites), "the job process could not be started")
             return
         job = RunningJob(job_id, rec.name, proc, hash_secret(secret), time.monotonic(), last_heard=time.monotonic(),
                          job=job_from_meta(job_id, rec.meta), sites=set(sites))
@@ -168,6 +184,7 @@ class JobManager:
         job = self.running.get(job_id)
         if job is None or not hmac.compare_digest(job.secret_hash, hash_secret(secret)):
             raise Unauthorized("hello refused: unknown job id or wrong secret")
+        # A sanity check only (the peer states its own pid): the secret is the proof of identity.
         if pid != job.proc.pid:
             raise Unauthorized(f"hello refused: pid {pid} is not the job's process")
         if job.identity is not None and job.identity != identity:
@@ -183,13 +200,25 @@ class JobManager:
             rec = self._transition(job_id, RunStatus.RUNNING, f"job process {pid} said hello")
             timeout = rec.meta.get("timeout")
             if timeout:
-                job.timers.append(self.timers.call_later(float(timeout), self.abort, job_id,
-                                                         f"timeout: ran longer than {timeout}s"))
+                job.timers.append(self.timers.call_later(float(timeout), self._time_out, job_id, float(timeout)))
         if job.abort_reason is not None:
             self.hooks.push_to_child(identity, "abort", {"reason": job.abort_reason})
         return rec
 
+    def _time_out(self, job_id: str, timeout: float) -> None:
+        job = self.running.get(job_id)
+        if job is None or job.abort_reason is not None:
+            return
+        if self.store.get(job_id, with_history=False).status.is_final:
+            return  # it reported its end and is on its way out
+        self.abort(job_id, f"timeout: ran longer than {timeout:g}s")
+
     def job_for(self, identity: bytes) -> RunningJob:
+        """The running job whose process is behind this peer identity.
+
+        Raises:
+            Unauthorized: the peer has not said hello with a valid job secret.
+        """
         job_id = self.by_identity.get(identity)
         job = self.running.get(job_id) if job_id else None
         if job is None:
@@ -200,14 +229,17 @@ class JobManager:
     def report_status(self, job: RunningJob, status: str | None, progress: Any, error: str | None) -> JobRecord:
         """Store a job process's status report durably (the reply is sent after this returns)."""
         fields: dict[str, Any] = {}
+        final = status is not None and status.startswith("FINISHED:")
         if progress is not None:
-            try:
-                json.dumps(progress)
-            except (TypeError, ValueError) as exc:
-                raise BadRequest(f"op 'run_status': field 'progress' must be JSON-compatible: {exc}") from None
-            fields["progress"] = progress
+            problem = progress_problem(progress)
+            if problem is None:
+                fields["progress"] = progress
+            elif not final:
+                raise BadRequest(f"op 'run_status': field 'progress' {problem}")
+            else:  # never lose a final status over its extras
+                log.warning("job %s: progress dropped from the final status: %s", job.job_id, problem)
         if error is not None:
-            fields["error"] = error
+            fields["error"] = error if len(error) <= MAX_ERROR_CHARS else "…" + error[-MAX_ERROR_CHARS:]
         rec = self.store.get(job.job_id, with_history=False)
         if status is None or status == rec.status.value:
             if fields:
@@ -264,13 +296,11 @@ class JobManager:
     def on_exit(self, job_id: str) -> None:
         """The job process exited: clean its group, reap it, and record how the job ended."""
         job = self.running.get(job_id)
-        if job is None:
+        if job is None or not job.proc.exited():
             return
         # Signal the group while the leader is still unreaped, so the group id cannot be reused.
         job.proc.terminate(signal.SIGKILL)
         rc = job.proc.poll()
-        if rc is None:  # pidfd readable means it exited; tolerate a spurious wake-up
-            return
         self.hooks.unwatch_fd(job.proc.exit_fd())
         job.proc.close()
         job.cancel_timers()
@@ -307,6 +337,7 @@ class JobManager:
                 pass
 
     def kill_all(self) -> None:
+        """SIGKILL every running job's process group (no graces: the second stop signal, or a failed loop)."""
         for job in self.running.values():
             job.proc.terminate(signal.SIGKILL)
 
@@ -339,11 +370,18 @@ def job_from_meta(job_id: str, meta: dict) -> Job:
                meta.get("mandatory_clients") or [])
 
 
-def _same_process_alive(pid: int, create_time: float | None) -> bool:
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(p.create_time() - create_time) < 0.01
-    except psutil.Error:
-        return False
+def kill_leftover_group(job_id: str, pgid: int) -> bool:
+    """SIGKILL the process group ``pgid`` if it still holds a process of ``job_id``.
+
+    The group is only signalled if one of its members carries ``FLRUNNER_JOB_ID=job_id``
+    (the leader may be gone and its grandchildren left): a pid freed long ago could have become
+    the group id of an unrelated session.
+    """
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.environ().get("FLRUNNER_JOB_ID") == job_id:
+                os.killpg(pgid, signal.SIGKILL)
+                return True
+        except (psutil.Error, ProcessLookupError, PermissionError, OSError):
+            continue
+    return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 
 from flrunner import protocol as P
@@ -44,8 +46,9 @@ class JobsService:
         changes = self.registry.changes_since(since) if since is not None else None
         job.synced_revision = self.registry.revision
         if changes is None:
-            return {"revision": self.registry.revision, "clients": self.registry.clients(with_tokens=True)}
-        return {"revision": self.registry.revision, "base": since, "changes": changes}
+            clients = [job_view(c, job.job_id) for c in self.registry.clients(with_tokens=True)]
+            return {"revision": self.registry.revision, "clients": clients}
+        return {"revision": self.registry.revision, "base": since, "changes": job_changes(changes, job.job_id)}
 
     def run_status(self, req: Request) -> dict:
         job = self.manager.job_for(req.identity)
@@ -64,5 +67,22 @@ class JobsService:
         for job in self.manager.running.values():
             if job.identity is not None and job.synced_revision is not None:
                 self.endpoint.push(job.identity, "clients_changed",
-                                   {"base": base, "revision": revision, "changes": changes})
+                                   {"base": base, "revision": revision, "changes": job_changes(changes, job.job_id)})
                 job.synced_revision = revision
+
+
+def job_token(site_token: str, job_id: str) -> str:
+    """The token a job sees for a site: stable for the site's session, useless to log in with.
+
+    A job process never gets a site's real bearer token (with it, a job's code could heartbeat,
+    log out or send as that site); `get_client_name_from_token` works the same on this one.
+    """
+    return hmac.new(site_token.encode(), job_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def job_view(client: dict, job_id: str) -> dict:
+    return {**client, "token": job_token(client.get("token", ""), job_id)}
+
+
+def job_changes(changes: list[dict], job_id: str) -> list[dict]:
+    return [{**c, "client": job_view(c["client"], job_id)} if "client" in c else c for c in changes]

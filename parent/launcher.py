@@ -44,11 +44,15 @@ class JobProcess(ABC):
     """A started job process."""
 
     pid: int
-    create_time: float
+    create_time: float | None
 
     @abstractmethod
     def exit_fd(self) -> int:
         """A file descriptor that becomes readable when the process has exited."""
+
+    @abstractmethod
+    def exited(self) -> bool:
+        """Whether the process has exited, without reaping it (its pid stays reserved)."""
 
     @abstractmethod
     def poll(self) -> int | None:
@@ -89,14 +93,23 @@ class PopenJobProcess(JobProcess):
         self.popen = popen
         self.pid = popen.pid
         try:
-            self.create_time = psutil.Process(self.pid).create_time()
+            self.create_time: float | None = psutil.Process(self.pid).create_time()
         except psutil.Error:
-            self.create_time = 0.0
+            self.create_time = None
         # A pidfd is readable once the process exits, even before it is reaped.
         self._fd = os.pidfd_open(self.pid)
 
     def exit_fd(self) -> int:
         return self._fd
+
+    def exited(self) -> bool:
+        if self.popen.returncode is not None:
+            return True
+        try:
+            # WNOWAIT: look without reaping, so the group can still be signalled safely.
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
 
     def poll(self) -> int | None:
         return self.popen.poll()

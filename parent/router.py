@@ -65,6 +65,9 @@ class RouterEndpoint:
         # handover any peer that sets the same ZMQ_ROUTING_ID would take over that session (its
         # replies and pushes, and its authentication). Peers here use libzmq-assigned identities.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        # Report a message to a peer that is gone (EHOSTUNREACH) instead of dropping it silently,
+        # so a request to a departed site fails at once.
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.handlers: dict[str, Handler] = {}
         self.authorize: Callable[[bytes, Op, Message], None] | None = None
         #: Receives replies peers send to this socket's pushes; without it they are dropped.
@@ -159,12 +162,12 @@ class RouterEndpoint:
               rc: str = Rc.OK) -> None:
         self._send(identity, Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
 
-    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None) -> int:
+    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None) -> int | None:
+        """Send a request or notice to a peer; its message id, or None if it could not be sent."""
         mid = next_id()
-        self._send(identity, Message(op, body, id=mid, frames=list(frames or [])))
-        return mid
+        return mid if self._send(identity, Message(op, body, id=mid, frames=list(frames or []))) else None
 
-    def _send(self, identity: bytes, msg: Message) -> None:
+    def _send(self, identity: bytes, msg: Message) -> bool:
         try:
             frames = encode(msg)
         except EncodeError as exc:
@@ -174,18 +177,20 @@ class RouterEndpoint:
             log.error("%s socket: cannot encode '%s': %s", self.name, msg.op, exc)
             if not msg.is_reply:
                 self.dropped += 1
-                return
+                return False
             frames = encode(Message(msg.op, {"reason": f"internal error: the reply cannot be encoded: {exc}"[:4096]},
                                     re=msg.re, rc=Rc.ERROR))
         try:
             self.sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            return True
         except zmq.Again:
             # The peer's queue is full (it is not reading): drop rather than block the loop.
             self.dropped += 1
             self._warn("peer is not reading; dropped '%s'", msg.op)
-        except zmq.ZMQError as exc:
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY)
             self.dropped += 1
-            log.warning("%s socket: could not send '%s': %s", self.name, msg.op, exc)
+            self._warn("could not send '%s': %s", msg.op, exc)
+        return False
 
     def _warn(self, fmt: str, *args: Any, level: int = logging.WARNING) -> None:
         """Log a peer's bad input, at most `LOG_BURST` lines per second per socket, so a flooding

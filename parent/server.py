@@ -32,6 +32,7 @@ from flrunner.workspace import Workspace
 from .admin_service import AdminService
 from .aux_service import AuxService
 from .config import ParentConfig
+from .errors import WorkspaceBusy
 from .job_store import JobRecord, JobStore
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
@@ -45,10 +46,6 @@ from .supervision import RunningJob
 from .timers import Timers
 
 log = logging.getLogger("parent")
-
-
-class WorkspaceBusy(FlrunnerError):
-    """Another parent holds the workspace."""
 
 
 class Parent:
@@ -80,9 +77,20 @@ class Parent:
     def start(self) -> None:
         """Take the workspace, open the store, settle leftovers, bind the sockets, publish parent.json.
 
+        On failure everything taken so far is released (lock, sockets, store), so a later start
+        on the same workspace can succeed.
+
         Raises:
             WorkspaceBusy: another parent runs on this workspace.
+            zmq.ZMQError: an endpoint cannot be bound (e.g. the sites port is taken).
         """
+        try:
+            self._start()
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self) -> None:
         self.ws.ensure()
         self._take_lock()
         self._setup_logging()
@@ -144,7 +152,7 @@ class Parent:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            other = _read_info(self.ws).get("pid", "?")
+            other = read_parent_info(self.ws).get("pid", "?")
             raise WorkspaceBusy(f"another parent (pid {other}) is running on workspace {self.ws.get_root_dir()}") from None
         self._lock_fd = fd
 
@@ -197,7 +205,7 @@ class Parent:
         """Ask the loop to stop gracefully; safe from any thread."""
         if self._stop_reason is None:
             self._stop_reason = reason
-        elif force:
+        if force:
             self._force = True
         self._wake.wake()
 
@@ -231,8 +239,8 @@ class Parent:
                 else:
                     callback = self._fd_callbacks.get(what)
                     if callback is not None:
-                        callback()
-            self.timers.run_due()
+                        _guarded(callback)
+            self.timers.run_due(_guarded)
 
     def _housekeeping(self) -> None:
         gone = self.registry.expire()
@@ -266,22 +274,34 @@ class Parent:
                 log.exception("status listener failed")
 
     def _cleanup(self) -> None:
+        if self.manager.running:  # the loop failed: leave no job process without a parent
+            log.error("the loop ended with %d job(s) running; killing their process groups", len(self.manager.running))
+            self.manager.kill_all()
+        self._release()
+
+    def _release(self) -> None:
         for sig, old in self._old_signals.items():
             if sig == -1:
                 signal.set_wakeup_fd(old)  # type: ignore[arg-type]
             else:
                 signal.signal(sig, old)  # type: ignore[arg-type]
         try:
-            if _read_info(self.ws).get("pid") == os.getpid():
+            if read_parent_info(self.ws).get("pid") == os.getpid():
                 os.unlink(self.ws.get_parent_info_path())
         except OSError:
             pass
-        for endpoint in (self.sites, self.jobs, self.admin):
-            endpoint.close()
-        self.launcher.close()
-        self.store.close()
+        self._old_signals.clear()
+        for name in ("sites", "jobs", "admin"):
+            endpoint = getattr(self, name, None)
+            if endpoint is not None:
+                endpoint.close()
+        if getattr(self, "launcher", None) is not None:
+            self.launcher.close()
+        if getattr(self, "store", None) is not None:
+            self.store.close()
         if self.ctx is not None:
             self.ctx.term()
+            self.ctx = None
         self._wake.close()
         log.info("parent %d stopped", os.getpid())
         if self._log_handler is not None:
@@ -290,10 +310,20 @@ class Parent:
             self._log_handler.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
+            self._lock_fd = None
         self.stopped.set()
 
 
-def _read_info(ws: Workspace) -> dict:
+def _guarded(fn: Callable[[], object]) -> None:
+    """Run a loop callback; a bug in one must not stop the parent (and orphan its jobs)."""
+    try:
+        fn()
+    except Exception:
+        log.exception("a callback of the parent's loop failed")
+
+
+def read_parent_info(ws: Workspace) -> dict:
+    """The workspace's parent.json, or {} if there is none (or it is unreadable)."""
     try:
         with open(ws.get_parent_info_path()) as f:
             info = json.load(f)
@@ -302,4 +332,3 @@ def _read_info(ws: Workspace) -> dict:
         return {}
 
 
-read_parent_info = _read_info

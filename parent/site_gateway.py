@@ -44,6 +44,9 @@ class SiteGateway:
             on_fail(Rc.UNAVAILABLE, f"site '{site}' is not logged in")
             return
         mid = self.endpoint.push(rec.identity, op, body, frames)
+        if mid is None:
+            on_fail(Rc.UNAVAILABLE, f"site '{site}' cannot be reached")
+            return
         self.outstanding.expect(self.endpoint.name, rec.identity, mid, timeout, on_reply, on_fail, site=site,
                                 job_id=job_id)
 
@@ -52,8 +55,7 @@ class SiteGateway:
         rec = self.registry.get(site)
         if rec is None:
             return False
-        self.endpoint.push(rec.identity, op, body, frames)
-        return True
+        return self.endpoint.push(rec.identity, op, body, frames) is not None
 
     def gather(self, sites: list[str], op: str, body_for: Callable[[str], dict], timeout: float,
                done: Callable[[Results], None], frames_for: Callable[[str], list] | None = None,

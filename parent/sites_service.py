@@ -6,7 +6,7 @@ import logging
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest
-from flrunner.job import _NAME_RE
+from flrunner.job import NAME_RE
 from flrunner.wire import Message
 
 from .registry import SiteRegistry
@@ -33,7 +33,7 @@ class SitesService:
 
     def login(self, req: Request) -> dict:
         name = req.args["name"]
-        if not _NAME_RE.match(name) or name in ("server", "@ALL"):
+        if not NAME_RE.match(name) or name in ("server", "@ALL"):
             raise BadRequest(f"op 'login': '{name[:64]}' is not a valid site name")
         props = {"resources": req.args["resources"] or {}}
         if req.args["pid"] is not None:

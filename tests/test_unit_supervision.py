@@ -30,6 +30,9 @@ class FakeJobProcess(JobProcess):
     def exit_fd(self) -> int:  # pragma: no cover - not used here
         return -1
 
+    def exited(self) -> bool:
+        return False
+
     def poll(self) -> int | None:
         return None
 
