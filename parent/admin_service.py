@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
 from flrunner import protocol as P
-from flrunner.errors import BadRequest
+from flrunner.errors import BadRequest, Conflict, FlrunnerError
+from flrunner.protocol import Rc
 
 from .jobs import JobManager
+from .offload import Offload
 from .job_store import JobRecord
 from .registry import SiteRegistry
 from .router import Request, RouterEndpoint
@@ -28,7 +30,7 @@ class AdminService:
     """Serves admin clients; pushes status changes to subscribers."""
 
     def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
-                 subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str,
+                 subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str, offload: Offload,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
         self.manager = manager
@@ -36,6 +38,7 @@ class AdminService:
         self.subscriber_ttl = subscriber_ttl
         self.request_stop = request_stop
         self.workspace = workspace
+        self.offload = offload
         self.clock = clock
         self.subscribers: dict[bytes, float] = {}
         self.ready = False
@@ -47,12 +50,30 @@ class AdminService:
                             (P.PING, self.ping), (P.SHUTDOWN, self.shutdown)):
             endpoint.on(op, handler)
 
-    def submit(self, req: Request) -> dict:
+    def submit(self, req: Request) -> None:
         job_dir = req.args["job_dir"]
         if not os.path.isabs(job_dir):
             raise BadRequest(f"op 'submit': job_dir must be an absolute path, got '{job_dir[:200]}'")
-        rec = self.manager.submit(job_dir)
-        return {"job_id": rec.job_id, "job": rec.to_dict()}
+        if not self.manager.accepting:
+            raise Conflict("the parent is shutting down and accepts no new jobs")
+
+        def done(prepared: Any, exc: BaseException | None) -> None:
+            try:
+                if exc is not None:
+                    raise exc
+                rec = self.manager.accept(*prepared)
+            except FlrunnerError as err:
+                self.endpoint.reply(req.identity, req.msg, {"reason": str(err)}, rc=err.rc)
+                return
+            except Exception as err:
+                log.exception("submit of %s failed", job_dir)
+                self.endpoint.reply(req.identity, req.msg, {"reason": f"internal error: {type(err).__name__}: {err}"},
+                                    rc=Rc.ERROR)
+                return
+            self.endpoint.reply(req.identity, req.msg, {"job_id": rec.job_id, "job": rec.to_dict()})
+
+        # Reading and copying the folder happens off the loop; the reply follows when it is done.
+        self.offload.run(lambda: self.manager.prepare(job_dir), done)
 
     def jobs(self, req: Request) -> dict:
         return {"jobs": [r.to_dict() for r in self.manager.store.list()]}

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import psutil
 
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
-from flrunner.job import Job, load_job_folder, site_participants
+from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus
 from flrunner.workspace import Workspace
 
@@ -115,14 +115,14 @@ class JobManager:
             self.scheduler.add(rec.job_id)
 
     # --- submit and schedule -------------------------------------------------------------------------
-    def submit(self, job_dir: str) -> JobRecord:
-        """Validate a job folder, copy it into the workspace and queue it.
+    def prepare(self, job_dir: str) -> tuple[str, JobDefinition]:
+        """Validate a job folder and copy it into the workspace under a new job id.
+
+        File system work only (it runs off the loop); `accept` then records and queues the job.
 
         Raises:
             JobFolderError: the folder is invalid (the message names file and field).
         """
-        if not self.accepting:
-            raise Conflict("the parent is shutting down and accepts no new jobs")
         jd = load_job_folder(job_dir)
         job_id = str(uuid.uuid4())
         run_dir = self.ws.get_run_dir(job_id)
@@ -133,11 +133,24 @@ class JobManager:
         except OSError as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise BadRequest(f"cannot copy job folder {job_dir}: {exc}") from None
+        return job_id, jd
+
+    def accept(self, job_id: str, jd: JobDefinition) -> JobRecord:
+        """Record a prepared job as SUBMITTED (durably) and hand it to the scheduler."""
+        if not self.accepting:
+            shutil.rmtree(self.ws.get_run_dir(job_id), ignore_errors=True)
+            raise Conflict("the parent is shutting down and accepts no new jobs")
         rec = self.store.add(job_id, jd.name, str(jd.folder.resolve()), jd.meta)
-        log.info("job %s (%s) submitted from %s", job_id, jd.name, job_dir)
+        log.info("job %s (%s) submitted from %s", job_id, jd.name, jd.folder)
         self.hooks.on_change(rec)
         self.scheduler.add(job_id)
         return self.store.get(job_id)
+
+    def submit(self, job_dir: str) -> JobRecord:
+        """`prepare` and `accept` in one call (for embedding and tests; the admin socket offloads)."""
+        if not self.accepting:
+            raise Conflict("the parent is shutting down and accepts no new jobs")
+        return self.accept(*self.prepare(job_dir))
 
     def _launch(self, job_id: str, sites: set[str]) -> None:
         """Start the job process (the scheduler has started its site apps on ``sites``)."""

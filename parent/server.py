@@ -37,6 +37,7 @@ from .job_store import JobRecord, JobStore
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
 from .launcher import ProcessLauncher
+from .offload import Offload
 from .registry import SiteRegistry
 from .outstanding import Outstanding
 from .router import RouterEndpoint
@@ -114,8 +115,9 @@ class Parent:
         self.site_jobs = SiteJobs(self.gateway, self.ws, cfg.reservation_ttl, cfg.site_request_timeout)
         self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
                                   endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
+        self.offload = Offload(self._wake)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
-                                          self.stop, self.ws.get_root_dir())
+                                          self.stop, self.ws.get_root_dir(), self.offload)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4))
         self.aux_service = AuxService(self.jobs, self.sites, self.manager, self.registry, self.gateway,
@@ -236,6 +238,7 @@ class Parent:
                     endpoint.process_ready()
                 elif what == self._wake.fileno():
                     self._wake.drain()
+                    self.offload.drain()
                 else:
                     callback = self._fd_callbacks.get(what)
                     if callback is not None:
@@ -295,6 +298,8 @@ class Parent:
             endpoint = getattr(self, name, None)
             if endpoint is not None:
                 endpoint.close()
+        if getattr(self, "offload", None) is not None:
+            self.offload.close()
         if getattr(self, "launcher", None) is not None:
             self.launcher.close()
         if getattr(self, "store", None) is not None:
