@@ -97,7 +97,7 @@ def run_job(boot: dict) -> int:
     boot.pop("secret", None)
     log.info("job %s (%s) running as pid %d", job_id, boot["job_name"], os.getpid())
 
-    status = JobRunner(engine).run()
+    status = JobRunner(engine, resume=bool(boot.get("resume"))).run()
     log.info("job %s ends %s", job_id, status.value)
     code = report_final(engine, loss_timeout)
     link.close()

@@ -10,6 +10,7 @@ from typing import Any
 from flrunner.events import EventType
 from flrunner.job import parse_server_app
 from flrunner.loader import AppLoadError, add_custom_dir, instantiate
+from flrunner.snapshot import RunSnapshot
 from flrunner.status import RunStatus
 
 from .engine import ServerEngine
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 class JobRunner:
     """Runs one job's server app in this process."""
 
-    def __init__(self, engine: ServerEngine) -> None:
+    def __init__(self, engine: ServerEngine, resume: bool = False) -> None:
         self.engine = engine
+        self.resume = resume
         self.workflows: list[tuple[str, Any]] = []
 
     def load(self) -> None:
@@ -48,6 +50,14 @@ class JobRunner:
             return self._finish(RunStatus.FINISHED_EXECUTION_EXCEPTION, f"cannot load the server app: {exc}")
         fl_ctx = engine.new_context()
         error = None
+        if self.resume:
+            snapshot = RunSnapshot.load(engine.workspace.get_snapshot_path(engine.job_id))
+            if snapshot is not None:
+                log.warning("resuming: restoring the components from the snapshot of %s", snapshot.time)
+                try:
+                    engine.restore_components(snapshot, fl_ctx)
+                except Exception as exc:
+                    return self._finish(RunStatus.FINISHED_EXECUTION_EXCEPTION, f"cannot restore the snapshot: {exc}")
         try:
             engine.fire_event(EventType.ABOUT_TO_START_RUN, fl_ctx)
             engine.fire_event(EventType.START_RUN, fl_ctx)
@@ -55,8 +65,8 @@ class JobRunner:
                 if engine.abort_signal.triggered:
                     break
                 log.info("workflow '%s' starting", wid)
-                wf.start_controller(fl_ctx)
                 try:
+                    wf.start_controller(fl_ctx)
                     wf.control_flow(engine.abort_signal, fl_ctx)
                 finally:
                     wf.stop_controller(fl_ctx)

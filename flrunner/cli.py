@@ -65,6 +65,7 @@ def cmd_parent(args: argparse.Namespace) -> int:
     cfg = ParentConfig(workspace=_workspace(args), sites_endpoint=args.sites, max_concurrent_jobs=args.max_jobs,
                        site_timeout=args.site_timeout, abort_grace=args.abort_grace, term_grace=args.term_grace,
                        schedule_attempts=args.schedule_attempts, schedule_backoff=args.schedule_backoff,
+                       hung_timeout=args.hung_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True)
     Parent(cfg).run()
     return 0
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--site-timeout", type=float, default=30.0, help="drop a site silent this long (s)")
     sp.add_argument("--abort-grace", type=float, default=5.0, help="abort request -> SIGTERM (s)")
     sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")
+    sp.add_argument("--hung-timeout", type=float, default=30.0,
+                    help="a job process without a heartbeat this long is aborted and ends FINISHED:ABNORMAL (s)")
     sp.add_argument("--schedule-attempts", type=int, default=10,
                     help="tries before a job that cannot get its sites ends FINISHED:CAN_NOT_SCHEDULE")
     sp.add_argument("--schedule-backoff", type=float, default=1.0, help="seconds before the second try; doubled after")

@@ -311,6 +311,7 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
                                      f"unknown resource (known: {', '.join(sorted(RESOURCE_KEYS))})")
             if not _finite_number(v) or v < 0:
                 raise JobFolderError(META_FILE, f"resource_spec.{site}.{k}", f"must be a non-negative number, got {v!r}")
+    _int_field(meta, "max_restarts", 0)
     timeout = meta.get("timeout")
     if timeout is not None and (not _finite_number(timeout) or timeout <= 0):
         raise JobFolderError(META_FILE, "timeout", f"must be a positive number of seconds, got {timeout!r}")

@@ -76,7 +76,8 @@ class AuxService:
                 continue
             self.gateway.request(
                 site, "aux", body, timeout + SLACK,
-                on_reply=lambda m, s=site: self.jobs.reply(req.identity, req.msg, {"site": s}, m.frames, rc=m.rc or P.Rc.OK),
+                on_reply=lambda m, s=site: self.jobs.reply(req.identity, req.msg, {"site": s, **_reason(m)}, m.frames,
+                                                           rc=m.rc or P.Rc.OK),
                 on_fail=lambda rc, reason, s=site: self.jobs.reply(req.identity, req.msg, {"site": s, "reason": reason}, rc=rc),
                 frames=req.msg.frames, job_id=job.job_id)
         return None
@@ -136,8 +137,15 @@ class AuxService:
             raise NotFound(f"job {job.job_id}'s process cannot be reached")
         self.outstanding.expect(
             self.jobs.name, job.identity, mid, float(req.args["timeout"]) + SLACK,
-            on_reply=lambda m: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id}, m.frames, rc=m.rc or P.Rc.OK),
+            on_reply=lambda m: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id, **_reason(m)}, m.frames,
+                                                rc=m.rc or P.Rc.OK),
             on_fail=lambda rc, reason: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id, "reason": reason},
                                                         rc=rc),
             job_id=job.job_id)
         return None
+
+
+def _reason(reply: Message) -> dict:
+    """The reason a peer gave with an error reply, to pass on with it."""
+    reason = reply.body.get("reason")
+    return {"reason": reason} if isinstance(reason, str) else {}

@@ -22,6 +22,8 @@ class ParentConfig:
         abort_grace: after asking a job to abort, how long before SIGTERM to its process group.
         term_grace: after SIGTERM, how long before SIGKILL.
         start_timeout: a job process that has not said hello by then is killed (``FINISHED:ABNORMAL``).
+        hung_timeout: a job process silent this long (no heartbeat: deadlocked, SIGSTOPped) is
+            aborted with escalation and ends ``FINISHED:ABNORMAL``.
         child_heartbeat_interval: how often a job process heartbeats to the parent.
         parent_loss_timeout: a job process that has not heard from its parent this long ends itself.
         subscriber_ttl: an admin subscription not renewed (ping) within this is dropped.
@@ -46,6 +48,7 @@ class ParentConfig:
     abort_grace: float = 5.0
     term_grace: float = 3.0
     start_timeout: float = 60.0
+    hung_timeout: float = 30.0
     child_heartbeat_interval: float = 2.0
     parent_loss_timeout: float = 20.0
     subscriber_ttl: float = 30.0

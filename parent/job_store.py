@@ -20,7 +20,7 @@ from flrunner.errors import FlrunnerError, IllegalTransition, NotFound
 from flrunner.status import RunStatus, can_move
 
 #: Bumped, with a step in `JobStore._migrate`, whenever the tables change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,8 +50,8 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 _COLUMNS = ("job_id", "name", "status", "submit_time", "job_dir", "meta", "secret_hash", "pid",
-            "pid_create_time", "exit_code", "signal", "progress", "error", "end_time")
-_UPDATABLE = frozenset({"pid", "pid_create_time", "exit_code", "signal", "progress", "error", "secret_hash"})
+            "pid_create_time", "exit_code", "signal", "progress", "error", "end_time", "sites")
+_UPDATABLE = frozenset({"pid", "pid_create_time", "exit_code", "signal", "progress", "error", "secret_hash", "sites"})
 
 
 @dataclass
@@ -72,6 +72,7 @@ class JobRecord:
     progress: Any = None
     error: str | None = None
     end_time: float | None = None
+    sites: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
 
     def to_dict(self, with_history: bool = False) -> dict:
@@ -79,7 +80,7 @@ class JobRecord:
             "job_id": self.job_id, "name": self.name, "status": self.status.value,
             "submit_time": self.submit_time, "end_time": self.end_time, "job_dir": self.job_dir,
             "pid": self.pid, "exit_code": self.exit_code, "signal": self.signal,
-            "progress": self.progress, "error": self.error,
+            "progress": self.progress, "error": self.error, "sites": list(self.sites),
         }
         if with_history:
             d["history"] = list(self.history)
@@ -110,6 +111,9 @@ class JobStore:
                                 f"{SCHEMA_VERSION} (a newer flrunner wrote it)")
         if version < 1:
             self.db.executescript(_SCHEMA)
+        if version < 2:  # v2: the sites a job's site app was started on (re-adoption needs them)
+            self.db.execute("ALTER TABLE jobs ADD COLUMN sites TEXT")
+        if version < SCHEMA_VERSION:
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -120,6 +124,7 @@ class JobStore:
         d["status"] = RunStatus(d["status"])
         d["meta"] = json.loads(d["meta"])
         d["progress"] = json.loads(d["progress"]) if d["progress"] is not None else None
+        d["sites"] = json.loads(d["sites"]) if d["sites"] else []
         return JobRecord(**d)
 
     def add(self, job_id: str, name: str, job_dir: str, meta: dict, secret_hash: str | None = None,
@@ -208,8 +213,9 @@ class JobStore:
     @staticmethod
     def _encode(fields: dict) -> dict:
         out = dict(fields)
-        if "progress" in out:
-            out["progress"] = json.dumps(out["progress"]) if out["progress"] is not None else None
+        for key in ("progress", "sites"):
+            if key in out:
+                out[key] = json.dumps(out[key]) if out[key] is not None else None
         return out
 
     def record_exit(self, job_id: str, exit_code: int | None, signal: int | None) -> None:

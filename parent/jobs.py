@@ -20,13 +20,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import psutil
-
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
 from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus
 from flrunner.workspace import Workspace
 
+from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .job_store import JobRecord, JobStore
 from .launcher import Launcher, LaunchSpec
@@ -39,6 +38,8 @@ from .timers import Timers
 log = logging.getLogger(__name__)
 
 LAUNCHED = (RunStatus.DISPATCHED, RunStatus.RUNNING)
+#: How a restart's history entry begins (restarts are counted from the history).
+RESTART_REASON = "restarted"
 #: Largest progress detail stored (as JSON), and longest execution error (its tail is kept).
 MAX_PROGRESS_BYTES = 16 * 1024
 MAX_ERROR_CHARS = 64 * 1024
@@ -66,8 +67,11 @@ class ManagerHooks:
     unwatch_fd: Callable[[int], None]
     push_to_child: Callable[[bytes, str, dict], None]
     on_change: Callable[[JobRecord], None]
-    #: The job's process is gone (called before its final status is settled).
-    on_job_exit: Callable[[RunningJob, str], None] = lambda job, how: None
+    #: The job's process is gone (before its final status is settled): (job, how, restarting).
+    on_job_exit: Callable[[RunningJob, str, bool], None] = lambda job, how, restarting: None
+    #: Run blocking work off the loop: (work, done(result, exc)) with done called on the loop.
+    offload: Callable[[Callable[[], Any], Callable[[Any, BaseException | None], None]], None] = \
+        lambda work, done: done(work(), None)
 
 
 class JobManager:
@@ -107,7 +111,7 @@ class JobManager:
         """
         for rec in self.store.list(LAUNCHED):
             reason = "lost while the parent was down"
-            if rec.pid and kill_leftover_group(rec.job_id, rec.pid):
+            if rec.pid and kill_stragglers(rec.job_id, rec.pid):
                 reason += f"; its process group {rec.pid} was still running and was killed " \
                           "(re-adoption is not implemented yet)"
             self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
@@ -157,12 +161,22 @@ class JobManager:
         rec = self.store.get(job_id, with_history=False)
         if rec.status is not RunStatus.SUBMITTED:
             return
+        job = self._start_process(rec, sites, resume=False)
+        if job is None:
+            return
+        self._transition(job_id, RunStatus.DISPATCHED, f"launched by the {self.launcher.name} launcher as pid "
+                         f"{job.proc.pid}", pid=job.proc.pid, pid_create_time=job.proc.create_time,
+                         secret_hash=job.secret_hash, sites=sorted(sites))
+
+    def _start_process(self, rec: JobRecord, sites: set[str], resume: bool) -> RunningJob | None:
+        """Launch a job process and watch it; on failure the job ends FINISHED:FAILED_TO_RUN."""
+        job_id = rec.job_id
         secret = secrets.token_urlsafe(32)
         bootstrap = {
             "job_id": job_id, "job_name": rec.name, "secret": secret, "endpoint": self.endpoint(),
             "workspace": self.ws.get_root_dir(), "heartbeat_interval": self.config.child_heartbeat_interval,
             "parent_loss_timeout": self.config.parent_loss_timeout, "log_level": self.config.log_level,
-            "orphan_grace": self.config.abort_grace + self.config.term_grace,
+            "orphan_grace": self.config.abort_grace + self.config.term_grace, "resume": resume,
         }
         spec = LaunchSpec(job_id, rec.name, bootstrap, self.ws.get_app_log_file_path(job_id), self.ws.get_run_dir(job_id))
         try:
@@ -174,14 +188,13 @@ class JobManager:
             self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, reason)
             if sites:
                 self.site_jobs.stop(job_id, sorted(sites), "the job process could not be started")
-            return
+            return None
         job = RunningJob(job_id, rec.name, proc, hash_secret(secret), time.monotonic(), last_heard=time.monotonic(),
                          job=job_from_meta(job_id, rec.meta), sites=set(sites))
         self.running[job_id] = job
         self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(job_id))
         job.timers.append(self.timers.call_later(self.config.start_timeout, self._start_timeout, job_id))
-        self._transition(job_id, RunStatus.DISPATCHED, f"launched by the {self.launcher.name} launcher as pid {proc.pid}",
-                         pid=proc.pid, pid_create_time=proc.create_time, secret_hash=job.secret_hash)
+        return job
 
     def _start_timeout(self, job_id: str) -> None:
         job = self.running.get(job_id)
@@ -217,6 +230,20 @@ class JobManager:
         if job.abort_reason is not None:
             self.hooks.push_to_child(identity, "abort", {"reason": job.abort_reason})
         return rec
+
+    def check_heartbeats(self) -> None:
+        """Abort (with escalation) every job process silent for longer than ``hung_timeout``.
+
+        Called from the parent's housekeeping tick: O(running jobs) once a second, not per message.
+        """
+        now = time.monotonic()
+        for job in list(self.running.values()):
+            silent = now - job.last_heard
+            if job.identity is None or job.abort_reason is not None or silent <= self.config.hung_timeout:
+                continue
+            job.hung = True
+            log.error("job %s: no heartbeat for %.1fs; treating it as hung", job.job_id, silent)
+            self.abort(job.job_id, f"hung: no heartbeat for {silent:.1f}s (limit {self.config.hung_timeout:g}s)")
 
     def _time_out(self, job_id: str, timeout: float) -> None:
         job = self.running.get(job_id)
@@ -321,11 +348,18 @@ class JobManager:
         if job.identity is not None:
             self.by_identity.pop(job.identity, None)
         exit_code, sig, how = describe_exit(rc)
-        self.hooks.on_job_exit(job, how)
-        rec = self.store.get(job_id, with_history=False)
+        rec = self.store.get(job_id)
+        restart = self._restart_number(job, rec)
+        self.hooks.on_job_exit(job, how, restart is not None)
+        if restart is not None:
+            self._restart(rec, job, how, restart)
+            return
         if rec.status.is_final:
             self.store.record_exit(job_id, exit_code, sig)
             self.hooks.on_change(self.store.get(job_id, with_history=False))
+        elif job.hung:
+            self._transition(job_id, RunStatus.FINISHED_ABNORMAL, f"{job.abort_reason}; process {how}",
+                             exit_code=exit_code, signal=sig)
         elif job.abort_reason is not None:
             self._transition(job_id, RunStatus.FINISHED_ABORTED, f"aborted: {job.abort_reason}; process {how}",
                              exit_code=exit_code, signal=sig)
@@ -338,6 +372,33 @@ class JobManager:
                              exit_code=exit_code, signal=sig)
         log.info("job %s: process %d %s", job_id, job.proc.pid, how)
         self.scheduler.kick(resources_changed=True)
+
+    def _restart_number(self, job: RunningJob, rec: JobRecord) -> int | None:
+        """Which restart this would be, if the job's process died abnormally and it may restart."""
+        if rec.status.is_final or job.abort_reason is not None or job.hung or not self.accepting:
+            return None
+        allowed = int(rec.meta.get("max_restarts") or 0)
+        done = sum(1 for h in rec.history if h["reason"].startswith(RESTART_REASON))
+        return done + 1 if done < allowed else None
+
+    def _restart(self, rec: JobRecord, old: RunningJob, how: str, number: int) -> None:
+        """Start a new process for a job whose process died: it restores the last snapshot."""
+        allowed = int(rec.meta.get("max_restarts") or 0)
+        self.store.add_history(rec.job_id, f"{RESTART_REASON} after its process {how} (restart {number} of {allowed})")
+        log.warning("job %s: process %s; restarting it (%d of %d)", rec.job_id, how, number, allowed)
+
+        def relaunch(killed: object, exc: BaseException | None) -> None:
+            current = self.store.get(rec.job_id)
+            if current.status.is_final or rec.job_id in self.running:
+                return
+            job = self._start_process(current, old.sites, resume=True)
+            if job is not None:
+                self.store.update(rec.job_id, pid=job.proc.pid, pid_create_time=job.proc.create_time,
+                                  secret_hash=job.secret_hash)
+                self.hooks.on_change(self.store.get(rec.job_id, with_history=False))
+
+        # What the dead process left must be gone before the new one starts (both carry the job id).
+        self.hooks.offload(lambda: kill_stragglers(rec.job_id), relaunch)
 
     def shutdown(self, reason: str = "parent shutdown") -> None:
         """Stop taking jobs and abort every running one; queued jobs stay SUBMITTED for the next start."""
@@ -381,20 +442,3 @@ def job_from_meta(job_id: str, meta: dict) -> Job:
     min_clients = meta.get("min_clients", 1 if (named or everyone) else 0)
     return Job(job_id, meta.get("resource_spec") or {}, deploy_map, meta, int(min_clients or 0),
                meta.get("mandatory_clients") or [])
-
-
-def kill_leftover_group(job_id: str, pgid: int) -> bool:
-    """SIGKILL the process group ``pgid`` if it still holds a process of ``job_id``.
-
-    The group is only signalled if one of its members carries ``FLRUNNER_JOB_ID=job_id``
-    (the leader may be gone and its grandchildren left): a pid freed long ago could have become
-    the group id of an unrelated session.
-    """
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(p.pid) == pgid and p.environ().get("FLRUNNER_JOB_ID") == job_id:
-                os.killpg(pgid, signal.SIGKILL)
-                return True
-        except (psutil.Error, ProcessLookupError, PermissionError, OSError):
-            continue
-    return False

@@ -166,6 +166,11 @@ class Scheduler:
         return None
 
     def _still_wanted(self, w: Waiting) -> bool:
+        """Whether a try that comes back should go on: the job is still waiting, still SUBMITTED,
+        and the parent is not stopping (a paused scheduler leaves the job for the next start)."""
+        if self.paused:
+            w.in_flight = False
+            return False
         if self.waiting.get(w.job_id) is not w:
             return False
         return self.store.get(w.job_id, with_history=False).status is RunStatus.SUBMITTED
@@ -181,8 +186,10 @@ class Scheduler:
             self.waiting.pop(w.job_id, None)
             self.give_up(w.job_id, RunStatus.FINISHED_CAN_NOT_SCHEDULE,
                          f"not scheduled after {w.attempts} tries: {reason}")
+            self.kick()
             return
         delay = min(self.config.schedule_backoff * 2 ** (w.attempts - 1), self.config.schedule_backoff_max)
         w.due = self.timers.clock() + delay
         log.info("job %s not scheduled (try %d): %s; next try in %.1fs", w.job_id, w.attempts, reason, delay)
         w.timer = self.timers.call_later(delay, self.kick)
+        self.kick()  # the slot this try held may let a later job in

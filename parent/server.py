@@ -31,6 +31,7 @@ from flrunner.workspace import Workspace
 
 from .admin_service import AdminService
 from .aux_service import AuxService
+from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .errors import WorkspaceBusy
 from .job_store import JobRecord, JobStore
@@ -107,15 +108,15 @@ class Parent:
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
         self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
         self.launcher = cfg.launcher or ProcessLauncher()
+        self.offload = Offload(self._wake)
         hooks = ManagerHooks(watch_fd=self.watch_fd, unwatch_fd=self.unwatch_fd,
                              push_to_child=self._push_to_child, on_change=self._on_change,
-                             on_job_exit=self._on_job_exit)
+                             on_job_exit=self._on_job_exit, offload=self.offload.run)
         self.outstanding = Outstanding(self.timers)
         self.gateway = SiteGateway(self.sites, self.registry, self.outstanding)
         self.site_jobs = SiteJobs(self.gateway, self.ws, cfg.reservation_ttl, cfg.site_request_timeout)
         self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
                                   endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
-        self.offload = Offload(self._wake)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
                                           self.stop, self.ws.get_root_dir(), self.offload)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
@@ -250,6 +251,7 @@ class Parent:
         if gone:
             log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
         self.admin_service.expire_subscribers()
+        self.manager.check_heartbeats()
         self.timers.call_later(self.config.housekeeping_interval, self._housekeeping)
 
     def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
@@ -263,8 +265,12 @@ class Parent:
                 # Whoever waits on that site learns now, not at its timeout.
                 self.outstanding.fail_site(change["name"], f"site '{change['name']}' left")
 
-    def _on_job_exit(self, job: RunningJob, how: str) -> None:
-        self.outstanding.fail_job(job.job_id, f"job {job.job_id} ended")
+    def _on_job_exit(self, job: RunningJob, how: str, restarting: bool) -> None:
+        self.outstanding.fail_job(job.job_id, f"job {job.job_id}'s process {how}")
+        if restarting:
+            return  # the job goes on: its site apps keep running, the job manager relaunches it
+        # Descendants that left the job's group (setsid) are found by their job id, off the loop.
+        self.offload.run(lambda: kill_stragglers(job.job_id), lambda killed, exc: None)
         if job.sites:
             self.site_jobs.stop(job.job_id, sorted(job.sites), f"job process {how}")
 

@@ -38,6 +38,8 @@ class RunningJob:
     abort_reason: str | None = None
     term_sent: bool = False
     start_timed_out: bool = False
+    #: Stopped heartbeating; ends FINISHED:ABNORMAL once its process is gone.
+    hung: bool = False
     job: Job | None = None
     #: Sites whose part of the job was started (they get stop_job when it ends).
     sites: set[str] = field(default_factory=set)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -257,7 +258,12 @@ def run_site(name: str, server: str, resources: dict | None = None, workspace: s
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent.run()
-    return 0
+    # A job's handler stuck in code that ignores the abort would keep a normal interpreter alive
+    # (it joins worker threads at exit): the agent has logged out and stopped its jobs, so leave.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 __all__ = ["SiteAgent", "default_resources", "run_site"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,7 +59,7 @@ class SiteJob:
         Raises:
             JobFolderError, AppLoadError: the app's config or a component is wrong (named).
         """
-        add_custom_dir(self.app_dir)
+        self._use_own_custom_code()
         app = parse_client_app(Path(self.app_dir), Path(self.app_dir).name)
         for cdef in app.components:
             self.engine.add_component(cdef.id, instantiate(cdef))
@@ -72,6 +75,23 @@ class SiteJob:
         self.engine.fire_event(EventType.START_RUN, fl_ctx)
         log.info("site %s: job %s (%s) started with tasks %s and aux topics %s", self.site_name, self.job_id,
                  self.job_name, sorted(self.executors), sorted(self.engine.aux_handlers))
+
+    def _use_own_custom_code(self) -> None:
+        """Make ``import`` find this job's ``custom/`` modules, not another job's of the same name.
+
+        The agent is one interpreter for every job on the site: modules imported from an earlier
+        job's custom folder are dropped from ``sys.modules`` (that job's objects keep the modules
+        they already have) and its folder leaves ``sys.path``.
+        """
+        jobs_root = os.path.join(self.workspace.get_root_dir(), "jobs") + os.sep
+        own = os.path.join(self.app_dir, "custom") + os.sep
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None) or ""
+            if path.startswith(jobs_root) and not path.startswith(own):
+                del sys.modules[name]
+        sys.path[:] = [p for p in sys.path if not (p + os.sep).startswith(jobs_root)]
+        add_custom_dir(self.app_dir)
+        importlib.invalidate_caches()
 
     def handle(self, topic: str, request: Shareable, peer: str = "server") -> Shareable:
         """Serve one request: an executor for a task topic, else an aux handler, else TOPIC_UNKNOWN."""
