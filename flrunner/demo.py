@@ -1,5 +1,9 @@
 """``flrunner demo``: a parent, a few site agents and the sample job, end to end.
 
+The sample job is ``examples/fedavg``: federated averaging of a linear regression model that
+each site trains on its own synthetic data. The demo prints each round's progress (the loss
+going down) and the final model next to the weights the sites' data were drawn from.
+
 Everything runs as real processes in a temporary workspace, and every process is stopped
 (gracefully, then by process group) before the demo returns, also when it fails.
 """
@@ -59,6 +63,47 @@ def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = 
     raise FlrunnerError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+SAMPLE_JOB = "fedavg"
+FINAL_MODEL = "final_model.json"
+
+
+def _prepare_job(root: Path, sites: int, rounds: int) -> Path:
+    """A copy of the sample job with ``rounds`` rounds, runnable on ``sites`` sites."""
+    job_dir = root / SAMPLE_JOB
+    shutil.copytree(example_job(SAMPLE_JOB), job_dir)
+    meta_path = job_dir / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["min_clients"] = min(meta.get("min_clients", 1), sites)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    cfg_path = job_dir / "app" / "config" / "config_fed_server.json"
+    cfg = json.loads(cfg_path.read_text())
+    args = cfg["workflows"][0]["args"]
+    args["num_rounds"] = rounds
+    args["min_clients"] = min(args.get("min_clients", 1), sites)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return job_dir
+
+
+def _true_weights(job_dir: Path) -> list[float]:
+    """The weights the sites' synthetic data are drawn from (the site executor's config)."""
+    cfg = json.loads((job_dir / "app" / "config" / "config_fed_client.json").read_text())
+    return list(cfg["executors"][0]["executor"]["args"]["true_weights"])
+
+
+def _show_model(path: Path, true_weights: list[float], say) -> None:
+    """Print the final model next to the true weights."""
+    try:
+        model = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        say(f"no final model: {exc}")
+        return
+    say(f"final model after {model['rounds']} round(s), loss {model['loss']:.6f} ({path.name} in the job's run dir):")
+    say(f"  {'':6} {'learned':>10} {'true':>10}")
+    names = [f"w[{j}]" for j in range(len(true_weights) - 1)] + ["bias"]
+    for name, learned, true in zip(names, model["weights"], true_weights):
+        say(f"  {name:6} {learned:10.5f} {true:10.5f}")
+
+
 def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout) -> int:
     """Run the demo; returns 0 when the sample job ends ``FINISHED:COMPLETED``."""
     root = Path(tempfile.mkdtemp(prefix="flrunner-demo-"))
@@ -83,17 +128,14 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
         info = _wait_for("the parent to start", parent_up, 30, parent)
         say(f"parent pid {info['pid']}; sites connect to {info['sites']}")
         for i in range(1, sites + 1):
-            procs.append(_spawn(["site", "--name", f"site-{i}", "--server", info["sites"]], root / f"site-{i}.out"))
+            procs.append(_spawn(["site", "--name", f"site-{i}", "--server", info["sites"],
+                                 "--workspace", str(root / f"site-{i}")], root / f"site-{i}.out"))
         with AdminClient(info["admin"]) as admin:
             _wait_for(f"{sites} sites to log in", lambda: len(admin.clients()) >= sites, 30)
             say("sites logged in: " + ", ".join(sorted(c["name"] for c in admin.clients())))
 
-            job_dir = root / "hello"
-            shutil.copytree(example_job("hello"), job_dir)
-            cfg_path = job_dir / "app_server" / "config" / "config_fed_server.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["workflows"][0]["args"]["num_rounds"] = rounds
-            cfg_path.write_text(json.dumps(cfg, indent=2))
+            job_dir = _prepare_job(root, sites, rounds)
+            true_weights = _true_weights(job_dir)
 
             from .embed import FLRunner, follow_job
 
@@ -112,6 +154,8 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
                     final = follow_job(runner, feed, job_id, show, timeout=300)
             finally:
                 runner.stop()
+        if final["status"] == "FINISHED:COMPLETED":
+            _show_model(ws / "jobs" / job_id / FINAL_MODEL, true_weights, say)
         say(f"final status: {final['status']}")
         if final["status"] != "FINISHED:COMPLETED":
             say(f"job log: {ws / 'jobs' / job_id / 'log.txt'}")
