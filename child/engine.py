@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from flrunner.client import Client
 from flrunner.component import Widget
-from flrunner.errors import BadRequest, EncodeError, FlrunnerError, error_for_rc
+from flrunner.errors import BadRequest, EncodeError, FlrunnerError, RequestTimeout, Unauthorized, error_for_rc
 from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
 from flrunner.fl_signal import Signal
 from flrunner.job import Job
@@ -55,8 +55,10 @@ class ServerEngine(ServerEngineSpec):
         self.run_status: RunStatus = RunStatus.RUNNING
         self.exe_error: str | None = None
         self.progress: Any = None
-        #: Seconds `update_job_run_status` waits for the parent to make the status durable.
-        self.status_timeout = 30.0
+        #: Seconds one `update_job_run_status` attempt waits for the parent to make it durable.
+        self.status_timeout = 5.0
+        #: Seconds `update_job_run_status` keeps retrying while the parent is away.
+        self.status_patience = 30.0
         self.components: dict[str, Any] = {}
         self.widgets: dict[str, Widget] = {}
         self.aux_handlers: dict[str, Any] = {}
@@ -129,6 +131,13 @@ class ServerEngine(ServerEngineSpec):
             self._stale = self._pushed_revision > revision
             return list(self._clients.values())
 
+    def reset_clients(self) -> None:
+        """Forget the registry revision (a new parent numbers it afresh); the next use syncs in full."""
+        with self._clients_lock:
+            self._revision = None
+            self._pushed_revision = -1
+            self._stale = True
+
     def get_clients_cached(self) -> List[Client]:
         with self._clients_lock:
             return list(self._clients.values())
@@ -195,7 +204,18 @@ class ServerEngine(ServerEngineSpec):
         body = {"status": self.run_status.value, "progress": self.progress, "error": error}
         if self.link is None:
             return self.run_status.value
-        return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")
+        # While the parent is away (restarting), keep trying: the update is delivered to the
+        # parent that re-adopts this job, or fails once `status_patience` is spent.
+        deadline = time.monotonic() + self.status_patience
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self.link.request("run_status", body, timeout=max(0.1, min(self.status_timeout, left))
+                                         ).body.get("status")
+            except (RequestTimeout, Unauthorized):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def on_push(self, msg: Message) -> None:
         """A message the parent pushed (on the link's I/O thread: quick, or handed to a thread)."""
@@ -270,12 +290,14 @@ class ServerEngine(ServerEngineSpec):
             if plan.rc != Rc.OK:
                 raise error_for_rc(plan.rc or Rc.ERROR, str(plan.body.get("reason", plan.rc)))
             planned = list(plan.body.get("targets") or [])
-            call.wait(1 + len(planned), max(0.0, deadline - time.monotonic()))
+            call.wait(1 + len(planned), max(0.0, deadline - time.monotonic()), lambda: self.abort_signal.triggered)
             answers = list(call.replies[1:])
         finally:
             link.end_call(call)
         replies = {m.body.get("site"): reply_from(m) for m in answers if isinstance(m.body.get("site"), str)}
         for name in planned:
+            if self.abort_signal.triggered:
+                replies.setdefault(name, make_reply(ReturnCode.TASK_ABORTED, {REASON_HEADER: "the job was aborted"}))
             replies.setdefault(name, failure_reply(Rc.TIMEOUT, f"site '{name}' did not answer within {timeout:g}s"))
         return replies
 

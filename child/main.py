@@ -11,8 +11,6 @@ import logging
 import os
 import signal
 import sys
-import threading
-import time
 
 import setproctitle
 
@@ -21,15 +19,14 @@ from flrunner.wire import unpack
 from flrunner.workspace import Workspace
 
 from .engine import ServerEngine
-from flrunner.link import Link
 from .runner import JobRunner
+from .session import EXIT_PARENT_LOST, ParentSession
 
 log = logging.getLogger("child")
 
 EXIT_OK = 0
 EXIT_BAD_BOOTSTRAP = 2
 EXIT_PARENT_REFUSED = 3
-EXIT_PARENT_LOST = 4
 
 _REQUIRED = {"job_id": str, "job_name": str, "secret": str, "endpoint": str, "workspace": str}
 
@@ -65,50 +62,27 @@ def run_job(boot: dict) -> int:
     logging.basicConfig(stream=sys.stderr, level=boot.get("log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = ServerEngine(job_id, Workspace(boot["workspace"]))
-    loss_timeout = float(boot.get("parent_loss_timeout", 20.0))
-    orphan_grace = float(boot.get("orphan_grace", 10.0))
-
-    def parent_lost() -> None:
-        # Ask the workflows to stop; if they do not within the grace, leave anyway, so a job whose
-        # parent is gone for good never runs on unsupervised.
-        engine.abort_signal.trigger("the parent is gone")
-        watchdog = threading.Timer(orphan_grace, _exit_orphaned, args=(link,))
-        watchdog.daemon = True
-        watchdog.start()
-
-    link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)), loss_timeout,
-                parent_lost)
-    engine.link = link
+    session = ParentSession(boot, engine)
 
     def on_sigterm(signum: int, frame: object) -> None:
         log.warning("SIGTERM: aborting the job")
         engine.abort_signal.trigger("SIGTERM")
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    link.start()
     try:
-        link.request("hello", {"job_id": job_id, "secret": boot["secret"], "pid": os.getpid()}, timeout=30.0)
+        session.start()
     except FlrunnerError as exc:
         log.error("the parent refused this job process: %s", exc)
-        link.close()
+        session.close()
         return EXIT_PARENT_REFUSED
-    link.last_heard = time.monotonic()  # the loss clock starts once the parent has answered
-    link.authenticated = True
     boot.pop("secret", None)
     log.info("job %s (%s) running as pid %d", job_id, boot["job_name"], os.getpid())
 
     status = JobRunner(engine, resume=bool(boot.get("resume"))).run()
     log.info("job %s ends %s", job_id, status.value)
-    code = report_final(engine, loss_timeout)
-    link.close()
+    code = report_final(engine)
+    session.close()
     return code
-
-
-def _exit_orphaned(link: Link) -> None:
-    if link.parent_lost:
-        log.error("the parent has been gone for too long; the job process exits")
-        logging.shutdown()
-        os._exit(EXIT_PARENT_LOST)
 
 
 def run() -> None:
@@ -124,23 +98,18 @@ def run() -> None:
     os._exit(code)
 
 
-def report_final(engine: ServerEngine, patience: float) -> int:
+def report_final(engine: ServerEngine) -> int:
     """Send the final status and wait for the parent's ack (a message queued just before exit can
-    be lost by ZeroMQ, libzmq #4660), retrying until acked or ``patience`` runs out.
-
-    It is always tried at least once, even when the parent looked gone: a parent that was only
-    slow must still get the job's outcome.
+    be lost by ZeroMQ, libzmq #4660). `ServerEngine.update_job_run_status` retries while the
+    parent is away (up to the reconnect grace), so a restarted parent still gets the outcome.
     """
-    deadline = time.monotonic() + patience
-    engine.status_timeout = min(patience, 10.0)
     while True:
         try:
             engine.update_job_run_status()
             return EXIT_OK
         except RequestTimeout:
-            if time.monotonic() > deadline:
-                log.error("the parent never acknowledged the final status %s", engine.run_status.value)
-                return EXIT_PARENT_LOST
+            log.error("the parent never acknowledged the final status %s", engine.run_status.value)
+            return EXIT_PARENT_LOST
         except FlrunnerError as exc:
             if engine.progress is not None:
                 log.warning("the parent refused the final status with its progress (%s); sending it without", exc)

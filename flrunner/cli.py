@@ -66,6 +66,8 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        site_timeout=args.site_timeout, abort_grace=args.abort_grace, term_grace=args.term_grace,
                        schedule_attempts=args.schedule_attempts, schedule_backoff=args.schedule_backoff,
                        hung_timeout=args.hung_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
+                       reconnect_grace=args.reconnect_grace, adopt_window=args.adopt_window,
+                       parent_loss_timeout=min(20.0, args.reconnect_grace),
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True)
     Parent(cfg).run()
     return 0
@@ -247,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")
     sp.add_argument("--hung-timeout", type=float, default=30.0,
                     help="a job process without a heartbeat this long is aborted and ends FINISHED:ABNORMAL (s)")
+    sp.add_argument("--reconnect-grace", type=float, default=60.0,
+                    help="a job process whose parent is gone waits this long for a parent to re-adopt it (s)")
+    sp.add_argument("--adopt-window", type=float, default=15.0,
+                    help="a restarted parent waits this long for left-over job processes to reconnect (s)")
     sp.add_argument("--schedule-attempts", type=int, default=10,
                     help="tries before a job that cannot get its sites ends FINISHED:CAN_NOT_SCHEDULE")
     sp.add_argument("--schedule-backoff", type=float, default=1.0, help="seconds before the second try; doubled after")

@@ -25,6 +25,10 @@ from .wire import Message, decode, encode, next_id
 log = logging.getLogger(__name__)
 
 
+#: How often a wait that can be cancelled looks at its cancel condition.
+CANCEL_CHECK = 0.05
+
+
 class Call:
     """An outstanding request: collects its replies until the caller is done with it."""
 
@@ -41,14 +45,22 @@ class Call:
             self.replies.append(msg)
             self._cond.notify_all()
 
-    def wait(self, count: int, timeout: float | None) -> bool:
-        """Block until ``count`` replies arrived or ``timeout`` passed; True if they all arrived."""
+    def wait(self, count: int, timeout: float | None, cancelled: Callable[[], bool] | None = None) -> bool:
+        """Block until ``count`` replies arrived or ``timeout`` passed; True if they all arrived.
+
+        ``cancelled`` (e.g. a job's abort signal) is checked every `CANCEL_CHECK` seconds and ends
+        the wait early.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while len(self.replies) < count:
+                if cancelled is not None and cancelled():
+                    return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
+                if cancelled is not None:
+                    left = CANCEL_CHECK if left is None else min(left, CANCEL_CHECK)
                 self._cond.wait(left)
             return True
 

@@ -164,8 +164,10 @@ CHILD_AUX = Op("aux", "A site's aux request to this job's engine (payload in raw
 CHILD_PUSHES = OpTable("child", ABORT, CLIENTS_CHANGED, CHILD_AUX)
 
 # --- site <-> parent (sites socket) ------------------------------------------------------------
-LOGIN = Op("login", "A site logs in with its name (and, later, credentials) and gets a token.",
-           {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int)}, needs_auth=False)
+LOGIN = Op("login", "A site logs in with its name (and, later, credentials) and gets a token; it lists the "
+           "jobs it runs, and is told which of them to stop (jobs this parent does not run).",
+           {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int), "jobs": opt(list, max_len=10_000)},
+           needs_auth=False)
 SITE_HEARTBEAT = Op("heartbeat", "A site is alive.", {"token": req(str, max_len=_ID)})
 LOGOUT = Op("logout", "A site leaves the registry.", {"token": req(str, max_len=_ID)})
 SITE_AUX = Op("aux", "A site's aux request to a job's engine (payload in raw frames), answered with the engine's reply.",

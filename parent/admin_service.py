@@ -14,7 +14,7 @@ from typing import Any, Callable
 import psutil
 
 from flrunner import protocol as P
-from flrunner.errors import BadRequest, Conflict, FlrunnerError
+from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
 from flrunner.protocol import Rc
 
 from .jobs import JobManager
@@ -56,6 +56,8 @@ class AdminService:
             raise BadRequest(f"op 'submit': job_dir must be an absolute path, got '{job_dir[:200]}'")
         if not self.manager.accepting:
             raise Conflict("the parent is shutting down and accepts no new jobs")
+        if self.manager.reconciling:
+            raise NotReady("the parent is re-adopting jobs left running by its predecessor; submit again shortly")
 
         def done(prepared: Any, exc: BaseException | None) -> None:
             try:
@@ -121,7 +123,7 @@ class AdminService:
     def ping(self, req: Request) -> dict:
         if req.identity in self.subscribers:
             self.subscribers[req.identity] = self.clock()
-        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready}
+        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready and not self.manager.reconciling}
 
     def shutdown(self, req: Request) -> dict:
         self.request_stop("shutdown requested over the admin socket")

@@ -67,18 +67,21 @@ class AuxService:
                 if job.may_address(site):
                     self.gateway.send(site, "aux", body, req.msg.frames)
             return None
-        # First the plan (which sites will answer), then one reply per site as it comes.
-        self.jobs.reply(req.identity, req.msg, {"targets": targets})
+        # First the plan (which sites will answer), then one reply per site as it comes. The
+        # callbacks keep only who asked and the request id, not the payload, so a big request is
+        # freed once it is sent rather than when the slowest site answers.
+        asker, request = req.identity, Message(req.msg.op, id=req.msg.id)
+        self.jobs.reply(asker, request, {"targets": targets})
         for site in targets:
             if not job.may_address(site):
-                self.jobs.reply(req.identity, req.msg, {"site": site, "reason": f"site '{site}' is not a site of this job"},
+                self.jobs.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
                                 rc=P.Rc.NOT_FOUND)
                 continue
             self.gateway.request(
                 site, "aux", body, timeout + SLACK,
-                on_reply=lambda m, s=site: self.jobs.reply(req.identity, req.msg, {"site": s, **_reason(m)}, m.frames,
+                on_reply=lambda m, s=site: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
                                                            rc=m.rc or P.Rc.OK),
-                on_fail=lambda rc, reason, s=site: self.jobs.reply(req.identity, req.msg, {"site": s, "reason": reason}, rc=rc),
+                on_fail=lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc),
                 frames=req.msg.frames, job_id=job.job_id)
         return None
 
@@ -135,13 +138,13 @@ class AuxService:
         mid = self.jobs.push(job.identity, "aux", body, req.msg.frames)
         if mid is None:
             raise NotFound(f"job {job.job_id}'s process cannot be reached")
+        asker, request, job_id = req.identity, Message(req.msg.op, id=req.msg.id), job.job_id
         self.outstanding.expect(
             self.jobs.name, job.identity, mid, float(req.args["timeout"]) + SLACK,
-            on_reply=lambda m: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id, **_reason(m)}, m.frames,
+            on_reply=lambda m: self.sites.reply(asker, request, {"job_id": job_id, **_reason(m)}, m.frames,
                                                 rc=m.rc or P.Rc.OK),
-            on_fail=lambda rc, reason: self.sites.reply(req.identity, req.msg, {"job_id": job.job_id, "reason": reason},
-                                                        rc=rc),
-            job_id=job.job_id)
+            on_fail=lambda rc, reason: self.sites.reply(asker, request, {"job_id": job_id, "reason": reason}, rc=rc),
+            job_id=job_id)
         return None
 
 

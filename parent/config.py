@@ -26,6 +26,10 @@ class ParentConfig:
             aborted with escalation and ends ``FINISHED:ABNORMAL``.
         child_heartbeat_interval: how often a job process heartbeats to the parent.
         parent_loss_timeout: a job process that has not heard from its parent this long ends itself.
+        reconnect_grace: a job process whose parent is gone keeps its job going this long, waiting
+            for a parent to come back on the workspace and re-adopt it; then it aborts and exits.
+        adopt_window: a restarted parent waits this long for job processes left running by its
+            predecessor to reconnect; new jobs are scheduled after that (or once all are back).
         subscriber_ttl: an admin subscription not renewed (ping) within this is dropped.
         housekeeping_interval: how often silent sites and subscribers are expired.
         max_msg_size: largest frame accepted on the sites and jobs sockets (ZMQ_MAXMSGSIZE).
@@ -51,6 +55,8 @@ class ParentConfig:
     hung_timeout: float = 30.0
     child_heartbeat_interval: float = 2.0
     parent_loss_timeout: float = 20.0
+    reconnect_grace: float = 60.0
+    adopt_window: float = 15.0
     subscriber_ttl: float = 30.0
     housekeeping_interval: float = 1.0
     max_msg_size: int = 1 << 30

@@ -29,6 +29,7 @@ from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .job_store import JobRecord, JobStore
 from .launcher import Launcher, LaunchSpec
+from .recovery import AdoptedProcess, find_live_process
 from .registry import SiteRegistry
 from .scheduler import Scheduler
 from .site_gateway import SiteJobs
@@ -96,27 +97,64 @@ class JobManager:
         self.by_identity: dict[bytes, str] = {}
         self.escalation = KillEscalation(timers, config.abort_grace, config.term_grace)
         self.accepting = True
+        self._serving = False
 
     def start(self) -> None:
-        """The parent serves: start scheduling."""
-        self.scheduler.paused = False
-        self.scheduler.kick()
+        """The parent serves: start scheduling (once re-adoption is settled)."""
+        self._serving = True
+        self.offload_reconciled()
 
     # --- start-up -------------------------------------------------------------------------------
     def recover(self) -> None:
-        """Settle what a previous parent left: launched jobs end ABNORMAL, queued jobs wait again.
-
-        A launched job whose process is still alive (same pid and create time) is terminated
-        first, so that no job process runs without a parent that tracks it.
-        """
+        """Settle what a previous parent left (see `parent.recovery`): re-adopt live job processes,
+        end the others ``FINISHED:ABNORMAL``, and queue the ``SUBMITTED`` jobs again."""
         for rec in self.store.list(LAUNCHED):
+            if find_live_process(rec.pid, rec.pid_create_time) and rec.secret_hash:
+                self._adopt(rec)
+                continue
             reason = "lost while the parent was down"
             if rec.pid and kill_stragglers(rec.job_id, rec.pid):
-                reason += f"; its process group {rec.pid} was still running and was killed " \
-                          "(re-adoption is not implemented yet)"
+                reason += f"; what was left of its process group {rec.pid} was killed"
             self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
         for rec in self.store.list([RunStatus.SUBMITTED]):
             self.scheduler.add(rec.job_id)
+
+    def _adopt(self, rec: JobRecord) -> None:
+        """Watch a job process left by an earlier parent and wait for it to say hello again."""
+        try:
+            proc = AdoptedProcess(rec.pid, rec.pid_create_time)  # type: ignore[arg-type]
+        except OSError:  # it exited just now
+            self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, "lost while the parent was down")
+            return
+        job = RunningJob(rec.job_id, rec.name, proc, rec.secret_hash or "", time.monotonic(),
+                         last_heard=time.monotonic(), job=job_from_meta(rec.job_id, rec.meta), sites=set(rec.sites),
+                         adopting=True)
+        self.running[rec.job_id] = job
+        self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(rec.job_id))
+        job.timers.append(self.timers.call_later(self.config.adopt_window, self._adoption_expired, rec.job_id))
+        log.warning("job %s: its process %d outlived the previous parent; waiting %.0fs for it to reconnect",
+                    rec.job_id, rec.pid, self.config.adopt_window)
+
+    def _adoption_expired(self, job_id: str) -> None:
+        job = self.running.get(job_id)
+        if job is None or not job.adopting:
+            return
+        job.adopting = False
+        job.lost_reason = f"lost while the parent was down: its process did not reconnect within " \
+                          f"{self.config.adopt_window:g}s"
+        job.proc.terminate(signal.SIGKILL)
+        self.offload_reconciled()
+
+    @property
+    def reconciling(self) -> bool:
+        """True while re-adoption is pending: submissions wait (NOT_READY) and nothing is scheduled."""
+        return any(job.adopting for job in self.running.values())
+
+    def offload_reconciled(self) -> None:
+        """Scheduling starts once every left-over job is re-adopted or given up."""
+        if not self.reconciling and self.scheduler.paused and self.accepting and self._serving:
+            self.scheduler.paused = False
+            self.scheduler.kick()
 
     # --- submit and schedule -------------------------------------------------------------------------
     def prepare(self, job_dir: str) -> tuple[str, JobDefinition]:
@@ -177,6 +215,7 @@ class JobManager:
             "workspace": self.ws.get_root_dir(), "heartbeat_interval": self.config.child_heartbeat_interval,
             "parent_loss_timeout": self.config.parent_loss_timeout, "log_level": self.config.log_level,
             "orphan_grace": self.config.abort_grace + self.config.term_grace, "resume": resume,
+            "reconnect_grace": self.config.reconnect_grace,
         }
         spec = LaunchSpec(job_id, rec.name, bootstrap, self.ws.get_app_log_file_path(job_id), self.ws.get_run_dir(job_id))
         try:
@@ -219,8 +258,13 @@ class JobManager:
         job.last_heard = time.monotonic()
         self.by_identity[identity] = job_id
         for t in job.timers:
-            if t.fn == self._start_timeout:
+            if t.fn in (self._start_timeout, self._adoption_expired):
                 t.cancel()
+        if job.adopting:
+            job.adopting = False
+            self.store.add_history(job_id, f"re-adopted: process {pid} reconnected to the parent {os.getpid()}")
+            log.warning("job %s: re-adopted (process %d)", job_id, pid)
+            self.offload_reconciled()
         rec = self.store.get(job_id, with_history=False)
         if rec.status is RunStatus.DISPATCHED:
             rec = self._transition(job_id, RunStatus.RUNNING, f"job process {pid} said hello")
@@ -363,6 +407,8 @@ class JobManager:
         elif job.abort_reason is not None:
             self._transition(job_id, RunStatus.FINISHED_ABORTED, f"aborted: {job.abort_reason}; process {how}",
                              exit_code=exit_code, signal=sig)
+        elif job.lost_reason is not None:
+            self._transition(job_id, RunStatus.FINISHED_ABNORMAL, job.lost_reason, exit_code=exit_code, signal=sig)
         elif job.start_timed_out:
             self._transition(job_id, RunStatus.FINISHED_ABNORMAL,
                              f"start timeout: no hello within {self.config.start_timeout:g}s; process {how}",

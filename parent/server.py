@@ -120,7 +120,8 @@ class Parent:
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
                                           self.stop, self.ws.get_root_dir(), self.offload)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
-        self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4))
+        self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4),
+                                          runs_job=lambda job_id: job_id in self.manager.running)
         self.aux_service = AuxService(self.jobs, self.sites, self.manager, self.registry, self.gateway,
                                       self.site_jobs, self.outstanding)
         self.registry.listeners.append(self._on_registry_change)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest
@@ -18,8 +19,10 @@ log = logging.getLogger(__name__)
 class SitesService:
     """Serves site agents on the sites socket."""
 
-    def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, heartbeat_interval: float) -> None:
+    def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, heartbeat_interval: float,
+                 runs_job: Callable[[str], bool] = lambda job_id: False) -> None:
         self.registry = registry
+        self.runs_job = runs_job
         self.heartbeat_interval = heartbeat_interval
         endpoint.on(P.LOGIN, self.login)
         endpoint.on(P.SITE_HEARTBEAT, self.heartbeat)
@@ -40,7 +43,11 @@ class SitesService:
             props["pid"] = req.args["pid"]
         rec = self.registry.login(name, req.identity, props)
         log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
-        return {"token": rec.token, "heartbeat_interval": self.heartbeat_interval, "revision": self.registry.revision}
+        # A site that logs in again (this parent restarted, or forgot it) keeps the site apps of
+        # jobs that still run here, and stops the others.
+        stop = [j for j in (req.args["jobs"] or []) if isinstance(j, str) and not self.runs_job(j)]
+        return {"token": rec.token, "heartbeat_interval": self.heartbeat_interval, "revision": self.registry.revision,
+                "stop_jobs": stop}
 
     def heartbeat(self, req: Request) -> dict:
         self.registry.heartbeat(req.args["token"], req.identity)

@@ -40,6 +40,10 @@ class RunningJob:
     start_timed_out: bool = False
     #: Stopped heartbeating; ends FINISHED:ABNORMAL once its process is gone.
     hung: bool = False
+    #: Left by an earlier parent; waiting for it to say hello again.
+    adopting: bool = False
+    #: Why the job is lost (it did not reconnect after a parent restart).
+    lost_reason: str | None = None
     job: Job | None = None
     #: Sites whose part of the job was started (they get stop_job when it ends).
     sites: set[str] = field(default_factory=set)

@@ -155,17 +155,37 @@ def test_graceful_shutdown_aborts_running_and_keeps_queued(start_parent, make_jo
     assert again.wait_final(queued)["status"] == "FINISHED:COMPLETED"
 
 
-def test_restart_after_kill9_settles_lost_jobs(start_parent, make_job, tmp):
+def test_restart_after_kill9_re_adopts_the_running_job(start_parent, make_job):
     parent = start_parent()
     job_id = parent.admin.submit(make_job([("wf", "Sleeper", {"seconds": 60})]))
     pid = parent.wait_status(job_id, lambda j: j["status"] == "RUNNING")["pid"]
     parent.kill9()
+    assert psutil.pid_exists(pid)  # job processes do not die with their parent
     again = start_parent(name="parent2")
-    job = again.admin.status(job_id)
-    assert job["status"] == "FINISHED:ABNORMAL"
-    assert "lost while the parent was down" in job["history"][-1]["reason"]
+    job = again.wait_status(job_id, lambda j: any("re-adopted" in h["reason"] for h in j["history"]))
+    assert job["status"] == "RUNNING" and job["pid"] == pid
+    again.admin.abort(job_id, "done testing")
+    assert again.wait_final(job_id)["status"] == "FINISHED:ABORTED"
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5,
-             "the orphaned job process to be gone")
+             "the re-adopted job process to be gone")
+
+
+def test_a_job_not_back_within_the_adopt_window_is_lost(start_parent, make_job):
+    parent = start_parent()
+    job_id = parent.admin.submit(make_job([("wf", "Sleeper", {"seconds": 60})]))
+    pid = parent.wait_status(job_id, lambda j: j["status"] == "RUNNING")["pid"]
+    parent.kill9()
+    os.kill(pid, signal.SIGSTOP)  # it cannot reconnect
+    try:
+        again = start_parent("--adopt-window", "1", name="parent2")
+        job = again.wait_final(job_id, timeout=15)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert job["status"] == "FINISHED:ABNORMAL"
+    assert "did not reconnect" in job["history"][-1]["reason"]
 
 
 def test_second_parent_on_the_same_workspace_is_refused(parent, procs, tmp):

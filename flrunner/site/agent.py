@@ -103,8 +103,13 @@ class SiteAgent:
             self.link.close()
 
     def login(self, timeout: float | None = None) -> None:
-        body = self.link.request("login", {"name": self.name, "resources": self.resources, "pid": os.getpid()},
-                                 timeout=timeout or self.request_timeout).body
+        with self._jobs_lock:
+            running = sorted(self.jobs)
+        body = self.link.request("login", {"name": self.name, "resources": self.resources, "pid": os.getpid(),
+                                           "jobs": running}, timeout=timeout or self.request_timeout).body
+        for job_id in body.get("stop_jobs") or []:
+            if isinstance(job_id, str):
+                self._control.submit(self._do_stop_job, job_id, "the parent does not run this job")
         self.token = body["token"]
         self.link.heartbeat_interval = float(body.get("heartbeat_interval", 5.0))
         self.link.parent_loss_timeout = max(4 * self.link.heartbeat_interval, 2.0)
@@ -122,13 +127,14 @@ class SiteAgent:
         self.token = None
 
     def _forgotten(self) -> None:
-        """The parent refused a heartbeat or went silent: log in again; this site's jobs are over."""
+        """The parent refused a heartbeat or went silent: log in again. The jobs running here go on:
+        the login says which ones the parent still runs (it may have restarted and re-adopted
+        them), and the others are stopped then."""
         if self.token is None:
             return
         log.warning("site %s: the parent no longer knows this site; logging in again", self.name)
         self.token = None
         self.link.authenticated = False
-        self._control.submit(self._stop_all_jobs, "the parent forgot this site")
         self._relogin.set()
 
     # --- requests from the parent (I/O thread: hand work to threads, never block) -----------------
