@@ -58,7 +58,7 @@ def _progress(p: Any) -> str:
 def cmd_parent(args: argparse.Namespace) -> int:
     import logging
 
-    from parent import Parent, ParentConfig
+    from parent import Parent, ParentConfig, ProcessLauncher, WarmLauncher
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,7 +68,9 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        hung_timeout=args.hung_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
                        reconnect_grace=args.reconnect_grace, adopt_window=args.adopt_window,
                        parent_loss_timeout=min(20.0, args.reconnect_grace),
-                       log_level=args.log_level, set_process_title=True, install_signal_handlers=True)
+                       log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
+                       launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
+                       if args.launcher == "warm" else ProcessLauncher())
     Parent(cfg).run()
     return 0
 
@@ -244,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workspace", "-w", help=f"workspace folder (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
     sp.add_argument("--sites", default="tcp://127.0.0.1:8002", help="endpoint sites connect to (default %(default)s)")
     sp.add_argument("--max-jobs", type=int, default=8, help="jobs running at once (default %(default)s)")
+    sp.add_argument("--launcher", choices=("warm", "cold"), default="warm",
+                    help="warm: fork job processes from a template with the runtime imported (fast); "
+                         "cold: a fresh interpreter per job (default %(default)s)")
     sp.add_argument("--site-timeout", type=float, default=30.0, help="drop a site silent this long (s)")
     sp.add_argument("--abort-grace", type=float, default=5.0, help="abort request -> SIGTERM (s)")
     sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")

@@ -6,5 +6,7 @@ from .config import ParentConfig
 from .launcher import JobProcess, Launcher, LaunchSpec, ProcessLauncher
 from .errors import WorkspaceBusy
 from .server import Parent
+from .warm_launcher import WarmLauncher
 
-__all__ = ["Parent", "ParentConfig", "Launcher", "LaunchSpec", "JobProcess", "ProcessLauncher", "WorkspaceBusy"]
+__all__ = ["JobProcess", "LaunchSpec", "Launcher", "Parent", "ParentConfig", "ProcessLauncher", "WarmLauncher",
+           "WorkspaceBusy"]

@@ -18,6 +18,7 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -83,6 +84,9 @@ class Launcher(ABC):
     @abstractmethod
     def launch(self, spec: LaunchSpec) -> JobProcess:
         """Start the job process. Raises `LaunchError` with a readable reason on failure."""
+
+    def bind_loop(self, watch_fd: Callable[[int, Callable[[], None]], None], unwatch_fd: Callable[[int], None]) -> None:
+        """Called once by the parent: a launcher that needs to watch fds in the parent's loop keeps these."""
 
     def close(self) -> None:
         """Release launcher resources (a warm template, …)."""

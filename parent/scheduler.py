@@ -44,6 +44,7 @@ class Waiting:
     in_flight: bool = False
     due: float = 0.0
     last_reason: str = ""
+    counted: bool = True
     timer: Timer | None = field(default=None, repr=False)
 
 
@@ -94,16 +95,24 @@ class Scheduler:
         for w in list(self.waiting.values()):
             if self.running() + self._in_flight() >= self.config.max_concurrent_jobs:
                 return
-            if not w.in_flight and (resources_changed or w.due <= now):
+            if w.in_flight:
+                continue
+            if w.due <= now:
                 self._try(w)
+            elif resources_changed:
+                # An extra try because something changed; it does not use up one of the job's
+                # tries (sites logging in one by one must not exhaust a job waiting for them).
+                self._try(w, counts=False)
 
     def _in_flight(self) -> int:
         return sum(1 for w in self.waiting.values() if w.in_flight)
 
     # --- one try ---------------------------------------------------------------------------------
-    def _try(self, w: Waiting) -> None:
+    def _try(self, w: Waiting, counts: bool = True) -> None:
         w.in_flight = True
-        w.attempts += 1
+        w.counted = counts
+        if counts:
+            w.attempts += 1
         job = self.job_of(w.job_id)
         named, everyone = job.site_participants()
         online = [r["name"] for r in self.registry.listing()]
@@ -182,6 +191,8 @@ class Scheduler:
     def _retry(self, w: Waiting, reason: str) -> None:
         w.in_flight = False
         w.last_reason = reason
+        if not w.counted:  # an extra try: the back-off schedule stays as it was
+            return
         if w.attempts >= self.config.schedule_attempts:
             self.waiting.pop(w.job_id, None)
             self.give_up(w.job_id, RunStatus.FINISHED_CAN_NOT_SCHEDULE,

@@ -108,6 +108,7 @@ class Parent:
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
         self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
         self.launcher = cfg.launcher or ProcessLauncher()
+        self.launcher.bind_loop(self.watch_fd, self.unwatch_fd)
         self.offload = Offload(self._wake)
         hooks = ManagerHooks(watch_fd=self.watch_fd, unwatch_fd=self.unwatch_fd,
                              push_to_child=self._push_to_child, on_change=self._on_change,

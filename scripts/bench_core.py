@@ -98,12 +98,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--launcher", choices=("warm", "cold"), default="cold")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="flrunner-bench-"))
     ws = root / "ws"
     parent = subprocess.Popen([sys.executable, "-m", "flrunner", "parent", "--workspace", str(ws), "--sites",
-                               "tcp://127.0.0.1:*", "--abort-grace", "1", "--term-grace", "1"],
+                               "tcp://127.0.0.1:*", "--abort-grace", "1", "--term-grace", "1", "--launcher", args.launcher],
                               stdout=open(root / "parent.out", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     figures: dict[str, dict] = {}
     try:
@@ -153,11 +154,12 @@ def main() -> int:
                              "baseline_is": what}
 
         bs = statistics.median(base_start)
-        fig("submit_to_running_cold", to_running, "ms", bs, "python -c 'import zmq, msgpack'")
-        fig("trivial_job_cold", to_done, "ms", bs, "python -c 'import zmq, msgpack'")
+        kind = args.launcher
+        fig(f"submit_to_running_{kind}", to_running, "ms", bs, "python -c 'import zmq, msgpack'")
+        fig(f"trivial_job_{kind}", to_done, "ms", bs, "python -c 'import zmq, msgpack'")
         fig("kill_to_abnormal", to_abnormal, "ms", 0.0, "none (the NVFlare 2.9 reference: 4600 ms)")
-        fig("child_rss_cold", rss, "MB", base_rss, "RSS of python that imported zmq, msgpack")
-        fig("child_uss_cold", uss, "MB", base_uss, "USS of python that imported zmq, msgpack")
+        fig(f"child_rss_{kind}", rss, "MB", base_rss, "RSS of python that imported zmq, msgpack")
+        fig(f"child_uss_{kind}", uss, "MB", base_uss, "USS of python that imported zmq, msgpack")
     finally:
         parent.send_signal(signal.SIGTERM)
         try:

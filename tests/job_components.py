@@ -244,3 +244,21 @@ class AuxRoundTrip(Controller):
         _write(fl_ctx, "aux.json", {s: {"rc": r.get_return_code(), "data": {k: v for k, v in r.items()
                                                                             if k != "__headers__"},
                                         "reason": r.get_header("reason")} for s, r in replies.items()})
+
+
+class Leaky(Controller):
+    """Leaves marks in its process (a module global, an environment variable, sys.path) and
+    reports whether it found marks left by an earlier job: a forked job must see none."""
+
+    def control_flow(self, abort_signal, fl_ctx):
+        import flrunner
+
+        engine = fl_ctx.get_engine()
+        found = {"module_global": getattr(flrunner, "_leaky_mark", None),
+                 "env": os.environ.get("FLRUNNER_LEAKY_MARK"),
+                 "sys_path": [p for p in sys.path if p.endswith("leaky-mark")]}
+        flrunner._leaky_mark = fl_ctx.get_job_id()
+        os.environ["FLRUNNER_LEAKY_MARK"] = fl_ctx.get_job_id()
+        sys.path.append("/nonexistent/leaky-mark")
+        engine.set_run_progress({"found": found, "pid": os.getpid(), "ppid": os.getppid()})
+        engine.update_job_run_status()

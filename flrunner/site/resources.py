@@ -6,6 +6,7 @@ resources of a running job; `release_job` gives them back when the job ends here
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
@@ -59,6 +60,9 @@ class ResourceManager:
         unknown = sorted(set(spec) - RESOURCE_KEYS)
         if unknown:
             return False, None, f"unknown resource(s) {', '.join(unknown)}"
+        for key, amount in spec.items():
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
+                return False, None, f"{key}: the amount must be a non-negative number, got {amount!r}"
         with self._lock:
             self._expire()
             free = self._free()
