@@ -46,6 +46,9 @@ def encode_shareable(shareable: Shareable) -> list:
         raise EncodeError(f"cannot encode Shareable{f' at {bad!r}' if bad else ''}: {exc}") from None
     if has_bad_key_or_size(body):
         raise EncodeError(f"cannot encode Shareable at {find_unencodable(shareable.wire_parts())!r}")
+    if len(head) > MAX_HEADER_BYTES:
+        raise EncodeError(f"Shareable is {len(head)} bytes without its large binary values, over the receiver's "
+                          f"limit of {MAX_HEADER_BYTES}; put bulk data in bytes values (they travel as raw frames)")
     return [head, *frames]
 
 

@@ -67,15 +67,17 @@ class Procs:
         return (self.root / f"{name}.out").read_text(errors="replace")
 
     def stop_all(self) -> None:
+        # Latest first (sites before the parent they talk to), each given a moment to leave
+        # cleanly; then whatever is left of every group is killed.
+        deadline = time.monotonic() + 15
         for p in reversed(self.started):
             if p.poll() is None:
                 _kill_group(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+                try:
+                    p.wait(max(0.1, min(5.0, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    pass
         for p in reversed(self.started):
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _kill_group(p.pid, signal.SIGKILL)
             p.wait()
 

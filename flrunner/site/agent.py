@@ -81,13 +81,15 @@ class SiteAgent:
     def run(self) -> None:
         """Serve until `stop` (or SIGTERM when installed); log out and stop jobs on the way out."""
         self.link.start()
-        backoff = 0.1
+        # Short first tries: with ZMQ_IMMEDIATE a login sent before the connection is up is
+        # dropped, so waiting long for its answer only delays the site's start.
+        backoff = 0.05
         try:
             while not self._stop.is_set():
                 if self.token is None:
                     try:
-                        self.login(timeout=min(self.request_timeout, 0.5 + backoff))
-                        backoff = 0.1
+                        self.login(timeout=min(self.request_timeout, 0.2 + 2 * backoff))
+                        backoff = 0.05
                     except FlrunnerError as exc:
                         log.warning("site %s: login to %s failed (%s); retrying in %.1fs", self.name, self.server,
                                     exc, backoff)
