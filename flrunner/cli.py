@@ -229,6 +229,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(sites=args.sites, rounds=args.rounds, keep=args.keep)
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from .security import provision
+
+    reports = provision(args.out, sites=args.site, admins=args.admin, endpoint=args.endpoint,
+                        admin_endpoint=args.admin_endpoint)
+    if args.json:
+        _print_json({"out": os.path.abspath(args.out), "participants": [r.to_json() for r in reports]})
+        return 0
+    _table([[r.status.value, r.name, r.role.value, r.endpoint, str(r.kit)] for r in reports],
+           ["STATUS", "NAME", "ROLE", "ENDPOINT", "KIT"])
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from .security import Status, revoke
+
+    report = revoke(args.out, args.name, reason=args.reason)
+    if args.json:
+        _print_json({"out": os.path.abspath(args.out), "reason": args.reason, **report.to_json()})
+        return 0
+    allowlist = os.path.join(os.path.abspath(args.out), "parent", "allowlist.json")
+    if report.status is Status.ALREADY_REVOKED:
+        print(f"{report.role.value} '{report.name}' was already revoked; nothing changed")
+    else:
+        print(f"revoked {report.role.value} '{report.name}': removed from {allowlist}, recorded in revoked.json; "
+              f"its kit is kept at {report.kit}")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flrunner", description="Server-side job runtime for federated learning.")
@@ -298,6 +327,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rounds", type=int, default=5)
     sp.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("provision", help="create CURVE keys and start-up kits for a parent, its sites and admins",
+                        description="Create (or extend) an FL project in DIR: DIR/parent/ (the parent's keys and "
+                                    "allowlist) and one kit DIR/NAME/ per site and admin. Existing kits are never "
+                                    "changed; re-requesting an existing participant unchanged is a no-op.")
+    sp.add_argument("--out", required=True, metavar="DIR", help="the project directory (created 0700)")
+    sp.add_argument("--site", action="append", default=[], metavar="NAME", help="a site to provision (repeatable)")
+    sp.add_argument("--admin", action="append", default=[], metavar="NAME", help="an admin to provision (repeatable)")
+    sp.add_argument("--endpoint", default=None,
+                    help="the parent's sites endpoint written into new site kits (default: the project's, "
+                         "else tcp://127.0.0.1:8002)")
+    sp.add_argument("--admin-endpoint", default=None,
+                    help="the parent's admin endpoint written into new admin kits (default: the project's, "
+                         "else --endpoint)")
+    sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    sp.set_defaults(func=cmd_provision)
+
+    sp = sub.add_parser("revoke", help="remove a site or admin from the parent's allowlist (its kit is kept)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="the project directory")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("--reason", default=None, help="recorded in DIR/parent/revoked.json")
+    sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    sp.set_defaults(func=cmd_revoke)
     return p
 
 
