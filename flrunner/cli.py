@@ -70,7 +70,7 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        parent_loss_timeout=min(20.0, args.reconnect_grace),
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
                        launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
-                       if args.launcher == "warm" else ProcessLauncher())
+                       if args.launcher == "warm" else ProcessLauncher(), kit=args.kit)
     Parent(cfg).run()
     return 0
 
@@ -85,7 +85,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     resources = default_resources()
     if args.gpus is not None:
         resources["num_gpus"] = args.gpus
-    return run_site(args.name, args.server, resources, args.site_workspace)
+    return run_site(args.name, args.server, resources, args.site_workspace, args.kit)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("parent", help="run the parent in the foreground (SIGTERM/SIGINT: graceful stop)")
     sp.add_argument("--workspace", "-w", help=f"workspace folder (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
     sp.add_argument("--sites", default="tcp://127.0.0.1:8002", help="endpoint sites connect to (default %(default)s)")
+    sp.add_argument("--kit", help="the parent's start-up kit (flrunner provision): CURVE on the sites socket, "
+                                   "only allowlisted site keys admitted")
     sp.add_argument("--max-jobs", type=int, default=8, help="jobs running at once (default %(default)s)")
     sp.add_argument("--launcher", choices=("warm", "cold"), default="warm",
                     help="warm: fork job processes from a template with the runtime imported (fast); "
@@ -294,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_parent)
 
     sp = sub.add_parser("site", help="run a site agent in the foreground")
-    sp.add_argument("--name", required=True)
-    sp.add_argument("--server", required=True, help="the parent's sites endpoint, e.g. tcp://127.0.0.1:8002")
+    sp.add_argument("--name", help="the site's name (from the kit with --kit)")
+    sp.add_argument("--server", help="the parent's sites endpoint, e.g. tcp://127.0.0.1:8002 (default: the kit's)")
+    sp.add_argument("--kit", help="the site's start-up kit (flrunner provision): CURVE keys, name, endpoint")
     sp.add_argument("--gpus", type=int, help="number of GPUs to declare")
     sp.add_argument("--workspace", "-w", dest="site_workspace",
                     help="where job apps are unpacked (default ./flrunner-site-NAME)")

@@ -75,6 +75,7 @@ class Link:
         parent_loss_timeout: silence after which ``on_parent_lost`` is called (once).
         on_parent_lost: called on the I/O thread when the parent is considered gone.
         heartbeat_body: the body of each heartbeat (a site sends its token).
+        configure: called with the DEALER socket before it connects (e.g. to set CURVE keys).
         on_heartbeat_refused: called on the I/O thread when the parent answers a heartbeat with an
             error (it no longer knows this peer: it restarted, or expired the session).
         immediate: queue messages only while connected (ZMQ_IMMEDIATE); while the parent is
@@ -86,7 +87,8 @@ class Link:
     def __init__(self, endpoint: str, on_push: Callable[[Message], None], heartbeat_interval: float = 2.0,
                  parent_loss_timeout: float = 20.0, on_parent_lost: Callable[[], None] | None = None,
                  heartbeat_body: Callable[[], dict] | None = None, immediate: bool = False,
-                 on_heartbeat_refused: Callable[[Message], None] | None = None) -> None:
+                 on_heartbeat_refused: Callable[[Message], None] | None = None,
+                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.endpoint = endpoint
         self.on_push = on_push
         self.heartbeat_interval = heartbeat_interval
@@ -95,6 +97,7 @@ class Link:
         self.heartbeat_body = heartbeat_body or dict
         self.immediate = immediate
         self.on_heartbeat_refused = on_heartbeat_refused
+        self.configure = configure
         self._heartbeat_id: int | None = None
         self.dropped = 0
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -166,13 +169,17 @@ class Link:
         sock.setsockopt(zmq.LINGER, 2000)  # let a last message out when closing
         if self.immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self.configure is not None:
+            self.configure(sock)
         sock.connect(self.endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake.fileno(), zmq.POLLIN)
-        next_beat = time.monotonic() + self.heartbeat_interval
+        last_beat = time.monotonic()
         try:
             while not self._closing.is_set():
+                # The interval is read each time: a site learns it from the parent at login.
+                next_beat = last_beat + self.heartbeat_interval
                 timeout = max(0.0, next_beat - time.monotonic())
                 for what, _ in poller.poll(timeout * 1000):
                     if what == self._wake.fileno():
@@ -182,7 +189,7 @@ class Link:
                 self._send_outbox(sock)
                 now = time.monotonic()
                 if now >= next_beat:
-                    next_beat = now + self.heartbeat_interval
+                    last_beat = now
                     if self.authenticated:
                         self._heartbeat_id = next_id()
                         self._send(sock, encode(Message("heartbeat", self.heartbeat_body(), id=self._heartbeat_id)))

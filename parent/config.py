@@ -39,6 +39,8 @@ class ParentConfig:
         schedule_backoff_max: the longest wait between tries.
         reservation_ttl: a site releases a resource reservation not used by a job start within this.
         site_request_timeout: how long the parent waits for a site to answer a job-control request.
+        kit: the parent's start-up kit (``flrunner provision``): the sites socket then uses CURVE, and
+            only allowlisted site keys connect, each as its own name.
         launcher: starts job processes; the cold `ProcessLauncher` if None.
         set_process_title: rename the process ``flrunner-parent: <workspace>`` (off when embedded).
         install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
@@ -67,6 +69,7 @@ class ParentConfig:
     schedule_backoff_max: float = 30.0
     site_request_timeout: float = 10.0
     launcher: Optional[Launcher] = None
+    kit: Optional[str] = None
     set_process_title: bool = False
     install_signal_handlers: bool = False
     log_to_stderr: bool = False

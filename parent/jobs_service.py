@@ -32,7 +32,7 @@ class JobsService:
         endpoint.on(P.AUX, self.aux)
         registry.listeners.append(self._clients_changed)
 
-    def _authorize(self, identity: bytes, op: P.Op, msg: Message) -> None:
+    def _authorize(self, identity: bytes, op: P.Op, msg: Message, user_id: str | None = None) -> None:
         if op.needs_auth:
             self.manager.job_for(identity)
 

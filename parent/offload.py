@@ -50,4 +50,5 @@ class Offload:
                 log.exception("completing offloaded work failed")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Finish the queued work (e.g. killing a job's stragglers at shutdown), then stop."""
+        self._pool.shutdown(wait=True)

@@ -97,6 +97,13 @@ class SiteRegistry:
         self._remove([rec.name])
         return rec
 
+    def remove(self, name: str) -> bool:
+        """Drop a site by name (its access was revoked); False if it was not logged in."""
+        if name not in self._sites:
+            return False
+        self._remove([name])
+        return True
+
     def expire(self) -> list[str]:
         """Drop the sites silent for longer than the timeout; return their names."""
         limit = self.clock() - self.timeout

@@ -27,11 +27,16 @@ LOG_BURST = 20
 
 @dataclass
 class Request:
-    """A validated request from a peer."""
+    """A validated request from a peer.
+
+    Attributes:
+        user_id: the name the ZAP handler bound to the peer's CURVE key (None without CURVE).
+    """
 
     identity: bytes
     msg: Message
     args: dict
+    user_id: str | None = None
 
     @property
     def op(self) -> str:
@@ -69,11 +74,14 @@ class RouterEndpoint:
         # so a request to a departed site fails at once.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.handlers: dict[str, Handler] = {}
-        self.authorize: Callable[[bytes, Op, Message], None] | None = None
+        #: (identity, op, message, ZAP user id or None) -> None, or raises `Unauthorized`.
+        self.authorize: Callable[[bytes, Op, Message, str | None], None] | None = None
         #: Receives replies peers send to this socket's pushes; without it they are dropped.
         self.on_reply: Callable[[bytes, Message], None] | None = None
         self.dropped = 0
         self.errors = 0
+        #: Set when the socket is a CURVE server: requests then carry the peer's ZAP User-Id.
+        self.curve = False
         self._log_window = 0.0
         self._log_count = 0
         self._log_suppressed = 0
@@ -131,15 +139,16 @@ class RouterEndpoint:
             else:
                 self.dropped += 1
             return
+        user_id = _user_id(body_frames[0]) if self.curve else None
         try:
             op = self.ops.get(msg.op)
             if self.authorize is not None:
-                self.authorize(identity, op, msg)
+                self.authorize(identity, op, msg, user_id)
             args = op.validate(msg.body)
             handler = self.handlers.get(op.name)
             if handler is None:
                 raise FlrunnerError(f"op '{op.name}' is not implemented yet")
-            result = handler(Request(identity, msg, args))
+            result = handler(Request(identity, msg, args, user_id))
         except FlrunnerError as exc:
             self.errors += 1
             self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
@@ -209,3 +218,12 @@ class RouterEndpoint:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+def _user_id(frame: object) -> str | None:
+    """The ZAP User-Id of the connection a frame came in on (CURVE sockets only)."""
+    try:
+        value = frame.get("User-Id")  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return value or None

@@ -127,6 +127,10 @@ class Parent:
                                       self.site_jobs, self.outstanding)
         self.registry.listeners.append(self._on_registry_change)
 
+        self.gate = None
+        self._authenticator = None
+        if cfg.kit:
+            self._secure_sites(cfg.kit)
         sock_dir = self.ws.get_socket_dir()
         self.jobs.bind(f"ipc://{sock_dir}/jobs.sock")
         self.admin.bind(f"ipc://{sock_dir}/admin.sock")
@@ -134,9 +138,10 @@ class Parent:
         for endpoint in (self.sites, self.jobs, self.admin):
             self.poller.register(endpoint.sock, zmq.POLLIN)
         self.poller.register(self._wake.fileno(), zmq.POLLIN)
-        if not self._is_loopback(self.sites.endpoint):
-            log.warning("the sites socket listens on %s, which is not loopback, WITHOUT authentication; "
-                        "anyone who reaches it can log in as a site", self.sites.endpoint)
+        if not self._is_loopback(self.sites.endpoint) and self.gate is None:
+            log.warning("the sites socket listens on %s, which is not loopback, WITHOUT authentication or "
+                        "encryption; anyone who reaches it can log in as a site: provision kits "
+                        "(flrunner provision) and start the parent with --kit", self.sites.endpoint)
 
         self.manager.recover()
         self.admin_service.ready = True
@@ -149,6 +154,21 @@ class Parent:
         self.manager.start()
         if cfg.on_started:
             cfg.on_started()
+
+    def _secure_sites(self, kit_dir: str) -> None:
+        """CURVE on the sites socket, with a ZAP handler that admits allowlisted site keys only."""
+        from flrunner.security.gate import Gate, make_curve_server, start_authenticator
+        from flrunner.security.kit import Role, load_kit
+
+        kit = load_kit(kit_dir)
+        if kit.role is not Role.PARENT:
+            raise FlrunnerError(f"{kit_dir} is the kit of {kit.role.value} '{kit.name}', not of a parent")
+        self.gate = Gate(kit_dir, Role.SITE)
+        self._authenticator = start_authenticator(self.ctx, self.gate)
+        make_curve_server(self.sites.sock, kit.public_key, kit.secret_key)
+        self.sites.curve = True
+        self.sites_service.require_user_id = True
+        log.info("sites socket: CURVE with an allowlist of %s", kit_dir)
 
     def _take_lock(self) -> None:
         path = os.path.join(self.ws.get_root_dir(), "parent.lock")
@@ -249,6 +269,10 @@ class Parent:
             self.timers.run_due(_guarded)
 
     def _housekeeping(self) -> None:
+        if self.gate is not None:
+            for name in self.gate.reload_if_changed():
+                if self.registry.remove(name):
+                    log.warning("site %s: access revoked; dropped from the registry", name)
         gone = self.registry.expire()
         if gone:
             log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
@@ -308,6 +332,9 @@ class Parent:
                 endpoint.close()
         if getattr(self, "offload", None) is not None:
             self.offload.close()
+        if getattr(self, "_authenticator", None) is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if getattr(self, "launcher", None) is not None:
             self.launcher.close()
         if getattr(self, "store", None) is not None:

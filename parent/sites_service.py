@@ -6,7 +6,7 @@ import logging
 from typing import Callable
 
 from flrunner import protocol as P
-from flrunner.errors import BadRequest
+from flrunner.errors import BadRequest, Unauthorized
 from flrunner.job import NAME_RE
 from flrunner.wire import Message
 
@@ -23,19 +23,27 @@ class SitesService:
                  runs_job: Callable[[str], bool] = lambda job_id: False) -> None:
         self.registry = registry
         self.runs_job = runs_job
+        #: With CURVE, every request must come from a provisioned key, acting only as its own name.
+        self.require_user_id = False
         self.heartbeat_interval = heartbeat_interval
         endpoint.on(P.LOGIN, self.login)
         endpoint.on(P.SITE_HEARTBEAT, self.heartbeat)
         endpoint.on(P.LOGOUT, self.logout)
         endpoint.authorize = self._authorize
 
-    def _authorize(self, identity: bytes, op: P.Op, msg: Message) -> None:
+    def _authorize(self, identity: bytes, op: P.Op, msg: Message, user_id: str | None = None) -> None:
+        if self.require_user_id and not user_id:
+            raise Unauthorized("this connection has no provisioned identity")
         if op.needs_auth:
             token = msg.body.get("token")
-            self.registry.authenticate(token if isinstance(token, str) else "")
+            rec = self.registry.authenticate(token if isinstance(token, str) else "")
+            if self.require_user_id and rec.name != user_id:
+                raise Unauthorized(f"this connection is '{user_id}'; it cannot act as site '{rec.name}'")
 
     def login(self, req: Request) -> dict:
         name = req.args["name"]
+        if self.require_user_id and name != req.user_id:
+            raise Unauthorized(f"this connection's key belongs to '{req.user_id}'; it cannot log in as '{name[:64]}'")
         if not NAME_RE.match(name) or name in ("server", "@ALL"):
             raise BadRequest(f"op 'login': '{name[:64]}' is not a valid site name")
         props = {"resources": req.args["resources"] or {}}

@@ -52,7 +52,7 @@ class SiteAgent:
     """
 
     def __init__(self, name: str, server: str, resources: dict | None = None, workspace: str | None = None,
-                 request_timeout: float = 5.0, job_threads: int = 4) -> None:
+                 request_timeout: float = 5.0, job_threads: int = 4, kit: Any = None) -> None:
         self.name = name
         self.server = server
         self.resources = resources if resources is not None else default_resources()
@@ -66,9 +66,16 @@ class SiteAgent:
         self._stop = threading.Event()
         self._relogin = threading.Event()
         self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="site-control")
+        configure = None
+        if kit is not None:  # a provisioned site: CURVE with its own keys, trusting only the parent's
+            from flrunner.security.gate import make_curve_client
+
+            def configure(sock: Any) -> None:
+                make_curve_client(sock, kit.public_key, kit.secret_key, kit.parent_public_key)
+
         self.link = Link(server, self._on_push, heartbeat_interval=5.0, parent_loss_timeout=20.0,
                          on_parent_lost=self._forgotten, heartbeat_body=lambda: {"token": self.token or ""},
-                         immediate=True, on_heartbeat_refused=lambda msg: self._forgotten())
+                         immediate=True, on_heartbeat_refused=lambda msg: self._forgotten(), configure=configure)
         self._handlers = {"aux": self._aux, "check_resources": self._check_resources,
                           "cancel_resources": self._cancel_resources, "start_job": self._start_job,
                           "stop_job": self._stop_job}
@@ -217,6 +224,8 @@ class SiteAgent:
         self.link.reply(msg, {"started": True})
 
     def _stop_job(self, msg: Message, args: dict) -> None:
+        # Resources first, at once: the parent may ask for them for another job right after this.
+        self.resource_manager.release_job(args["job_id"])
         self._control.submit(self._do_stop_job, args["job_id"], args["reason"] or "the job ended")
 
     def _do_stop_job(self, job_id: str, reason: str) -> None:
@@ -253,12 +262,29 @@ class SiteAgent:
         return send_to_server
 
 
-def run_site(name: str, server: str, resources: dict | None = None, workspace: str | None = None) -> int:
-    """Run a site agent in the foreground: process title, signals, logs to stderr."""
+def run_site(name: str | None, server: str | None, resources: dict | None = None, workspace: str | None = None,
+             kit_dir: str | None = None) -> int:
+    """Run a site agent in the foreground: process title, signals, logs to stderr.
+
+    With ``kit_dir`` (a site's start-up kit from ``flrunner provision``) the name and the server
+    endpoint come from the kit (``server`` overrides the endpoint) and the connection uses CURVE.
+    """
     import setproctitle
 
+    kit = None
+    if kit_dir is not None:
+        from flrunner.security.kit import Role, load_kit
+
+        kit = load_kit(kit_dir)
+        if kit.role is not Role.SITE:
+            raise FlrunnerError(f"{kit_dir} is the kit of {kit.role.value} '{kit.name}', not of a site")
+        if name is not None and name != kit.name:
+            raise FlrunnerError(f"--name {name} does not match the kit's site name '{kit.name}'")
+        name, server = kit.name, server or kit.endpoint
+    if not name or not server:
+        raise FlrunnerError("a site needs --name and --server, or --kit")
     setproctitle.setproctitle(f"flrunner-site: {name}")
-    agent = SiteAgent(name, server, resources, workspace)
+    agent = SiteAgent(name, server, resources, workspace, kit=kit)
 
     def on_signal(signum: int, frame: Any) -> None:
         agent.stop()

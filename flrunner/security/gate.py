@@ -1,0 +1,121 @@
+"""Who may connect to the parent's sites socket: CURVE keys on the allowlist, each bound to a name.
+
+The parent runs a ZAP handler (pyzmq's `ThreadAuthenticator`) that accepts a CURVE client only
+if its public key is on the parent kit's allowlist (not revoked) with the right role, and gives
+the connection the participant's name as its ZAP User-Id. The parent then checks on every
+message that a site acts only as that name: a site cannot log in as another site.
+
+The allowlist is re-read when its files change (checked once a second by the parent, and at
+every new connection): a revoked key is refused at its next connection, and the parent drops
+the revoked site from its registry at once, so its token stops working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from .kit import Participant, Role, allowlist_files, load_allowlist
+
+log = logging.getLogger(__name__)
+
+#: The ZAP domain of the sites socket.
+SITES_DOMAIN = "flrunner-sites"
+
+
+class Gate:
+    """The allowlist, kept current, answering "may this key connect, and as whom".
+
+    Args:
+        parent_kit_dir: the parent's kit (holds allowlist.json and revoked.json).
+        role: the role a key needs on this socket.
+    """
+
+    def __init__(self, parent_kit_dir: str | os.PathLike, role: Role = Role.SITE) -> None:
+        self.dir = Path(parent_kit_dir)
+        self.role = role
+        self._lock = threading.Lock()
+        self._allow = load_allowlist(self.dir)
+        self._stamp = self._stamps()
+
+    def _stamps(self) -> tuple:
+        out = []
+        for f in allowlist_files(self.dir):
+            try:
+                st = f.stat()
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def reload_if_changed(self) -> list[str]:
+        """Re-read the allowlist if its files changed; the names that lost access."""
+        stamp = self._stamps()
+        if stamp == self._stamp:
+            return []
+        try:
+            allow = load_allowlist(self.dir)
+        except Exception as exc:  # keep the last good list; say so loudly
+            log.error("cannot reload the allowlist of %s (keeping the previous one): %s", self.dir, exc)
+            return []
+        with self._lock:
+            before = {p.name for p in self._allow.values()}
+            self._allow, self._stamp = allow, stamp
+            after = {p.name for p in allow.values()}
+        gone = sorted(before - after)
+        if gone:
+            log.warning("allowlist reloaded: access revoked for %s", ", ".join(gone))
+        return gone
+
+    def participant(self, z85_key: bytes) -> Participant | None:
+        with self._lock:
+            return self._allow.get(z85_key)
+
+    # The ZAP handler's credentials-provider interface.
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        self.reload_if_changed()
+        p = self.participant(z85_key)
+        allowed = p is not None and p.role == self.role
+        if not allowed:
+            log.warning("refused a CURVE connection with key %s… (%s)", z85_key[:8].decode(errors="replace"),
+                        "not on the allowlist" if p is None else f"role {p.role.value}, not {self.role.value}")
+        return allowed
+
+
+class _Authenticator(ThreadAuthenticator):
+    def __init__(self, context: zmq.Context, gate: Gate) -> None:
+        super().__init__(context)
+        self.gate = gate
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        p = self.gate.participant(z85.encode(client_public_key))
+        return p.name if p is not None else ""
+
+
+def start_authenticator(context: zmq.Context, gate: Gate) -> ThreadAuthenticator:
+    """Run the ZAP handler for `SITES_DOMAIN` on its own thread (call ``stop()`` at shutdown)."""
+    auth = _Authenticator(context, gate)
+    auth.start()
+    auth.configure_curve_callback(domain=SITES_DOMAIN, credentials_provider=gate)
+    return auth
+
+
+def make_curve_server(sock: zmq.Socket, public_key: bytes, secret_key: bytes) -> None:
+    """Configure a (not yet bound) socket as a CURVE server checked by the ZAP handler."""
+    sock.curve_server = True
+    sock.curve_publickey = public_key
+    sock.curve_secretkey = secret_key
+    sock.zap_domain = SITES_DOMAIN.encode()
+
+
+def make_curve_client(sock: zmq.Socket, public_key: bytes, secret_key: bytes, server_key: bytes) -> None:
+    """Configure a (not yet connected) socket as a CURVE client of the parent."""
+    sock.curve_publickey = public_key
+    sock.curve_secretkey = secret_key
+    sock.curve_serverkey = server_key

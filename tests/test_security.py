@@ -1,0 +1,97 @@
+"""CURVE-authenticated sites with provisioned kits (real parent and site processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from flrunner.wire import Message, decode, encode
+
+from .conftest import wait_for
+
+
+@pytest.fixture
+def project(tmp):
+    out = tmp / "project"
+    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), "--site", "site-1",
+                    "--site", "site-2", "--admin", "alice"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture
+def secure_parent(start_parent, project):
+    return start_parent("--kit", str(project / "parent"))
+
+
+def names(parent) -> list[str]:
+    return sorted(c["name"] for c in parent.admin.clients())
+
+
+def start_kit_site(procs, parent, project, kit: str, name: str | None = None):
+    args = ["-m", "flrunner", "site", "--kit", str(project / kit), "--server", parent.sites_endpoint]
+    if name:
+        args += ["--name", name]
+    return procs.spawn(args, f"site-{kit}")
+
+
+def test_provisioned_sites_log_in_and_serve_a_job(secure_parent, project, procs, make_job, tmp):
+    start_kit_site(procs, secure_parent, project, "site-1")
+    start_kit_site(procs, secure_parent, project, "site-2")
+    wait_for(lambda: names(secure_parent) == ["site-1", "site-2"], 15, "both sites to log in over CURVE")
+    job_id = secure_parent.admin.submit(make_job([("wf", "AuxRoundTrip", {"payload": {"x": 1}})],
+                                                 site_app={"executors": [(["echo"], "EchoExecutor", {})]}))
+    assert secure_parent.wait_final(job_id)["status"] == "FINISHED:COMPLETED"
+    replies = json.loads((tmp / "ws" / "jobs" / job_id / "aux.json").read_text())
+    assert {s: r["rc"] for s, r in replies.items()} == {"site-1": "OK", "site-2": "OK"}
+
+
+def raw_login(endpoint: str, name: str, keys: tuple[bytes, bytes] | None, server_key: bytes | None,
+              timeout_ms: int = 1500) -> Message | None:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    if keys is not None:
+        sock.curve_publickey, sock.curve_secretkey = keys
+        sock.curve_serverkey = server_key
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(encode(Message("login", {"name": name}, id=1)))
+        if not sock.poll(timeout_ms):
+            return None
+        return decode(sock.recv_multipart())
+    finally:
+        sock.close()
+
+
+def test_unknown_keys_no_keys_and_other_names_are_refused(secure_parent, project):
+    from flrunner.security.kit import load_kit
+
+    parent_kit = load_kit(project / "parent")
+    site1 = load_kit(project / "site-1")
+    stranger = zmq.curve_keypair()
+    endpoint = secure_parent.sites_endpoint
+    assert raw_login(endpoint, "site-1", None, None) is None  # no CURVE: the handshake never completes
+    assert raw_login(endpoint, "site-1", stranger, parent_kit.public_key) is None  # not on the allowlist
+    reply = raw_login(endpoint, "site-2", (site1.public_key, site1.secret_key), parent_kit.public_key)
+    assert reply is not None and reply.rc == "UNAUTHORIZED" and "cannot log in as 'site-2'" in reply.body["reason"]
+    reply = raw_login(endpoint, "site-1", (site1.public_key, site1.secret_key), parent_kit.public_key)
+    assert reply is not None and reply.rc == "OK"
+
+
+def test_a_revoked_site_is_dropped_and_refused(secure_parent, project, procs):
+    site = start_kit_site(procs, secure_parent, project, "site-1")
+    wait_for(lambda: names(secure_parent) == ["site-1"], 15, "the site to log in")
+    subprocess.run([sys.executable, "-m", "flrunner", "revoke", "--out", str(project), "site-1"], check=True,
+                   capture_output=True)
+    wait_for(lambda: names(secure_parent) == [], 10, "the revoked site to be dropped")
+    from flrunner.security.kit import load_kit
+
+    site1 = load_kit(project / "site-1")
+    assert raw_login(secure_parent.sites_endpoint, "site-1", (site1.public_key, site1.secret_key),
+                     load_kit(project / "parent").public_key) is None
+    assert names(secure_parent) == []
+    assert site.poll() is None  # the site keeps trying; it is simply never let in
