@@ -299,6 +299,11 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
     mandatory = meta.get("mandatory_clients", [])
     if not isinstance(mandatory, list) or not all(isinstance(s, str) and s for s in mandatory):
         raise JobFolderError(META_FILE, "mandatory_clients", "must be a list of site names")
+    named, everyone = site_participants(deploy_map)
+    unreachable = sorted(s for s in mandatory if not everyone and s not in named)
+    if unreachable and named:
+        raise JobFolderError(META_FILE, "mandatory_clients",
+                             f"site(s) {', '.join(unreachable)} are not in deploy_map, so the job could never run there")
     rs = meta.get("resource_spec", {})
     if not isinstance(rs, dict):
         raise JobFolderError(META_FILE, "resource_spec", "must be an object mapping site names to requirements")

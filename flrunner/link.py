@@ -157,6 +157,11 @@ class Link:
         self._outbox.put(encode(msg))
         self._wake.wake()
 
+    def set_heartbeat_interval(self, seconds: float) -> None:
+        """Change the heartbeat interval now (the I/O thread may be asleep on the old one)."""
+        self.heartbeat_interval = seconds
+        self._wake.wake()
+
     def close(self, timeout: float = 2.0) -> None:
         self._closing.set()
         self._wake.wake()

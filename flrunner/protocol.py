@@ -175,7 +175,7 @@ SITE_AUX = Op("aux", "A site's aux request to a job's engine (payload in raw fra
                "timeout": req(int, float), "fire_and_forget": opt(bool)})
 SITE_OPS = OpTable("sites", LOGIN, SITE_HEARTBEAT, LOGOUT, SITE_AUX)
 
-# --- parent -> site pushes (the site answers each, except fire-and-forget aux) -------------------
+# --- parent -> site pushes (answered, except fire-and-forget aux, cancel_resources, stop_job) ----
 SITE_AUX_REQUEST = Op("aux", "A job's aux request (payload in raw frames) for this site.",
                       {"job_id": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool)})
 SITE_CHECK_RESOURCES = Op("check_resources", "Does this resource spec fit? Reserve it: {ok, token, reason}.",

@@ -192,6 +192,7 @@ class Scheduler:
         w.in_flight = False
         w.last_reason = reason
         if not w.counted:  # an extra try: the back-off schedule stays as it was
+            self.kick()  # but the slot it held may let a later job in
             return
         if w.attempts >= self.config.schedule_attempts:
             self.waiting.pop(w.job_id, None)
@@ -201,6 +202,9 @@ class Scheduler:
             return
         delay = min(self.config.schedule_backoff * 2 ** (w.attempts - 1), self.config.schedule_backoff_max)
         w.due = self.timers.clock() + delay
+        # Why it waits is in its history, for `flrunner status`.
+        self.store.add_history(w.job_id, f"waiting: {reason} (try {w.attempts} of {self.config.schedule_attempts}; "
+                                         f"next in {delay:g}s)")
         log.info("job %s not scheduled (try %d): %s; next try in %.1fs", w.job_id, w.attempts, reason, delay)
         w.timer = self.timers.call_later(delay, self.kick)
         self.kick()  # the slot this try held may let a later job in

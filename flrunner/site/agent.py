@@ -120,9 +120,10 @@ class SiteAgent:
             if isinstance(job_id, str):
                 self._control.submit(self._do_stop_job, job_id, "the parent does not run this job")
         self.token = body["token"]
-        self.link.heartbeat_interval = float(body.get("heartbeat_interval", 5.0))
-        self.link.parent_loss_timeout = max(4 * self.link.heartbeat_interval, 2.0)
+        interval = float(body.get("heartbeat_interval", 5.0))
+        self.link.parent_loss_timeout = max(4 * interval, 2.0)
         self.link.authenticated = True
+        self.link.set_heartbeat_interval(interval)
         log.info("site %s logged in to %s", self.name, self.server)
 
     def logout(self) -> None:
