@@ -65,7 +65,7 @@ def cmd_parent(args: argparse.Namespace) -> int:
     cfg = ParentConfig(workspace=_workspace(args), sites_endpoint=args.sites, max_concurrent_jobs=args.max_jobs,
                        site_timeout=args.site_timeout, abort_grace=args.abort_grace, term_grace=args.term_grace,
                        schedule_attempts=args.schedule_attempts, schedule_backoff=args.schedule_backoff,
-                       hung_timeout=args.hung_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
+                       hung_timeout=args.hung_timeout, start_timeout=args.start_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
                        reconnect_grace=args.reconnect_grace, adopt_window=args.adopt_window,
                        parent_loss_timeout=min(20.0, args.reconnect_grace),
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--site-timeout", type=float, default=30.0, help="drop a site silent this long (s)")
     sp.add_argument("--abort-grace", type=float, default=5.0, help="abort request -> SIGTERM (s)")
     sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")
+    sp.add_argument("--start-timeout", type=float, default=60.0,
+                    help="a job process that has not said hello this long is killed: FINISHED:ABNORMAL (s)")
     sp.add_argument("--hung-timeout", type=float, default=30.0,
                     help="a job process without a heartbeat this long is aborted and ends FINISHED:ABNORMAL (s)")
     sp.add_argument("--reconnect-grace", type=float, default=60.0,
