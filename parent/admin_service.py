@@ -6,6 +6,7 @@ workspace owner.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -24,6 +25,9 @@ from .registry import SiteRegistry
 from .router import Request, RouterEndpoint
 
 log = logging.getLogger(__name__)
+
+#: Admin ops that change something (or could): written to the audit log.
+AUDITED = frozenset({"submit", "abort", "shutdown"})
 
 
 class AdminService:
@@ -44,11 +48,35 @@ class AdminService:
         self.ready = False
         self._self_ps = psutil.Process()
         self._self_ps.cpu_percent(None)
+        self.audit_path = os.path.join(workspace, "audit.log")
         for op, handler in ((P.SUBMIT, self.submit), (P.JOBS, self.jobs), (P.STATUS, self.status),
                             (P.ABORT_JOB, self.abort), (P.CLIENTS, self.clients), (P.PS, self.ps),
                             (P.SUBSCRIBE, self.subscribe), (P.UNSUBSCRIBE, self.unsubscribe),
                             (P.PING, self.ping), (P.SHUTDOWN, self.shutdown)):
-            endpoint.on(op, handler)
+            endpoint.on(op, self._audited(op.name, handler) if op.name in AUDITED else handler)
+
+    def _audited(self, op: str, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """Write who did what, when, and with which result to ``<workspace>/audit.log`` (JSON lines)."""
+        def run(req: Request) -> Any:
+            entry = {"time": time.time(), "who": req.user_id or "local (admin socket)", "op": op,
+                     "args": {k: v for k, v in req.args.items() if v is not None}}
+            try:
+                result = handler(req)
+            except FlrunnerError as exc:
+                self._audit({**entry, "result": exc.rc, "reason": str(exc)[:500]})
+                raise
+            self._audit({**entry, "result": "OK" if result is not None else "ACCEPTED",
+                         **({"job_id": result["job"]["job_id"]} if isinstance(result, dict) and "job" in result else {})})
+            return result
+
+        return run
+
+    def _audit(self, entry: dict) -> None:
+        try:
+            with open(self.audit_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+        except OSError as exc:
+            log.error("cannot write the audit log %s: %s", self.audit_path, exc)
 
     def submit(self, req: Request) -> None:
         job_dir = req.args["job_dir"]

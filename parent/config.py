@@ -37,6 +37,11 @@ class ParentConfig:
         schedule_attempts: tries to schedule a job before it ends ``FINISHED:CAN_NOT_SCHEDULE``.
         schedule_backoff: seconds before the second try; doubled for each later one.
         schedule_backoff_max: the longest wait between tries.
+        max_sites: the most sites logged in at once; a login beyond it is refused.
+        max_queued_jobs: the most jobs waiting (``SUBMITTED``); a submission beyond it is refused.
+        site_rate: messages a second one site peer may send on average (bursts of twice that);
+            beyond it they are dropped and counted.
+        admin_rate: the same for one admin peer.
         reservation_ttl: a site releases a resource reservation not used by a job start within this.
         site_request_timeout: how long the parent waits for a site to answer a job-control request.
         kit: the parent's start-up kit (``flrunner provision``): the sites socket then uses CURVE, and
@@ -64,6 +69,10 @@ class ParentConfig:
     max_msg_size: int = 1 << 30
     max_admin_msg_size: int = 1 << 20
     reservation_ttl: float = 30.0
+    max_sites: int = 100_000
+    max_queued_jobs: int = 10_000
+    site_rate: float = 2000.0
+    admin_rate: float = 500.0
     schedule_attempts: int = 10
     schedule_backoff: float = 1.0
     schedule_backoff_max: float = 30.0

@@ -179,9 +179,11 @@ class JobManager:
 
     def accept(self, job_id: str, jd: JobDefinition) -> JobRecord:
         """Record a prepared job as SUBMITTED (durably) and hand it to the scheduler."""
-        if not self.accepting:
+        if not self.accepting or len(self.scheduler.waiting) >= self.config.max_queued_jobs:
             shutil.rmtree(self.ws.get_run_dir(job_id), ignore_errors=True)
-            raise Conflict("the parent is shutting down and accepts no new jobs")
+            if not self.accepting:
+                raise Conflict("the parent is shutting down and accepts no new jobs")
+            raise Conflict(f"{self.config.max_queued_jobs} jobs are already waiting; submit later")
         rec = self.store.add(job_id, jd.name, str(jd.folder.resolve()), jd.meta)
         log.info("job %s (%s) submitted from %s", job_id, jd.name, jd.folder)
         self.hooks.on_change(rec)

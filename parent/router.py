@@ -19,6 +19,8 @@ from flrunner.errors import EncodeError, FlrunnerError, FrameError
 from flrunner.protocol import Op, OpTable, Rc
 from flrunner.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
 
+from .limits import RateLimiter
+
 log = logging.getLogger(__name__)
 
 #: Lines about bad input logged per socket per second; the rest are counted.
@@ -82,6 +84,8 @@ class RouterEndpoint:
         self.errors = 0
         #: Set when the socket is a CURVE server: requests then carry the peer's ZAP User-Id.
         self.curve = False
+        #: Per-peer rate limit (None: unlimited).
+        self.limiter: RateLimiter | None = None
         self._log_window = 0.0
         self._log_count = 0
         self._log_suppressed = 0
@@ -116,6 +120,16 @@ class RouterEndpoint:
             return
         identity = frames[0].bytes
         body_frames = frames[1:]
+        if self.limiter is not None:
+            accept, notify = self.limiter.allow(identity)
+            if not accept:
+                self.dropped += 1
+                mid = peek_id(body_frames) if notify else None
+                if mid is not None:
+                    self._send(identity, Message("error", {"reason": f"rate limit of the {self.name} socket exceeded "
+                                                                     f"({self.limiter.rate:g}/s); messages are dropped"},
+                                                 re=mid, rc=Rc.RATE_LIMITED))
+                return
         try:
             msg = decode(body_frames, self.max_header)
         except FrameError as exc:

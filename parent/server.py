@@ -37,6 +37,7 @@ from .errors import WorkspaceBusy
 from .job_store import JobRecord, JobStore
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
+from .limits import RateLimiter
 from .launcher import ProcessLauncher
 from .offload import Offload
 from .registry import SiteRegistry
@@ -107,6 +108,8 @@ class Parent:
         self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
         self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
+        self.sites.limiter = RateLimiter(cfg.site_rate, 2 * cfg.site_rate)
+        self.admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate)
         self.launcher = cfg.launcher or ProcessLauncher()
         self.launcher.bind_loop(self.watch_fd, self.unwatch_fd)
         self.offload = Offload(self._wake)
@@ -122,7 +125,8 @@ class Parent:
                                           self.stop, self.ws.get_root_dir(), self.offload)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4),
-                                          runs_job=lambda job_id: job_id in self.manager.running)
+                                          runs_job=lambda job_id: job_id in self.manager.running,
+                                          max_sites=cfg.max_sites)
         self.aux_service = AuxService(self.jobs, self.sites, self.manager, self.registry, self.gateway,
                                       self.site_jobs, self.outstanding)
         self.registry.listeners.append(self._on_registry_change)
@@ -277,6 +281,9 @@ class Parent:
         if gone:
             log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
         self.admin_service.expire_subscribers()
+        for endpoint in (self.sites, self.admin):
+            if endpoint.limiter is not None:
+                endpoint.limiter.prune()
         self.manager.check_heartbeats()
         self.timers.call_later(self.config.housekeeping_interval, self._housekeeping)
 

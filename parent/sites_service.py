@@ -6,7 +6,7 @@ import logging
 from typing import Callable
 
 from flrunner import protocol as P
-from flrunner.errors import BadRequest, Unauthorized
+from flrunner.errors import BadRequest, Conflict, Unauthorized
 from flrunner.job import NAME_RE
 from flrunner.wire import Message
 
@@ -20,11 +20,12 @@ class SitesService:
     """Serves site agents on the sites socket."""
 
     def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, heartbeat_interval: float,
-                 runs_job: Callable[[str], bool] = lambda job_id: False) -> None:
+                 runs_job: Callable[[str], bool] = lambda job_id: False, max_sites: int = 100_000) -> None:
         self.registry = registry
         self.runs_job = runs_job
         #: With CURVE, every request must come from a provisioned key, acting only as its own name.
         self.require_user_id = False
+        self.max_sites = max_sites
         self.heartbeat_interval = heartbeat_interval
         endpoint.on(P.LOGIN, self.login)
         endpoint.on(P.SITE_HEARTBEAT, self.heartbeat)
@@ -46,6 +47,8 @@ class SitesService:
             raise Unauthorized(f"this connection's key belongs to '{req.user_id}'; it cannot log in as '{name[:64]}'")
         if not NAME_RE.match(name) or name in ("server", "@ALL"):
             raise BadRequest(f"op 'login': '{name[:64]}' is not a valid site name")
+        if name not in self.registry and len(self.registry) >= self.max_sites:
+            raise Conflict(f"the registry is full ({self.max_sites} sites); login of '{name}' refused")
         props = {"resources": req.args["resources"] or {}}
         if req.args["pid"] is not None:
             props["pid"] = req.args["pid"]

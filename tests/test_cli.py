@@ -117,3 +117,17 @@ def test_logs_prints_the_job_log(parent, make_job, tmp):
     assert f"job {job_id}" in out
     follow = cli(ws, "logs", job_id, "-f", timeout=20)
     assert follow.stdout == out
+
+
+def test_admin_commands_are_audited(parent, make_job, tmp):
+    ws = tmp / "ws"
+    job_id = cli_json(ws, "submit", str(make_job([("wf", "Sleeper", {"seconds": 60})])))["job_id"]
+    parent.wait_status(job_id, lambda j: j["status"] == "RUNNING")
+    cli(ws, "abort", job_id, "--reason", "audit me")
+    cli(ws, "abort", "no-such-job", check=False)
+    parent.wait_final(job_id)
+    entries = [json.loads(line) for line in (ws / "audit.log").read_text().splitlines()]
+    ops = [(e["op"], e["result"]) for e in entries]
+    assert ops == [("submit", "ACCEPTED"), ("abort", "OK"), ("abort", "NOT_FOUND")]
+    assert entries[1]["args"] == {"job_id": job_id, "reason": "audit me"} and entries[1]["job_id"] == job_id
+    assert all(e["who"] and e["time"] > 0 for e in entries)
