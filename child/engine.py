@@ -59,6 +59,10 @@ class ServerEngine(ServerEngineSpec):
         self.status_timeout = 5.0
         #: Seconds `update_job_run_status` keeps retrying while the parent is away.
         self.status_patience = 30.0
+        #: Bumped each time a new parent re-adopts this job (see `child.session`).
+        self.parent_epoch = 0
+        #: True from a refused heartbeat (a new parent) until the re-adoption is done.
+        self._readopting = False
         self.components: dict[str, Any] = {}
         self.widgets: dict[str, Widget] = {}
         self.aux_handlers: dict[str, Any] = {}
@@ -282,24 +286,52 @@ class ServerEngine(ServerEngineSpec):
             link.send("aux", body, frames)
             return {}
         deadline = time.monotonic() + timeout
-        call = link.call("aux", body, frames)
-        try:
-            if not call.wait(1, timeout):
-                return {n: failure_reply(Rc.TIMEOUT, "the parent did not answer") for n in names or []}
-            plan = call.replies[0]
-            if plan.rc != Rc.OK:
-                raise error_for_rc(plan.rc or Rc.ERROR, str(plan.body.get("reason", plan.rc)))
-            planned = list(plan.body.get("targets") or [])
-            call.wait(1 + len(planned), max(0.0, deadline - time.monotonic()), lambda: self.abort_signal.triggered)
-            answers = list(call.replies[1:])
-        finally:
-            link.end_call(call)
-        replies = {m.body.get("site"): reply_from(m) for m in answers if isinstance(m.body.get("site"), str)}
-        for name in planned:
+        replies: dict[str, Shareable] = {}
+        planned: list[str] | None = None
+        # A parent that restarts while this request is out never answers it (the sites answer the
+        # dead one): once this job is re-adopted, the sites that have not answered are asked again,
+        # within what is left of the timeout.
+        while True:
+            epoch = self.parent_epoch
+            moved = lambda: self.abort_signal.triggered or self.parent_epoch != epoch  # noqa: E731
+            call = link.call("aux", body, frames)
+            try:
+                if not call.wait(1, max(0.0, deadline - time.monotonic()), moved):
+                    if self._wait_for_new_parent(epoch, deadline):
+                        continue
+                    break
+                plan = call.replies[0]
+                if plan.rc == Rc.UNAUTHORIZED and self._wait_for_new_parent(epoch, deadline):
+                    continue  # reached a restarted parent before this job said hello again
+                if plan.rc != Rc.OK:
+                    raise error_for_rc(plan.rc or Rc.ERROR, str(plan.body.get("reason", plan.rc)))
+                asked = list(plan.body.get("targets") or [])
+                planned = planned if planned is not None else asked
+                call.wait(1 + len(asked), max(0.0, deadline - time.monotonic()), moved)
+                answers = list(call.replies[1:])
+            finally:
+                link.end_call(call)
+            for m in answers:
+                if isinstance(m.body.get("site"), str):
+                    replies[m.body["site"]] = reply_from(m)
+            missing = [n for n in asked if n not in replies]
+            if not missing or not self._wait_for_new_parent(epoch, deadline):
+                break
+            body = {**body, "targets": missing}
+        for name in planned if planned is not None else (names or []):
             if self.abort_signal.triggered:
                 replies.setdefault(name, make_reply(ReturnCode.TASK_ABORTED, {REASON_HEADER: "the job was aborted"}))
             replies.setdefault(name, failure_reply(Rc.TIMEOUT, f"site '{name}' did not answer within {timeout:g}s"))
         return replies
+
+    def _wait_for_new_parent(self, epoch: int, deadline: float) -> bool:
+        """Whether this job has been (or is, before ``deadline``) re-adopted by a new parent since ``epoch``."""
+        while self.parent_epoch == epoch and not self.abort_signal.triggered:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._readopting:
+                return False
+            self.abort_signal.wait(min(left, 0.05))
+        return self.parent_epoch != epoch and not self.abort_signal.triggered
 
     def check_client_resources(self, job: Job, resource_reqs: Dict[str, dict], fl_ctx: FLContext
                                ) -> Dict[str, Tuple[bool, Optional[str]]]:

@@ -43,7 +43,7 @@ class ParentSession:
         self.orphan_grace = float(boot.get("orphan_grace", 10.0))
         self.link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
                          float(boot.get("parent_loss_timeout", 20.0)), on_parent_lost=self._lost,
-                         on_heartbeat_refused=lambda msg: self._rehello.set())
+                         on_heartbeat_refused=self._refused)
         engine.link = self.link
         engine.status_patience = self.reconnect_grace
         self._rehello = threading.Event()
@@ -76,6 +76,11 @@ class ParentSession:
         timer.daemon = True
         timer.start()
 
+    def _refused(self, msg: object) -> None:
+        """A parent answered a heartbeat without knowing this job: it restarted (I/O thread)."""
+        self.engine._readopting = True
+        self._rehello.set()
+
     def _reconnect_loop(self) -> None:
         while not self._closing.is_set():
             self._rehello.wait()
@@ -86,6 +91,7 @@ class ParentSession:
             except Unauthorized as exc:
                 # A parent answers but does not know this job: nobody will take it back.
                 log.error("the parent will not re-adopt this job: %s", exc)
+                self.engine._readopting = False
                 self._give_up("the parent refused to re-adopt the job")
                 return
             except (RequestTimeout, FlrunnerError) as exc:
@@ -95,6 +101,8 @@ class ParentSession:
             self._rehello.clear()
             self._lost_since = None
             self.engine.reset_clients()  # a new parent numbers its registry afresh
+            self.engine._readopting = False
+            self.engine.parent_epoch += 1  # requests left with the old parent are sent again
             log.warning("re-adopted by the parent")
 
     def _give_up_if_still_lost(self, since: float) -> None:

@@ -10,6 +10,7 @@ to the engine as it comes.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest, NotFound, Unauthorized
@@ -21,6 +22,7 @@ from .registry import SiteRegistry
 from .router import Request, RouterEndpoint
 from .site_gateway import Results, SiteGateway, SiteJobs
 from .supervision import RunningJob
+from .timers import Timer, Timers
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class AuxService:
     """Serves the routed ops of the jobs and sites sockets."""
 
     def __init__(self, jobs: RouterEndpoint, sites: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
-                 gateway: SiteGateway, site_jobs: SiteJobs, outstanding: Outstanding) -> None:
+                 gateway: SiteGateway, site_jobs: SiteJobs, outstanding: Outstanding, timers: Timers,
+                 login_grace: float = 15.0) -> None:
         self.jobs = jobs
         self.sites = sites
         self.manager = manager
@@ -40,6 +43,12 @@ class AuxService:
         self.gateway = gateway
         self.site_jobs = site_jobs
         self.outstanding = outstanding
+        self.timers = timers
+        #: For this long after the parent starts, a request of a re-adopted job to one of its sites
+        #: that has not logged in again yet waits for its login instead of failing at once.
+        self.login_grace_until = timers.clock() + login_grace
+        self._awaiting_login: dict[str, list[tuple[Callable[[], None], Timer]]] = {}
+        registry.listeners.append(self._on_registry_change)
         jobs.on(P.AUX, self.job_aux)
         jobs.on(P.CHECK_RESOURCES, self.check_resources)
         jobs.on(P.CANCEL_RESOURCES, self.cancel_resources)
@@ -77,13 +86,36 @@ class AuxService:
                 self.jobs.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
                                 rc=P.Rc.NOT_FOUND)
                 continue
-            self.gateway.request(
-                site, "aux", body, timeout + SLACK,
-                on_reply=lambda m, s=site: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
-                                                           rc=m.rc or P.Rc.OK),
-                on_fail=lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc),
-                frames=req.msg.frames, job_id=job.job_id)
+            on_fail = (lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc))
+            send = (lambda s=site, fail=on_fail, frames=req.msg.frames: self.gateway.request(
+                s, "aux", body, timeout + SLACK,
+                on_reply=lambda m: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
+                                                   rc=m.rc or P.Rc.OK),
+                on_fail=fail, frames=frames, job_id=job.job_id))
+            if (job.readopted and site in job.sites and site not in self.registry
+                    and self.timers.clock() < self.login_grace_until):
+                self._await_login(site, timeout, send, on_fail)
+            else:
+                send()
         return None
+
+    def _await_login(self, site: str, timeout: float, send: Callable[[], None],
+                     on_fail: Callable[[str, str], None]) -> None:
+        """Hold a request for a job's site until it logs in again (after a parent restart)."""
+        def expire() -> None:
+            waiting = self._awaiting_login.get(site, [])
+            self._awaiting_login[site] = [w for w in waiting if w[1] is not timer]
+            on_fail(P.Rc.UNAVAILABLE, f"site '{site}' did not log in again within {timeout:g}s")
+
+        timer = self.timers.call_later(timeout, expire)
+        self._awaiting_login.setdefault(site, []).append((send, timer))
+
+    def _on_registry_change(self, base: int, revision: int, changes: list[dict]) -> None:
+        for change in changes:
+            if change["op"] == "add":
+                for send, timer in self._awaiting_login.pop(change["client"]["name"], []):
+                    timer.cancel()
+                    send()
 
     def check_resources(self, req: Request) -> None:
         job = self.manager.job_for(req.identity)

@@ -264,6 +264,7 @@ class JobManager:
                 t.cancel()
         if job.adopting:
             job.adopting = False
+            job.readopted = True
             self.store.add_history(job_id, f"re-adopted: process {pid} reconnected to the parent {os.getpid()}")
             log.warning("job %s: re-adopted (process %d)", job_id, pid)
             self.offload_reconciled()

@@ -128,7 +128,8 @@ class Parent:
                                           runs_job=lambda job_id: job_id in self.manager.running,
                                           max_sites=cfg.max_sites)
         self.aux_service = AuxService(self.jobs, self.sites, self.manager, self.registry, self.gateway,
-                                      self.site_jobs, self.outstanding)
+                                      self.site_jobs, self.outstanding, self.timers,
+                                      login_grace=cfg.adopt_window + cfg.site_timeout / 4)
         self.registry.listeners.append(self._on_registry_change)
 
         self.gate = None

@@ -42,6 +42,8 @@ class RunningJob:
     hung: bool = False
     #: Left by an earlier parent; waiting for it to say hello again.
     adopting: bool = False
+    #: Left by an earlier parent and taken back by this one.
+    readopted: bool = False
     #: Why the job is lost (it did not reconnect after a parent restart).
     lost_reason: str | None = None
     job: Job | None = None

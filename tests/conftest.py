@@ -266,3 +266,64 @@ def make_job(tmp: Path):
         return folder
 
     return make
+
+
+# --- session-wide: no runtime process outlives the test session ----------------------------------------
+
+#: What `ps` shows for flrunner's processes (DESIGN.md, "Process titles"; the warm launcher's template too).
+RUNTIME_TITLES = ("flrunner-parent", "flrunner-job", "flrunner-site", "flrunner-template")
+
+
+def _is_runtime_process(cmdline: list[str], name: str) -> bool:
+    """A parent, job process, site or template: by its title, or by ``python -m child[.…]`` before it set one."""
+    text = " ".join(cmdline)
+    if any(title in text or name.startswith(title) for title in RUNTIME_TITLES):
+        return True
+    return any(a == "-m" and (b == "child" or b.startswith("child.")) for a, b in zip(cmdline, cmdline[1:]))
+
+
+def runtime_processes_under(root: Path) -> list[psutil.Process]:
+    """Live flrunner processes whose cwd is inside ``root``.
+
+    The cwd is what ties a process to this session (every process a test starts runs under the
+    session's base temp dir; a job process in its run dir in the workspace): processes of
+    another pytest session, or an operator's parent, have theirs elsewhere and are never touched.
+    """
+    prefix = os.path.realpath(root)
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline", "cwd", "status"]):
+        try:
+            cwd = p.info["cwd"]
+            if p.pid == me or p.info["status"] == psutil.STATUS_ZOMBIE or not cwd:
+                continue
+            if (cwd == prefix or cwd.startswith(prefix + os.sep)) and \
+                    _is_runtime_process(p.info["cmdline"] or [], p.info["name"] or ""):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_runtime_process_outlives_the_session(tmp_path_factory):
+    """At the end of the session, fail the run if a parent, job process or site started by it is still
+    alive: list them, kill them, then fail (as an error in this fixture's teardown)."""
+    base = tmp_path_factory.getbasetemp()
+    yield
+    deadline = time.monotonic() + 3  # processes the last teardown signalled may still be exiting
+    left = runtime_processes_under(base)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = runtime_processes_under(base)
+    if not left:
+        return
+    described = []
+    for p in left:
+        try:
+            described.append(f"pid {p.pid} cwd {p.cwd()}: {' '.join(p.cmdline()).strip()}")
+            p.kill()
+        except psutil.Error:
+            continue
+    pytest.fail(f"{len(left)} flrunner process(es) outlived the test session (now killed):\n  "
+                + "\n  ".join(described), pytrace=False)
