@@ -7,10 +7,10 @@ the engine spec (`ServerEngineSpec`), the types its methods use, the embedding h
 
 from __future__ import annotations
 
-from .admin import AdminClient, StatusFeed
+from typing import TYPE_CHECKING, Any
+
 from .client import Client
 from .component import Controller, FLComponent, Widget
-from .embed import FLRunner, follow_job, follow_jobs
 from .errors import (BadRequest, Conflict, FlrunnerError, JobFolderError, NotFound, ParentUnavailable,
                      RequestTimeout, Unauthorized)
 from .events import EventType
@@ -23,7 +23,27 @@ from .spec import EngineSpec, ServerEngineSpec
 from .status import RunStatus
 from .workspace import Workspace
 
+if TYPE_CHECKING:
+    from .admin import AdminClient, StatusFeed
+    from .embed import FLRunner, follow_job, follow_jobs
+
 __version__ = "0.1.0"
+
+#: Loaded on first use: a job process (and its start-up time and memory) never needs the admin
+#: client, the embedding API or psutil.
+_LAZY = {"AdminClient": "admin", "StatusFeed": "admin", "FLRunner": "embed", "follow_job": "embed",
+         "follow_jobs": "embed"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flrunner' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AdminClient", "BadRequest", "Client", "Conflict", "Controller", "EngineSpec", "EventType", "FLComponent",

@@ -108,6 +108,9 @@ class Parent:
         self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
         self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
+        # Many sites connecting at once (a restart, a fleet coming up) must not overflow the
+        # kernel's accept queue: dropped SYNs are retried only after 1, 3, 7, 15 s.
+        self.sites.sock.setsockopt(zmq.BACKLOG, 4096)
         self.sites.limiter = RateLimiter(cfg.site_rate, 2 * cfg.site_rate)
         self.admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate)
         self.launcher = cfg.launcher or ProcessLauncher()
