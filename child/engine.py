@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from flrunner.client import Client
 from flrunner.component import Widget
+from flrunner.engine_base import EngineBase
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, RequestTimeout, Unauthorized, error_for_rc
-from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
-from flrunner.fl_signal import Signal
+from flrunner.fl_context import FLContext
 from flrunner.job import Job
 from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.protocol import CHILD_PUSHES, Rc
@@ -38,7 +38,7 @@ class NotAvailableYet(FlrunnerError, NotImplementedError):
     """An engine feature that is not built yet."""
 
 
-class ServerEngine(ServerEngineSpec):
+class ServerEngine(EngineBase, ServerEngineSpec):
     """The server engine of one job.
 
     Args:
@@ -48,10 +48,8 @@ class ServerEngine(ServerEngineSpec):
     """
 
     def __init__(self, job_id: str, workspace: Workspace, link: Link | None = None) -> None:
-        self.job_id = job_id
-        self.workspace = workspace
+        super().__init__(SERVER_IDENTITY, job_id, workspace)
         self.link = link
-        self.abort_signal = Signal()
         self.run_status: RunStatus = RunStatus.RUNNING
         self.exe_error: str | None = None
         self.progress: Any = None
@@ -63,50 +61,23 @@ class ServerEngine(ServerEngineSpec):
         self.parent_epoch = 0
         #: True from a refused heartbeat (a new parent) until the re-adoption is done.
         self._readopting = False
-        self.components: dict[str, Any] = {}
         self.widgets: dict[str, Widget] = {}
-        self.aux_handlers: dict[str, Any] = {}
         self._aux_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aux")
         self._clients: dict[str, Client] = {}
         self._revision: int | None = None
         self._pushed_revision = -1
         self._clients_lock = threading.Lock()
         self._stale = False
-        self.fl_ctx_mgr = FLContextManager(
-            engine=self, identity_name=SERVER_IDENTITY, job_id=job_id,
-            private_stickers={FLContextKey.WORKSPACE_OBJECT: workspace, FLContextKey.RUN_ABORT_SIGNAL: self.abort_signal})
 
     # --- components -----------------------------------------------------------------------------
     def add_component(self, component_id: str, component: Any) -> None:
-        if component_id in self.components:
-            raise ValueError(f"duplicate component id '{component_id}'")
-        self.components[component_id] = component
+        super().add_component(component_id, component)
         if isinstance(component, Widget):
             self.widgets[component_id] = component
-
-    def get_component(self, component_id: str) -> object:
-        return self.components.get(component_id)
 
     def get_widget(self, widget_id: str) -> Widget:
         return self.widgets.get(widget_id)  # type: ignore[return-value]
 
-    def get_workspace(self) -> Workspace:
-        return self.workspace
-
-    def new_context(self) -> FLContext:
-        return self.fl_ctx_mgr.new_context()
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext):
-        """Call ``handle_event`` of every component that has one; a failing handler is logged."""
-        for cid, comp in list(self.components.items()):
-            handler = getattr(comp, "handle_event", None)
-            if callable(handler):
-                try:
-                    handler(event_type, fl_ctx)
-                except Exception:
-                    log.exception("component '%s' failed handling event %s", cid, event_type)
-
-    # --- clients ---------------------------------------------------------------------------------------
     def get_clients(self) -> List[Client]:
         if self._revision is None or self._stale:
             self.sync_clients_from_main_process()
@@ -257,15 +228,6 @@ class ServerEngine(ServerEngineSpec):
                 restorer(state, fl_ctx)
 
     # --- aux messaging and site jobs ------------------------------------------------------------------
-    def register_aux_message_handler(self, topic: str, message_handle_func):
-        if not isinstance(topic, str) or not topic:
-            raise ValueError(f"aux topic must be a non-empty string, got {topic!r}")
-        if not callable(message_handle_func):
-            raise TypeError(f"aux handler for topic '{topic}' must be callable, got {type(message_handle_func).__name__}")
-        if topic in self.aux_handlers:
-            raise ValueError(f"an aux handler is already registered for topic '{topic}'")
-        self.aux_handlers[topic] = message_handle_func
-
     def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
         """Send ``request`` to sites through the parent; {site name: reply Shareable}.

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Callable
 
-from flrunner.component import Widget
 from flrunner.errors import FlrunnerError
-from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
-from flrunner.fl_signal import Signal
+from flrunner.engine_base import EngineBase
+from flrunner.fl_context import FLContext
 from flrunner.shareable import Shareable
 from flrunner.spec import EngineSpec
 from flrunner.workspace import Workspace
@@ -18,7 +17,7 @@ log = logging.getLogger(__name__)
 SERVER = "server"
 
 
-class ClientEngine(EngineSpec):
+class ClientEngine(EngineBase, EngineSpec):
     """The engine of one job on one site.
 
     Args:
@@ -31,52 +30,9 @@ class ClientEngine(EngineSpec):
 
     def __init__(self, site_name: str, job_id: str, workspace: Workspace,
                  send_to_server: Callable[[str, Shareable, float, bool], Shareable]) -> None:
+        super().__init__(site_name, job_id, workspace)
         self.site_name = site_name
-        self.job_id = job_id
-        self.workspace = workspace
-        self.abort_signal = Signal()
-        self.components: dict[str, Any] = {}
-        self.aux_handlers: dict[str, Callable] = {}
         self._send_to_server = send_to_server
-        self.fl_ctx_mgr = FLContextManager(
-            engine=self, identity_name=site_name, job_id=job_id,
-            private_stickers={FLContextKey.WORKSPACE_OBJECT: workspace, FLContextKey.RUN_ABORT_SIGNAL: self.abort_signal})
-
-    def add_component(self, component_id: str, component: Any) -> None:
-        if component_id in self.components:
-            raise ValueError(f"duplicate component id '{component_id}'")
-        self.components[component_id] = component
-
-    def get_component(self, component_id: str) -> object:
-        return self.components.get(component_id)
-
-    def get_widget(self, widget_id: str) -> Widget:
-        comp = self.components.get(widget_id)
-        return comp if isinstance(comp, Widget) else None  # type: ignore[return-value]
-
-    def get_workspace(self) -> Workspace:
-        return self.workspace
-
-    def new_context(self) -> FLContext:
-        return self.fl_ctx_mgr.new_context()
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext):
-        for cid, comp in list(self.components.items()):
-            handler = getattr(comp, "handle_event", None)
-            if callable(handler):
-                try:
-                    handler(event_type, fl_ctx)
-                except Exception:
-                    log.exception("site component '%s' failed handling event %s", cid, event_type)
-
-    def register_aux_message_handler(self, topic: str, message_handle_func):
-        if not isinstance(topic, str) or not topic:
-            raise ValueError(f"aux topic must be a non-empty string, got {topic!r}")
-        if not callable(message_handle_func):
-            raise TypeError(f"aux handler for topic '{topic}' must be callable, got {type(message_handle_func).__name__}")
-        if topic in self.aux_handlers:
-            raise ValueError(f"an aux handler is already registered for topic '{topic}'")
-        self.aux_handlers[topic] = message_handle_func
 
     def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
