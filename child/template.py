@@ -31,8 +31,8 @@ import msgpack
 
 # Everything a job process needs, imported once here and shared by every fork.
 import child.main as child_main  # noqa: E402
-import flrunner  # noqa: F401,E402
-import zmq  # noqa: F401,E402
+import flrunner  # noqa: F401,E402  (imported for the forks, not used here)
+import zmq  # noqa: F401,E402  (imported for the forks; never a context in the template)
 
 log = logging.getLogger("child.template")
 

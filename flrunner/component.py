@@ -8,7 +8,6 @@ workflow. These bases are conveniences for job authors, not requirements.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from .fl_context import FLContext
 from .fl_signal import Signal

@@ -16,7 +16,8 @@ import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import psutil
 
@@ -66,13 +67,12 @@ class SiteAgent:
         self._stop = threading.Event()
         self._relogin = threading.Event()
         self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="site-control")
-        configure = None
+        configure: Callable[[Any], None] | None = None
         if kit is not None:  # a provisioned site: CURVE with its own keys, trusting only the parent's
             from flrunner.security.gate import make_curve_client
 
-            def configure(sock: Any) -> None:
-                make_curve_client(sock, kit.public_key, kit.secret_key, kit.parent_public_key)
-
+            configure = partial(make_curve_client, public_key=kit.public_key, secret_key=kit.secret_key,
+                                server_key=kit.parent_public_key)
         self.link = Link(server, self._on_push, heartbeat_interval=5.0, parent_loss_timeout=20.0,
                          on_parent_lost=self._forgotten, heartbeat_body=lambda: {"token": self.token or ""},
                          immediate=True, on_heartbeat_refused=lambda msg: self._forgotten(), configure=configure)
