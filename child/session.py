@@ -106,6 +106,9 @@ class ParentSession:
             log.warning("re-adopted by the parent")
 
     def _give_up_if_still_lost(self, since: float) -> None:
+        if self._lost_since == since and not self.link.parent_lost:
+            self._lost_since = None  # the same parent answered again: nothing was lost
+            return
         if self._lost_since == since:
             self._give_up(f"the parent has been gone for {self.reconnect_grace:g}s")
 

@@ -47,7 +47,7 @@ class AuxService:
         #: For this long after the parent starts, a request of a re-adopted job to one of its sites
         #: that has not logged in again yet waits for its login instead of failing at once.
         self.login_grace_until = timers.clock() + login_grace
-        self._awaiting_login: dict[str, list[tuple[Callable[[], None], Timer]]] = {}
+        self._awaiting_login: dict[str, list[tuple[Callable[[], None], Timer, str]]] = {}
         registry.listeners.append(self._on_registry_change)
         jobs.on(P.AUX, self.job_aux)
         jobs.on(P.CHECK_RESOURCES, self.check_resources)
@@ -94,26 +94,42 @@ class AuxService:
                 on_fail=fail, frames=frames, job_id=job.job_id))
             if (job.readopted and site in job.sites and site not in self.registry
                     and self.timers.clock() < self.login_grace_until):
-                self._await_login(site, timeout, send, on_fail)
+                self._await_login(site, job.job_id, timeout, send, on_fail)
             else:
                 send()
         return None
 
-    def _await_login(self, site: str, timeout: float, send: Callable[[], None],
+    def _await_login(self, site: str, job_id: str, timeout: float, send: Callable[[], None],
                      on_fail: Callable[[str, str], None]) -> None:
-        """Hold a request for a job's site until it logs in again (after a parent restart)."""
+        """Hold a request of a re-adopted job for one of its sites until that site logs in again."""
         def expire() -> None:
-            waiting = self._awaiting_login.get(site, [])
-            self._awaiting_login[site] = [w for w in waiting if w[1] is not timer]
+            self._drop_awaiting(lambda w: w[1] is timer)
             on_fail(P.Rc.UNAVAILABLE, f"site '{site}' did not log in again within {timeout:g}s")
 
         timer = self.timers.call_later(timeout, expire)
-        self._awaiting_login.setdefault(site, []).append((send, timer))
+        self._awaiting_login.setdefault(site, []).append((send, timer, job_id))
+
+    def _drop_awaiting(self, which: Callable[[tuple], bool]) -> list[tuple]:
+        dropped = []
+        for site in list(self._awaiting_login):
+            keep = []
+            for w in self._awaiting_login[site]:
+                (dropped if which(w) else keep).append(w)
+            if keep:
+                self._awaiting_login[site] = keep
+            else:
+                del self._awaiting_login[site]
+        return dropped
+
+    def job_ended(self, job_id: str) -> None:
+        """Forget the requests a job left waiting for a site's login."""
+        for _, timer, _ in self._drop_awaiting(lambda w: w[2] == job_id):
+            timer.cancel()
 
     def _on_registry_change(self, base: int, revision: int, changes: list[dict]) -> None:
         for change in changes:
             if change["op"] == "add":
-                for send, timer in self._awaiting_login.pop(change["client"]["name"], []):
+                for send, timer, _ in self._awaiting_login.pop(change["client"]["name"], []):
                     timer.cancel()
                     send()
 

@@ -95,6 +95,8 @@ class JobManager:
         self.scheduler.paused = True  # until the parent serves; see start()
         self.running: dict[str, RunningJob] = {}
         self.by_identity: dict[bytes, str] = {}
+        #: Jobs between a crash and their restart: their sites.
+        self.restarting: dict[str, set[str]] = {}
         self.escalation = KillEscalation(timers, config.abort_grace, config.term_grace)
         self.accepting = True
         self._serving = False
@@ -226,7 +228,10 @@ class JobManager:
             reason = str(exc) if isinstance(exc, LaunchError) else f"the {self.launcher.name} launcher failed: " \
                                                                     f"{type(exc).__name__}: {exc}"
             log.error("job %s: %s", job_id, reason)
-            self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, reason)
+            if resume:  # it ran before: a failed restart ends it like the crash that caused it
+                self._transition(job_id, RunStatus.FINISHED_ABNORMAL, f"the restart failed: {reason}")
+            else:
+                self._transition(job_id, RunStatus.FINISHED_FAILED_TO_RUN, reason)
             if sites:
                 self.site_jobs.stop(job_id, sorted(sites), "the job process could not be started")
             return None
@@ -268,12 +273,15 @@ class JobManager:
             self.store.add_history(job_id, f"re-adopted: process {pid} reconnected to the parent {os.getpid()}")
             log.warning("job %s: re-adopted (process %d)", job_id, pid)
             self.offload_reconciled()
-        rec = self.store.get(job_id, with_history=False)
+        rec = self.store.get(job_id)
         if rec.status is RunStatus.DISPATCHED:
             rec = self._transition(job_id, RunStatus.RUNNING, f"job process {pid} said hello")
-            timeout = rec.meta.get("timeout")
-            if timeout:
-                job.timers.append(self.timers.call_later(float(timeout), self._time_out, job_id, float(timeout)))
+        timeout = rec.meta.get("timeout")
+        if timeout and not any(t.fn == self._time_out and not t.cancelled for t in job.timers):
+            # Counted from when it started running, also for a re-adopted or restarted process.
+            started = next((h["time"] for h in rec.history if h["status"] == RunStatus.RUNNING.value), time.time())
+            left = max(0.0, float(timeout) - (time.time() - started))
+            job.timers.append(self.timers.call_later(left, self._time_out, job_id, float(timeout)))
         if job.abort_reason is not None:
             self.hooks.push_to_child(identity, "abort", {"reason": job.abort_reason})
         return rec
@@ -288,6 +296,8 @@ class JobManager:
             silent = now - job.last_heard
             if job.identity is None or job.abort_reason is not None or silent <= self.config.hung_timeout:
                 continue
+            if self.store.get(job.job_id, with_history=False).status.is_final:
+                continue  # it reported its end; its exit is being handled
             job.hung = True
             log.error("job %s: no heartbeat for %.1fs; treating it as hung", job.job_id, silent)
             self.abort(job.job_id, f"hung: no heartbeat for {silent:.1f}s (limit {self.config.hung_timeout:g}s)")
@@ -364,6 +374,9 @@ class JobManager:
         job = self.running.get(job_id)
         if job is None:
             self.scheduler.remove(job_id)
+            sites = self.restarting.pop(job_id, None)  # between a crash and its restart
+            if sites:
+                self.site_jobs.stop(job_id, sorted(sites), f"aborted: {reason}")
             return self._transition(job_id, RunStatus.FINISHED_ABORTED, reason)
         if job.abort_reason is not None:
             return rec
@@ -436,9 +449,17 @@ class JobManager:
         self.store.add_history(rec.job_id, f"{RESTART_REASON} after its process {how} (restart {number} of {allowed})")
         log.warning("job %s: process %s; restarting it (%d of %d)", rec.job_id, how, number, allowed)
 
+        self.restarting[rec.job_id] = old.sites
+
         def relaunch(killed: object, exc: BaseException | None) -> None:
+            if self.restarting.pop(rec.job_id, None) is None:
+                return  # aborted (or the parent is stopping) while the old process was cleaned up
             current = self.store.get(rec.job_id)
             if current.status.is_final or rec.job_id in self.running:
+                return
+            if not self.accepting:
+                self._transition(rec.job_id, RunStatus.FINISHED_ABORTED, "parent shutdown during a restart")
+                self.site_jobs.stop(rec.job_id, sorted(old.sites), "the job ended")
                 return
             job = self._start_process(current, old.sites, resume=True)
             if job is not None:
@@ -453,7 +474,7 @@ class JobManager:
         """Stop taking jobs and abort every running one; queued jobs stay SUBMITTED for the next start."""
         self.accepting = False
         self.scheduler.paused = True
-        for job_id in list(self.running):
+        for job_id in list(self.running) + list(self.restarting):
             try:
                 self.abort(job_id, reason)
             except FlrunnerError:

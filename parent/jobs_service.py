@@ -7,7 +7,6 @@ import hmac
 import logging
 
 from flrunner import protocol as P
-from flrunner.errors import FlrunnerError
 from flrunner.wire import Message
 
 from .jobs import JobManager
@@ -29,7 +28,6 @@ class JobsService:
         endpoint.on(P.SYNC_CLIENTS, self.sync_clients)
         endpoint.on(P.RUN_STATUS, self.run_status)
         endpoint.on(P.JOB_HEARTBEAT, self.heartbeat)
-        endpoint.on(P.AUX, self.aux)
         registry.listeners.append(self._clients_changed)
 
     def _authorize(self, identity: bytes, op: P.Op, msg: Message, user_id: str | None = None) -> None:
@@ -58,9 +56,6 @@ class JobsService:
     def heartbeat(self, req: Request) -> dict:
         self.manager.job_for(req.identity)
         return {}
-
-    def aux(self, req: Request) -> dict:
-        raise FlrunnerError("aux messaging is not available yet (it lands with the sites issue)")
 
     def _clients_changed(self, base: int, revision: int, changes: list[dict]) -> None:
         """Push the registry delta to every job process that has synced."""

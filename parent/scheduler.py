@@ -73,6 +73,8 @@ class Scheduler:
         self.job_of = job_of
         self.waiting: OrderedDict[str, Waiting] = OrderedDict()
         self.paused = False
+        self._kicking = False
+        self._kick_again = False
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self.waiting
@@ -91,11 +93,28 @@ class Scheduler:
         """Try every waiting job that is due (all of them when resources may have freed up)."""
         if self.paused:
             return
+        if self._kicking:
+            # Called back from inside a try (a failed try frees its slot): the running kick goes
+            # round once more instead of recursing once per waiting job.
+            self._kick_again = True
+            return
+        self._kicking = True
+        try:
+            while True:
+                self._kick_again = False
+                self._kick_once(resources_changed)
+                if not self._kick_again or self.paused:
+                    return
+                resources_changed = False
+        finally:
+            self._kicking = False
+
+    def _kick_once(self, resources_changed: bool) -> None:
         now = self.timers.clock()
         for w in list(self.waiting.values()):
             if self.running() + self._in_flight() >= self.config.max_concurrent_jobs:
                 return
-            if w.in_flight:
+            if w.in_flight or self.waiting.get(w.job_id) is not w:
                 continue
             if w.due <= now:
                 self._try(w)
@@ -208,3 +227,4 @@ class Scheduler:
         log.info("job %s not scheduled (try %d): %s; next try in %.1fs", w.job_id, w.attempts, reason, delay)
         w.timer = self.timers.call_later(delay, self.kick)
         self.kick()  # the slot this try held may let a later job in
+

@@ -176,6 +176,7 @@ class Parent:
         make_curve_server(self.sites.sock, kit.public_key, kit.secret_key)
         self.sites.curve = True
         self.sites_service.require_user_id = True
+        self.sites_service.allowed = self.gate.allows  # a revoked site's open connection cannot log in again
         log.info("sites socket: CURVE with an allowlist of %s", kit_dir)
 
     def _take_lock(self) -> None:
@@ -277,8 +278,15 @@ class Parent:
             self.timers.run_due(_guarded)
 
     def _housekeeping(self) -> None:
+        try:
+            self._housekeep()
+        finally:  # whatever failed, the next tick comes
+            self.timers.call_later(self.config.housekeeping_interval, self._housekeeping)
+
+    def _housekeep(self) -> None:
         if self.gate is not None:
-            for name in self.gate.reload_if_changed():
+            self.gate.reload_if_changed()
+            for name in self.gate.take_revoked():
                 if self.registry.remove(name):
                     log.warning("site %s: access revoked; dropped from the registry", name)
         gone = self.registry.expire()
@@ -289,7 +297,6 @@ class Parent:
             if endpoint.limiter is not None:
                 endpoint.limiter.prune()
         self.manager.check_heartbeats()
-        self.timers.call_later(self.config.housekeeping_interval, self._housekeeping)
 
     def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
         self.jobs.push(identity, op, body)
@@ -304,6 +311,7 @@ class Parent:
 
     def _on_job_exit(self, job: RunningJob, how: str, restarting: bool) -> None:
         self.outstanding.fail_job(job.job_id, f"job {job.job_id}'s process {how}")
+        self.aux_service.job_ended(job.job_id)
         if restarting:
             return  # the job goes on: its site apps keep running, the job manager relaunches it
         # Descendants that left the job's group (setsid) are found by their job id, off the loop.

@@ -25,6 +25,8 @@ class SitesService:
         self.runs_job = runs_job
         #: With CURVE, every request must come from a provisioned key, acting only as its own name.
         self.require_user_id = False
+        #: Whether a provisioned name may still connect (the allowlist, re-read as it changes).
+        self.allowed: Callable[[str], bool] = lambda name: True
         self.max_sites = max_sites
         self.heartbeat_interval = heartbeat_interval
         endpoint.on(P.LOGIN, self.login)
@@ -33,8 +35,8 @@ class SitesService:
         endpoint.authorize = self._authorize
 
     def _authorize(self, identity: bytes, op: P.Op, msg: Message, user_id: str | None = None) -> None:
-        if self.require_user_id and not user_id:
-            raise Unauthorized("this connection has no provisioned identity")
+        if self.require_user_id and (not user_id or not self.allowed(user_id)):
+            raise Unauthorized("this connection has no provisioned identity (or its access was revoked)")
         if op.needs_auth:
             token = msg.body.get("token")
             rec = self.registry.authenticate(token if isinstance(token, str) else "")

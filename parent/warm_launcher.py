@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -49,8 +50,11 @@ class WarmJobProcess(JobProcess):
             self.create_time = None
         self.returncode: int | None = None
         self._done = False
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # already exited and reaped by the template; its exit report follows
+            self._pidfd = -1
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._pidfd = os.pidfd_open(pid)
 
     def exit_fd(self) -> int:
         return self._r
@@ -98,6 +102,7 @@ class WarmLauncher(Launcher):
         self._next_id = 0
         self._jobs: dict[int, WarmJobProcess] = {}
         self._replies: dict[int, dict] = {}
+        self._early_exits: dict[int, int | None] = {}
 
     def bind_loop(self, watch_fd: Callable[[int, Callable[[], None]], None], unwatch_fd: Callable[[int], None]) -> None:
         self._watch = watch_fd
@@ -175,6 +180,8 @@ class WarmLauncher(Launcher):
                 proc = self._jobs.pop(msg.get("pid"), None)
                 if proc is not None:
                     proc._notify(msg.get("returncode"))
+                else:  # a job that died before its launch finished registering it
+                    self._early_exits[msg.get("pid")] = msg.get("returncode")
             else:
                 self._replies[msg.get("id")] = msg
 
@@ -198,8 +205,6 @@ class WarmLauncher(Launcher):
             if left <= 0:
                 self._template_gone()
                 raise LaunchError(f"the warm template did not fork within {LAUNCH_TIMEOUT:g}s")
-            import select
-
             select.select([sock], [], [], left)
             self._on_readable()
             if self._sock is None:
@@ -208,7 +213,10 @@ class WarmLauncher(Launcher):
         if reply.get("op") != "launched":
             raise LaunchError(f"the warm template could not start the job: {reply.get('reason')}")
         proc = WarmJobProcess(int(reply["pid"]))
-        self._jobs[proc.pid] = proc
+        if proc.pid in self._early_exits:
+            proc._notify(self._early_exits.pop(proc.pid))
+        else:
+            self._jobs[proc.pid] = proc
         return proc
 
     def close(self) -> None:

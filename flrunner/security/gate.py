@@ -43,6 +43,7 @@ class Gate:
         self._lock = threading.Lock()
         self._allow = load_allowlist(self.dir)
         self._stamp = self._stamps()
+        self._revoked: set[str] = set()
 
     def _stamps(self) -> tuple:
         out = []
@@ -54,24 +55,35 @@ class Gate:
                 out.append(None)
         return tuple(out)
 
-    def reload_if_changed(self) -> list[str]:
-        """Re-read the allowlist if its files changed; the names that lost access."""
+    def reload_if_changed(self) -> None:
+        """Re-read the allowlist if its files changed; names that lost access are kept for
+        `take_revoked` (the ZAP thread may be the one that notices)."""
         stamp = self._stamps()
         if stamp == self._stamp:
-            return []
+            return
         try:
             allow = load_allowlist(self.dir)
         except Exception as exc:  # keep the last good list; say so loudly
             log.error("cannot reload the allowlist of %s (keeping the previous one): %s", self.dir, exc)
-            return []
+            return
         with self._lock:
             before = {p.name for p in self._allow.values()}
             self._allow, self._stamp = allow, stamp
-            after = {p.name for p in allow.values()}
-        gone = sorted(before - after)
+            gone = before - {p.name for p in allow.values()}
+            self._revoked |= gone
         if gone:
-            log.warning("allowlist reloaded: access revoked for %s", ", ".join(gone))
+            log.warning("allowlist reloaded: access revoked for %s", ", ".join(sorted(gone)))
+
+    def take_revoked(self) -> list[str]:
+        """The names that lost access since the last call."""
+        with self._lock:
+            gone, self._revoked = sorted(self._revoked), set()
         return gone
+
+    def allows(self, name: str) -> bool:
+        """Whether ``name`` is (still) on the allowlist with this gate's role."""
+        with self._lock:
+            return any(p.name == name and p.role == self.role for p in self._allow.values())
 
     def participant(self, z85_key: bytes) -> Participant | None:
         with self._lock:
