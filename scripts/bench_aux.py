@@ -34,21 +34,18 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import zmq
 
-from flrunner.admin import AdminClient, find_parent
-from flrunner.errors import ParentUnavailable
+import benchlib as B
+from flrunner.admin import AdminClient
 from flrunner.payload import encode_shareable
 from flrunner.shareable import Shareable
-from flrunner.wire import Message, decode, encode, next_id
 
 SMALL = {"x": 1, "s": "hello", "l": [1.5, 2.5, 3.5]}
 BIG_MB = 10
@@ -130,216 +127,6 @@ def cases(quick: bool) -> list[Case]:
             Case("100 sites", 100, True, 200, 20)]
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
-# --- processes -------------------------------------------------------------------------------------
-
-
-class Processes:
-    """Everything this script starts: own process groups, cwd under ``root``; `end_all` ends them."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[subprocess.Popen] = []
-
-    def spawn(self, args: list[str], name: str) -> subprocess.Popen:
-        with open(self.root / f"{name}.out", "ab") as out:
-            p = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def end(self, procs: list[subprocess.Popen], grace: float = 10.0) -> None:
-        """SIGTERM each group, wait up to ``grace`` for all, then SIGKILL what is left."""
-        for p in procs:
-            if p.poll() is None:
-                _signal_group(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                p.wait(max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p.pid, signal.SIGKILL)
-            p.wait()
-
-    def end_all(self) -> None:
-        self.end(list(reversed(self.procs)))
-        # Job processes run in their own groups, with their cwd in the workspace under root.
-        for proc in _processes_under(self.root):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _processes_under(root: Path) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["pid", "cwd"]):
-        try:
-            cwd = p.info["cwd"]
-            if p.pid != os.getpid() and cwd and (cwd == str(root) or cwd.startswith(str(root) + os.sep)):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
-# --- the lightweight peers (run as a child process of this script) -------------------------------
-
-
-def run_peers(server: str, prefix: str, count: int) -> int:
-    """``count`` site peers on one thread: log in, heartbeat, answer pushes, log out on SIGTERM."""
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    peers: dict[zmq.Socket, dict] = {}
-    for i in range(count):
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(server)
-        peers[sock] = {"name": f"{prefix}{i + 1:03d}", "token": None, "login_sent": 0.0}
-        poller.register(sock, zmq.POLLIN)
-    heartbeat, next_beat = 5.0, time.monotonic() + 5.0
-
-    def send(sock: zmq.Socket, msg: Message) -> None:
-        sock.send_multipart(encode(msg), copy=False)
-
-    while not stop:
-        now = time.monotonic()
-        for sock, peer in peers.items():
-            if peer["token"] is None and now - peer["login_sent"] > 2.0:
-                peer["login_sent"] = now
-                send(sock, Message("login", {"name": peer["name"], "pid": os.getpid(),
-                                             "resources": {"num_cpus": 1, "mem_gb": 1.0, "num_gpus": 0}}, id=next_id()))
-        if now >= next_beat:
-            next_beat = now + heartbeat
-            for sock, peer in peers.items():
-                if peer["token"]:
-                    send(sock, Message("heartbeat", {"token": peer["token"]}, id=next_id()))
-        for sock, _ in poller.poll(500):
-            peer = peers[sock]
-            while True:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                msg = decode(frames)
-                if msg.is_reply:
-                    if msg.op == "login" and msg.rc == "OK":
-                        peer["token"] = msg.body["token"]
-                        heartbeat = min(heartbeat, float(msg.body.get("heartbeat_interval", 5.0)))
-                    elif msg.op == "heartbeat" and msg.rc != "OK":
-                        peer["token"] = None  # forgotten by the parent: log in again
-                    continue
-                if msg.op == "aux":
-                    if not msg.body.get("fire_and_forget"):
-                        size = sum(len(f) for f in msg.frames[1:])
-                        reply = encode_shareable(Shareable({"site": peer["name"], "len": size}))
-                        send(sock, Message("aux", {}, re=msg.id, rc="OK", frames=reply))
-                elif msg.op == "start_job":
-                    send(sock, Message("start_job", {"started": True}, re=msg.id, rc="OK"))
-                elif msg.op == "check_resources":
-                    send(sock, Message("check_resources", {"token": f"r-{peer['name']}", "reason": None},
-                                       re=msg.id, rc="OK"))
-                elif msg.op not in ("stop_job", "cancel_resources"):
-                    send(sock, Message(msg.op, {"reason": f"unknown op {msg.op}"}, re=msg.id, rc="BAD_REQUEST"))
-    for sock, peer in peers.items():
-        if peer["token"]:
-            send(sock, Message("logout", {"token": peer["token"]}, id=next_id()))
-    for sock in peers:
-        sock.close()
-    ctx.term()
-    return 0
-
-
-# --- the raw ZeroMQ baseline -----------------------------------------------------------------------
-
-
-def run_echo(endpoint: str, count: int) -> int:
-    """``count`` DEALER peers on one thread; each answers a message with its first frame only."""
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    socks = []
-    for i in range(count):
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, f"echo-{i:03d}".encode())
-        sock.connect(endpoint)
-        sock.send(b"hello")
-        poller.register(sock, zmq.POLLIN)
-        socks.append(sock)
-    while True:
-        for sock, _ in poller.poll(1000):
-            frames = sock.recv_multipart(copy=False)
-            if frames[0].bytes == b"bye":
-                for s in socks:
-                    s.close()
-                ctx.term()
-                return 0
-            sock.send(frames[0], copy=False)
-
-
-def baseline(procs: Processes, count: int, payloads: dict[str, tuple[list, int]]) -> dict[str, list[float]]:
-    """Round trips (ms) of each payload's frames from a ROUTER to ``count`` DEALER peers and back."""
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    echo = procs.spawn([__file__, "--echo", f"tcp://127.0.0.1:{port}", "--count", str(count)], f"echo-{count}")
-    try:
-        ids = []
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        deadline = time.monotonic() + 30
-        while len(ids) < count:
-            if not poller.poll(max(0, deadline - time.monotonic()) * 1000):
-                raise TimeoutError(f"only {len(ids)} of {count} echo peers connected")
-            ids.append(router.recv_multipart()[0])
-        out = {}
-        for name, (frames, iters) in payloads.items():
-            times = []
-            for i in range(iters + 3):  # 3 warm-up round trips
-                t0 = time.perf_counter()
-                for ident in ids:
-                    router.send_multipart([ident, *frames], copy=False)
-                for _ in ids:
-                    router.recv_multipart(copy=False)
-                if i >= 3:
-                    times.append((time.perf_counter() - t0) * 1000)
-            out[name] = times
-        for ident in ids:
-            router.send_multipart([ident, b"bye"])
-        echo.wait(10)
-        return out
-    finally:
-        procs.end([echo], grace=2)
-        router.close()
-        ctx.term()
-
-
 # --- one case through the runtime ------------------------------------------------------------------
 
 
@@ -360,35 +147,38 @@ def make_job(root: Path, case: Case, names: list[str]) -> Path:
     return job
 
 
-def run_case(procs: Processes, admin: AdminClient, sites_endpoint: str, root: Path, case: Case) -> dict:
+def run_case(procs: B.Processes, admin: AdminClient, sites_endpoint: str, root: Path, case: Case) -> dict:
     prefix = f"s{case.sites}-"
-    names = [f"{prefix}{i + 1:03d}" for i in range(case.sites)]
+    names = [f"{prefix}{i:05d}" for i in range(1, case.sites + 1)]  # the lightweight peers' names
     if case.lightweight:
-        started = [procs.spawn([__file__, "--peers", sites_endpoint, "--prefix", prefix, "--count", str(case.sites)],
-                               f"peers-{case.sites}")]
+        started = [procs.spawn([str(B.HERE / "benchlib.py"), "peers", sites_endpoint, prefix, "1", str(case.sites),
+                                "logout"], f"peers-{case.sites}")]
     else:
         started = [procs.spawn(["-m", "flrunner", "site", "--name", n, "--server", sites_endpoint,
                                 "--log-level", "WARNING"], f"site-{n}") for n in names]
     try:
-        wait_until(lambda: set(names) <= {c["name"] for c in admin.clients()}, 60, f"{case.sites} sites to log in")
+        B.wait_until(lambda: set(names) <= {c["name"] for c in admin.clients()}, 60, f"{case.sites} sites to log in",
+                     0.05)
         job_id = admin.submit(make_job(root, case, names))
-        job = wait_until(lambda: (lambda j: j if j["status"].startswith("FINISHED:") else None)(admin.status(job_id)),
+        job = B.wait_until(lambda: (lambda j: j if j["status"].startswith("FINISHED:") else None)(admin.status(job_id)),
                          300, f"job {job_id} to end", 0.1)
         if job["status"] != "FINISHED:COMPLETED":
             raise RuntimeError(f"the bench job ended {job['status']}: {job.get('error') or job['history'][-1]}")
         timings = json.loads((root / "ws" / "jobs" / job_id / "bench.json").read_text())
     finally:
         procs.end(started)
-    wait_until(lambda: not set(names) & {c["name"] for c in admin.clients()}, 30, f"{case.sites} sites to leave")
+    B.wait_until(lambda: not set(names) & {c["name"] for c in admin.clients()}, 30, f"{case.sites} sites to leave",
+                 0.05)
     big = Shareable({"blob": os.urandom(BIG_MB * 2**20)})
-    raw = baseline(procs, case.sites, {"small": (encode_shareable(Shareable(SMALL)), case.small_iters),
-                                       "big": (encode_shareable(big), case.big_iters)})
+    # The raw baseline: a ROUTER here, as many DEALER peers in one process, 3 warm-up rounds.
+    raw = B.floor_fanout(procs, case.sites, {"small": (encode_shareable(Shareable(SMALL)), case.small_iters),
+                                             "big": (encode_shareable(big), case.big_iters)}, warmup=3)
     rows = []
     for payload, label in (("small", "small"), ("big", f"{BIG_MB} MB")):
         aux, base = timings[payload], raw[payload]
         rows.append({"case": case.label, "sites": case.sites, "site_kind": case.kind, "payload": label,
-                     "n": len(aux), "median_ms": statistics.median(aux), "p99_ms": pct(aux, 0.99),
-                     "raw_median_ms": statistics.median(base), "raw_p99_ms": pct(base, 0.99),
+                     "n": len(aux), "median_ms": statistics.median(aux), "p99_ms": B.pct(aux, 0.99),
+                     "raw_median_ms": statistics.median(base), "raw_p99_ms": B.pct(base, 0.99),
                      "ratio": statistics.median(aux) / statistics.median(base)})
     return {"rows": rows}
 
@@ -398,43 +188,22 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer round trips (about 40 s on 2 cores)")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, workspace)")
-    ap.add_argument("--peers", help=argparse.SUPPRESS)
-    ap.add_argument("--echo", help=argparse.SUPPRESS)
-    ap.add_argument("--prefix", default="peer-", help=argparse.SUPPRESS)
-    ap.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.peers:
-        return run_peers(args.peers, args.prefix, args.count)
-    if args.echo:
-        return run_echo(args.echo, args.count)
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise SystemExit(f"stopped by {signal.Signals(signum).name}")  # unwinds through the cleanup below
 
     signal.signal(signal.SIGTERM, on_sigterm)
     root = Path(tempfile.mkdtemp(prefix="flrunner-bench-aux-"))
-    procs = Processes(root)
+    procs = B.Processes(root)
     rows: list[dict] = []
     t_start = time.monotonic()
     try:
-        ws = root / "ws"
-        parent = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(ws), "--sites", "tcp://127.0.0.1:*",
-                              "--site-timeout", "60", "--abort-grace", "1", "--term-grace", "1",
-                              "--log-level", "WARNING"], "parent")
-
-        def parent_info():
-            if parent.poll() is not None:
-                raise SystemExit(f"the parent exited with {parent.returncode}; see {root / 'parent.out'}")
-            try:
-                return find_parent(ws)
-            except ParentUnavailable:
-                return None
-
-        info = wait_until(parent_info, 30, "the parent to start")
-        with AdminClient(info["admin"], timeout=30) as admin:
+        parent = B.ParentProc(procs, root / "ws", "parent", ["--site-timeout", "60"], abort_grace=1, admin_timeout=30)
+        with parent.admin as admin:
             for case in cases(args.quick):
                 print(f"... {case.label} ({case.kind})", file=sys.stderr, flush=True)
-                rows.extend(run_case(procs, admin, info["sites"], root, case)["rows"])
+                rows.extend(run_case(procs, admin, parent.sites, root, case)["rows"])
     finally:
         procs.end_all()
         if args.keep:

@@ -26,17 +26,13 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
-import psutil
-
-from flrunner.admin import AdminClient, StatusFeed, find_parent
-from flrunner.errors import ParentUnavailable
+import benchlib as B
+from flrunner.admin import AdminClient, StatusFeed
 
 WORKFLOWS = '''
 import subprocess, sys
@@ -78,29 +74,6 @@ def make_job(root: Path, name: str, workflow: str) -> Path:
     return job
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
-def wait(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def wait_event(feed: StatusFeed, job_id: str, pred, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,79 +90,37 @@ class Bench:
         self.root = root
         self.ws = root / "ws"
         self.max_jobs = max_jobs
-        self.parents: list[subprocess.Popen] = []
-        self.parent: subprocess.Popen | None = None
-        self.admin: AdminClient | None = None
-        self.info: dict = {}
+        self.procs = B.Processes(root)
+        self.parent: B.ParentProc | None = None
+
+    @property
+    def admin(self) -> AdminClient | None:
+        return self.parent.admin if self.parent is not None else None
+
+    @property
+    def info(self) -> dict:
+        return self.parent.info if self.parent is not None else {}
 
     def start_parent(self) -> float:
         """Start a parent; the epoch time it was started at (it serves when this returns)."""
         started = time.time()
-        with open(self.root / f"parent{len(self.parents)}.out", "wb") as out:
-            p = subprocess.Popen([sys.executable, "-m", "flrunner", "parent", "--workspace", str(self.ws),
-                                  "--sites", "tcp://127.0.0.1:*", "--max-jobs", str(self.max_jobs),
-                                  "--abort-grace", "1", "--term-grace", "1"],
-                                 cwd=self.root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
-        self.parents.append(p)
-        self.parent = p
-
-        def info() -> dict | None:
-            if p.poll() is not None:
-                raise SystemExit(f"the parent exited with {p.returncode}; see {self.root}")
-            try:
-                found = find_parent(self.ws)
-            except ParentUnavailable:
-                return None
-            return found if found.get("pid") == p.pid else None
-
-        self.info = wait(info, 30, "the parent to serve")  # type: ignore[assignment]
-        if self.admin is not None:
-            self.admin.close()
-        self.admin = AdminClient(self.info["admin"], timeout=30)
+        previous = self.parent
+        self.parent = B.ParentProc(self.procs, self.ws, f"parent{len(self.procs.procs)}",
+                                   ["--max-jobs", str(self.max_jobs)], abort_grace=1, log_level=None, admin_timeout=30)
+        if previous is not None:
+            previous.admin.close()
         return started
 
     def kill9(self) -> None:
         assert self.parent is not None
-        self.parent.kill()
-        self.parent.wait()
+        self.parent.proc.kill()
+        self.parent.proc.wait()
 
     def stop(self) -> None:
         if self.admin is not None:
             self.admin.close()
-        for p in self.parents:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.parents:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        # Job processes left by a killed parent, grandchildren: everything running in our folder.
-        prefix = os.path.realpath(self.root)
-        for _ in range(50):
-            left = []
-            for p in psutil.process_iter(["pid", "cwd", "status"]):
-                try:
-                    cwd = p.info["cwd"] or ""
-                    if p.pid != os.getpid() and p.info["status"] != psutil.STATUS_ZOMBIE and \
-                            (cwd == prefix or cwd.startswith(prefix + os.sep)):
-                        left.append(p)
-                except psutil.Error:
-                    continue
-            if not left:
-                return
-            for p in left:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            time.sleep(0.1)
+        # Job processes left by a killed parent and grandchildren are swept by their cwd in our folder.
+        self.procs.end_all(grace=30, sweeps=25)
 
 
 def readoption(bench: Bench, job: Path, n: int, reps: int) -> tuple[list[float], list[float], str]:
@@ -199,7 +130,7 @@ def readoption(bench: Bench, job: Path, n: int, reps: int) -> tuple[list[float],
     for rep in range(reps):
         assert bench.admin is not None
         ids = [bench.admin.submit(job) for _ in range(n)]
-        wait(lambda: all(bench.admin.status(i)["status"] == "RUNNING" for i in ids), 120, f"{n} jobs to run", 0.1)
+        B.wait_until(lambda: all(bench.admin.status(i)["status"] == "RUNNING" for i in ids), 120, f"{n} jobs to run", 0.1)
         launcher = bench.admin.status(ids[0])["history"][1]["reason"]
         bench.kill9()
         started = bench.start_parent()
@@ -215,13 +146,13 @@ def readoption(bench: Bench, job: Path, n: int, reps: int) -> tuple[list[float],
                 times.append(t[0])
             return times
 
-        times = wait(adopted_at, 60, f"all {n} jobs to be re-adopted", 0.1)
+        times = B.wait_until(adopted_at, 60, f"all {n} jobs to be re-adopted", 0.1)
         to_all.append((max(times) - started) * 1000)  # type: ignore[arg-type]
         print(f"  restart {rep + 1}/{reps}: {n} jobs re-adopted {to_all[-1]:.0f} ms after the new parent started",
               file=sys.stderr)
         for i in ids:
             bench.admin.abort(i, "next repetition")
-        wait(lambda: all(bench.admin.status(i)["status"].startswith("FINISHED:") for i in ids), 60,
+        B.wait_until(lambda: all(bench.admin.status(i)["status"].startswith("FINISHED:") for i in ids), 60,
              "the jobs to end", 0.1)
     return to_all, to_serving, launcher
 
@@ -264,7 +195,7 @@ def abort_to_tree_gone(bench: Bench, job: Path, reps: int) -> tuple[list[float],
                         status_ms = (time.perf_counter() - t0) * 1000
                 else:
                     time.sleep(0.001)
-                if tree_ms is None and all(gone(p) for p in pids):
+                if tree_ms is None and all(B.gone(p) for p in pids):
                     tree_ms = (time.perf_counter() - t0) * 1000
             tree.append(tree_ms)
             status.append(status_ms)
@@ -297,8 +228,8 @@ def main() -> int:
         tree, aborted = abort_to_tree_gone(bench, spawner, args.runs)
 
         def fig(name: str, values: list[float], what: str) -> None:
-            figures[name] = {"median_ms": round(statistics.median(values), 1), "p99_ms": round(pct(values, 0.99), 1),
-                             "max_ms": round(max(values), 1), "n": len(values), "what": what}
+            figures[name] = {"median_ms": round(statistics.median(values), 1),
+                             "p99_ms": round(B.pct(values, 0.99), 1), "max_ms": round(max(values), 1), "n": len(values), "what": what}
 
         fig(f"restart_to_{args.jobs}_readopted", readopt,
             f"parent kill -9, restart -> all {args.jobs} running jobs re-adopted")

@@ -170,7 +170,8 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def processes_under(root: Path) -> list[psutil.Process]:
     """Live processes whose cwd is inside ``root``: everything the benchmark started, job processes too."""
-    me, prefix, found = os.getpid(), str(root), []
+    # psutil reports the resolved cwd: compare with the resolved root (/tmp may be a symlink).
+    me, prefix, found = os.getpid(), os.path.realpath(root), []
     for p in psutil.process_iter(["pid", "cwd", "status"]):
         try:
             cwd = p.info["cwd"]
@@ -231,11 +232,16 @@ class Processes:
                     except OSError:
                         pass
 
-    def end_all(self) -> list[str]:
-        """End everything; return what had to be killed by the cwd sweep ("pid cmdline")."""
-        self.end(list(reversed(self.procs)))
+    def end_all(self, grace: float = 10.0, sweeps: int = 3) -> list[str]:
+        """End everything; return what had to be killed by the cwd sweep ("pid cmdline").
+
+        Args:
+            grace: how long the process groups get to exit after SIGTERM.
+            sweeps: how many times (0.2 s apart) the cwd sweep looks for processes left.
+        """
+        self.end(list(reversed(self.procs)), grace)
         swept = []
-        for _ in range(3):
+        for _ in range(sweeps):
             left = processes_under(self.root)
             if not left:
                 break
@@ -336,19 +342,25 @@ class ParentProc:
         name: for its output file.
         options: extra CLI options (``--launcher``, ``--max-jobs``, ...).
         profile: if set, the parent runs under cProfile and writes this file when it stops.
+        abort_grace: its ``--abort-grace`` (seconds).
+        term_grace: its ``--term-grace`` (seconds).
+        log_level: its ``--log-level``; None leaves the parent's default.
+        admin_timeout: the timeout of `admin`, the admin client opened once it serves.
     """
 
     def __init__(self, procs: Processes, workspace: Path, name: str, options: Sequence[str] = (),
-                 profile: Path | None = None) -> None:
+                 profile: Path | None = None, *, abort_grace: float = 2.0, term_grace: float = 1.0,
+                 log_level: str | None = "WARNING", admin_timeout: float = 60.0) -> None:
         self.procs = procs
         self.workspace = workspace
         self.name = name
         prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        logging = ["--log-level", log_level] if log_level else []
         self.proc = procs.spawn([*prefix, "-m", "flrunner", "parent", "--workspace", str(workspace),
-                                 "--sites", "tcp://127.0.0.1:*", "--log-level", "WARNING", "--abort-grace", "2",
-                                 "--term-grace", "1", *options], name)
+                                 "--sites", "tcp://127.0.0.1:*", *logging, "--abort-grace", f"{abort_grace:g}",
+                                 "--term-grace", f"{term_grace:g}", *options], name)
         self.info = wait_until(self._info, 60, f"parent {name} to start", 0.01)
-        self.admin = AdminClient(self.info["admin"], timeout=60)
+        self.admin = AdminClient(self.info["admin"], timeout=admin_timeout)
 
     def _info(self) -> dict | None:
         if self.proc.poll() is not None:
@@ -897,10 +909,11 @@ class RttServer:
 
 
 def floor_fanout(procs: Processes, count: int, payloads: dict[str, tuple[list, int]],
-                 processes: int = 1) -> dict[str, list[float]]:
+                 processes: int = 1, warmup: int | None = None) -> dict[str, list[float]]:
     """ms for a ROUTER here to send each payload's frames to ``count`` DEALER peers (``echo``
     helpers, ``processes`` of them, tcp loopback like the sites socket) and get every peer's small
-    reply."""
+    reply, after ``warmup`` untimed rounds per payload (None: 3, fewer when a round moves
+    gigabytes)."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -917,15 +930,16 @@ def floor_fanout(procs: Processes, count: int, payloads: dict[str, tuple[list, i
         out = {}
         for name, (frames, iters) in payloads.items():
             times = []
-            # warm-up rounds: 3, but a single one when a round moves gigabytes
-            warmup = 3 if sum(len(f) for f in frames) * count < 100 * MB else 1 if count < 500 else 0
-            for i in range(iters + warmup):
+            rounds = warmup
+            if rounds is None:  # 3, but a single one when a round moves gigabytes
+                rounds = 3 if sum(len(f) for f in frames) * count < 100 * MB else 1 if count < 500 else 0
+            for i in range(iters + rounds):
                 t0 = time.perf_counter()
                 for ident in ids:
                     router.send_multipart([ident, *frames], copy=False)
                 for _ in ids:
                     router.recv_multipart(copy=False)
-                if i >= warmup:
+                if i >= rounds:
                     times.append((time.perf_counter() - t0) * 1000)
             out[name] = times
         for ident in ids:

@@ -32,11 +32,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,12 +41,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import msgpack
-import psutil
 import zmq
 
+import benchlib as B
 from flrunner import protocol as P
-from flrunner.admin import AdminClient, find_parent
-from flrunner.errors import FlrunnerError, ParentUnavailable
+from flrunner.admin import AdminClient
+from flrunner.errors import FlrunnerError
 from flrunner.wire import Message, decode, encode, next_id
 
 SOCKETS = ("sites", "jobs", "admin")
@@ -379,76 +376,20 @@ class World:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ws = root / "ws"
-        self.procs: list[subprocess.Popen] = []
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        with open(self.root / f"{name}.out", "ab") as out:
-            p = subprocess.Popen([sys.executable, "-m", "flrunner", *args], cwd=self.root, stdout=out,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(p)
-        return p
+        self.procs = B.Processes(root)
+        self.parent: B.ParentProc | None = None
 
     def start(self) -> dict:
-        self.parent = self.spawn("parent", "parent", "--workspace", str(self.ws), "--sites", "tcp://127.0.0.1:*",
-                                 "--abort-grace", "1", "--term-grace", "1", "--site-timeout", "30")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                info = find_parent(self.ws)
-                if info.get("pid") == self.parent.pid:
-                    break
-            except ParentUnavailable:
-                pass
-            if self.parent.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the parent did not start; see {self.root / 'parent.out'}")
-            time.sleep(0.05)
-        self.info = info
-        self.site = self.spawn("site", "site", "--name", "fuzz-site", "--server", info["sites"])
-        return info
+        self.parent = B.ParentProc(self.procs, self.ws, "parent", ["--site-timeout", "30"], abort_grace=1,
+                                   log_level=None, admin_timeout=10)
+        self.info = self.parent.info
+        self.site = self.procs.spawn(["-m", "flrunner", "site", "--name", "fuzz-site", "--server", self.info["sites"]],
+                                     "site")
+        return self.info
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 20
-        for p in reversed(self.procs):
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        # Job processes and whatever else runs in the temporary folder (each in its own session).
-        for _ in range(50):
-            left = processes_under(self.root)
-            if not left:
-                return
-            for p in left:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-            time.sleep(0.1)
-
-
-def processes_under(root: Path) -> list[psutil.Process]:
-    prefix = os.path.realpath(root)
-    found = []
-    for p in psutil.process_iter(["pid", "cwd", "status"]):
-        try:
-            cwd = p.info["cwd"]
-            if p.pid != os.getpid() and cwd and (cwd == prefix or cwd.startswith(prefix + os.sep)) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+        # Job processes and whatever else runs in the temporary folder (each in its own session) are swept too.
+        self.procs.end_all(grace=20, sweeps=25)
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -522,7 +463,7 @@ def main() -> int:
     start = time.monotonic()
     try:
         info = world.start()
-        admin = AdminClient(info["admin"], timeout=10)
+        admin = world.parent.admin
         deadline = time.monotonic() + 30
         while not any(c["name"] == "fuzz-site" for c in admin.clients()):
             if time.monotonic() > deadline:
@@ -556,8 +497,8 @@ def main() -> int:
             nonlocal checks
             checks += 1
             try:
-                if world.parent.poll() is not None:
-                    raise RuntimeError(f"the parent exited with {world.parent.returncode}")
+                if world.parent.proc.poll() is not None:
+                    raise RuntimeError(f"the parent exited with {world.parent.proc.returncode}")
                 if admin.ping()["pid"] != world.parent.pid:
                     raise RuntimeError("admin ping answered by another process")
                 with AdminClient(info["admin"], timeout=10) as fresh:
@@ -674,7 +615,7 @@ def main() -> int:
             sock.close(0)
         ctx.term()
         world.stop()
-        left = processes_under(root)
+        left = B.processes_under(root)
         if left:
             failures.append(f"processes left behind: {[p.pid for p in left]}")
         if args.keep:
