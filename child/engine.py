@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,7 +19,7 @@ from flrunner.protocol import CHILD_PUSHES, Rc
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
-from flrunner.status import RunStatus
+from flrunner.status import RunStatus, clip_error, progress_problem
 from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
@@ -29,9 +28,6 @@ from flrunner.link import Link
 log = logging.getLogger(__name__)
 
 SERVER_IDENTITY = "server"
-#: Largest progress detail (as JSON) and longest execution error sent to the parent (its tail).
-MAX_PROGRESS_BYTES = 16 * 1024
-MAX_ERROR_CHARS = 60 * 1024
 
 
 class NotAvailableYet(FlrunnerError, NotImplementedError):
@@ -161,22 +157,14 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             TypeError: ``progress`` is not a string or a JSON-compatible dict.
             ValueError: it is larger than 16 KB as JSON.
         """
-        if not isinstance(progress, (str, dict)):
-            raise TypeError(f"progress must be a string or a dict, got {type(progress).__name__}")
-        try:
-            size = len(json.dumps(progress))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"progress must be JSON-compatible: {exc}") from None
-        if size > MAX_PROGRESS_BYTES:
-            raise ValueError(f"progress is {size} bytes as JSON, over the limit of {MAX_PROGRESS_BYTES}")
+        problem = progress_problem(progress)
+        if problem is not None:
+            raise (ValueError if problem.startswith("is ") else TypeError)(f"progress {problem}")
         self.progress = progress
 
     def update_job_run_status(self):
         """Push run status, progress and execution error; returns the status the parent stored."""
-        error = self.exe_error
-        if error is not None and len(error) > MAX_ERROR_CHARS:
-            error = "…" + error[-MAX_ERROR_CHARS:]
-        body = {"status": self.run_status.value, "progress": self.progress, "error": error}
+        body = {"status": self.run_status.value, "progress": self.progress, "error": clip_error(self.exe_error)}
         if self.link is None:
             return self.run_status.value
         # While the parent is away (restarting), keep trying: the update is delivered to the

@@ -7,6 +7,8 @@ wire. Transitions only move forward, and nothing leaves a ``FINISHED:*`` status.
 from __future__ import annotations
 
 import enum
+import json
+from typing import Any
 
 
 class RunStatus(str, enum.Enum):
@@ -60,3 +62,26 @@ def status_rank(status: str) -> int:
     if status.startswith("FINISHED:"):
         return 3
     return {"SUBMITTED": 0, "DISPATCHED": 1, "RUNNING": 2}.get(status, 0)
+
+
+#: Largest progress detail a job may report (as JSON), and longest execution error kept (its tail).
+MAX_PROGRESS_BYTES = 16 * 1024
+MAX_ERROR_CHARS = 60 * 1024
+
+
+def progress_problem(progress: Any) -> str | None:
+    """What is wrong with a progress detail, or None: a string or dict, JSON-compatible, small."""
+    if not isinstance(progress, (str, dict)):
+        return f"must be a string or a dict, got {type(progress).__name__}"
+    try:
+        size = len(json.dumps(progress))
+    except (TypeError, ValueError) as exc:
+        return f"must be JSON-compatible: {exc}"
+    return f"is {size} bytes as JSON, over the limit of {MAX_PROGRESS_BYTES}" if size > MAX_PROGRESS_BYTES else None
+
+
+def clip_error(error: str | None) -> str | None:
+    """An execution error cut to its last `MAX_ERROR_CHARS` characters (the end of a traceback)."""
+    if error is None or len(error) <= MAX_ERROR_CHARS:
+        return error
+    return "…" + error[-MAX_ERROR_CHARS:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -22,7 +21,7 @@ from typing import Any, Callable
 
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
 from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
-from flrunner.status import CHILD_REPORTABLE, RunStatus
+from flrunner.status import CHILD_REPORTABLE, RunStatus, clip_error, progress_problem
 from flrunner.workspace import Workspace
 
 from .cleanup import kill_stragglers
@@ -41,20 +40,6 @@ log = logging.getLogger(__name__)
 LAUNCHED = (RunStatus.DISPATCHED, RunStatus.RUNNING)
 #: How a restart's history entry begins (restarts are counted from the history).
 RESTART_REASON = "restarted"
-#: Largest progress detail stored (as JSON), and longest execution error (its tail is kept).
-MAX_PROGRESS_BYTES = 16 * 1024
-MAX_ERROR_CHARS = 64 * 1024
-
-
-def progress_problem(progress: Any) -> str | None:
-    """What is wrong with a progress detail, or None: it must be small and JSON-compatible."""
-    try:
-        size = len(json.dumps(progress))
-    except (TypeError, ValueError) as exc:
-        return f"must be JSON-compatible: {exc}"
-    return f"is {size} bytes as JSON, over the limit of {MAX_PROGRESS_BYTES}" if size > MAX_PROGRESS_BYTES else None
-
-
 def hash_secret(secret: str) -> str:
     """What the store keeps of a job secret (never the secret itself)."""
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -336,7 +321,7 @@ class JobManager:
             else:  # never lose a final status over its extras
                 log.warning("job %s: progress dropped from the final status: %s", job.job_id, problem)
         if error is not None:
-            fields["error"] = error if len(error) <= MAX_ERROR_CHARS else "…" + error[-MAX_ERROR_CHARS:]
+            fields["error"] = clip_error(error)
         rec = self.store.get(job.job_id, with_history=False)
         if status is None or status == rec.status.value:
             if fields:
