@@ -65,7 +65,7 @@ class AuxService:
     def job_aux(self, req: Request) -> None:
         job = self.manager.job_for(req.identity)
         topic, timeout = req.args["topic"], float(req.args["timeout"])
-        targets = req.args["targets"] or job.default_targets([c["name"] for c in self.registry.listing()])
+        targets = req.args["targets"] or job.default_targets(self.registry.names())
         if not all(isinstance(t, str) for t in targets):
             raise BadRequest("op 'aux': field 'targets' must be a list of site names")
         targets = list(dict.fromkeys(targets))
@@ -81,17 +81,18 @@ class AuxService:
         # freed once it is sent rather than when the slowest site answers.
         asker, request = req.identity, Message(req.msg.op, id=req.msg.id)
         self.jobs.reply(asker, request, {"targets": targets})
+        prepared = self.sites.prepare("aux", body, req.msg.frames)  # one encoding for every site
         for site in targets:
             if not job.may_address(site):
                 self.jobs.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
                                 rc=P.Rc.NOT_FOUND)
                 continue
             on_fail = (lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc))
-            send = (lambda s=site, fail=on_fail, frames=req.msg.frames: self.gateway.request(
+            send = (lambda s=site, fail=on_fail, frames=req.msg.frames, prep=prepared: self.gateway.request(
                 s, "aux", body, timeout + SLACK,
                 on_reply=lambda m: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
                                                    rc=m.rc or P.Rc.OK),
-                on_fail=fail, frames=frames, job_id=job.job_id))
+                on_fail=fail, frames=frames, job_id=job.job_id, prepared=prep))
             if (job.readopted and site in job.sites and site not in self.registry
                     and self.timers.clock() < self.login_grace_until):
                 self._await_login(site, job.job_id, timeout, send, on_fail)

@@ -144,6 +144,10 @@ class SiteRegistry:
                 out.extend(entry["changes"])
         return out
 
+    def names(self) -> list[str]:
+        """The logged-in sites' names, in last-heard order."""
+        return list(self._sites)
+
     def listing(self) -> list[dict]:
         """The registry for admins: no tokens."""
         now = self.clock()

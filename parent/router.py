@@ -185,10 +185,23 @@ class RouterEndpoint:
               rc: str = Rc.OK) -> None:
         self._send(identity, Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
 
-    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None) -> int | None:
-        """Send a request or notice to a peer; its message id, or None if it could not be sent."""
+    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None,
+             prepared: tuple[int, list] | None = None) -> int | None:
+        """Send a request or notice to a peer; its message id, or None if it could not be sent.
+
+        ``prepared`` (from `prepare`) sends one message, encoded once, to many peers: the same id
+        is fine, as replies are told apart by the peer that sends them.
+        """
+        if prepared is not None:
+            mid, encoded = prepared
+            return mid if self._send_frames(identity, encoded, op) else None
         mid = next_id()
         return mid if self._send(identity, Message(op, body, id=mid, frames=list(frames or []))) else None
+
+    def prepare(self, op: str, body: dict, frames: list | None = None) -> tuple[int, list]:
+        """A push encoded once, for `push` to several peers (the header is packed and checked once)."""
+        mid = next_id()
+        return mid, encode(Message(op, body, id=mid, frames=list(frames or [])))
 
     def _send(self, identity: bytes, msg: Message) -> bool:
         try:
@@ -203,16 +216,19 @@ class RouterEndpoint:
                 return False
             frames = encode(Message(msg.op, {"reason": f"internal error: the reply cannot be encoded: {exc}"[:4096]},
                                     re=msg.re, rc=Rc.ERROR))
+        return self._send_frames(identity, frames, msg.op)
+
+    def _send_frames(self, identity: bytes, frames: list, op: str) -> bool:
         try:
             self.sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             # The peer's queue is full (it is not reading): drop rather than block the loop.
             self.dropped += 1
-            self._warn("peer is not reading; dropped '%s'", msg.op)
+            self._warn("peer is not reading; dropped '%s'", op)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY)
             self.dropped += 1
-            self._warn("could not send '%s': %s", msg.op, exc)
+            self._warn("could not send '%s': %s", op, exc)
         return False
 
     def _warn(self, fmt: str, *args: Any, level: int = logging.WARNING) -> None:

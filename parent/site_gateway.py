@@ -38,12 +38,14 @@ class SiteGateway:
         self.outstanding = outstanding
 
     def request(self, site: str, op: str, body: dict, timeout: float, on_reply: OnReply, on_fail: OnFail,
-                frames: list | None = None, job_id: str | None = None) -> None:
+                frames: list | None = None, job_id: str | None = None,
+                prepared: tuple[int, list] | None = None) -> None:
+        """Push a request to a site; ``prepared`` (`RouterEndpoint.prepare`) reuses one encoding."""
         rec = self.registry.get(site)
         if rec is None:
             on_fail(Rc.UNAVAILABLE, f"site '{site}' is not logged in")
             return
-        mid = self.endpoint.push(rec.identity, op, body, frames)
+        mid = self.endpoint.push(rec.identity, op, body, frames, prepared)
         if mid is None:
             on_fail(Rc.UNAVAILABLE, f"site '{site}' cannot be reached")
             return
