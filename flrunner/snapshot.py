@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from typing import Any
 
 import msgpack
 
 from .errors import EncodeError
+from .fsutil import atomic_write
 from .wire import find_unencodable
 
 _SNAPSHOT_LIMIT = 1 << 30
@@ -55,25 +54,7 @@ class RunSnapshot:
         self.time = time.time()
         data = _pack_state({"job_id": self.job_id, "completed": self.completed, "time": self.time,
                             "states": self.component_states})
-        folder = os.path.dirname(path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(path, data)
 
     @classmethod
     def load(cls, path: str) -> RunSnapshot | None:

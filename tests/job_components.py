@@ -14,8 +14,11 @@ from flrunner import Controller, EventType, FLComponent, RunSnapshot, Shareable,
 
 
 def _write(fl_ctx, name, data):
+    """Write ``data`` as JSON to ``name`` in the job's run dir, atomically (also used by the other
+    job_components_* modules)."""
     engine = fl_ctx.get_engine()
     path = os.path.join(engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)

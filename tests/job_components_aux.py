@@ -8,25 +8,15 @@ end of the job ends the wait; only ``hang_hard`` ignores it, standing for stuck 
 """
 
 import hashlib
-import json
 import os
 import threading
 import time
 
 from flrunner import Controller, EventType, FLComponent, ReturnCode, Shareable, make_reply
-
-
-def _run_dir(fl_ctx):
-    return fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
-
-
-def _write(fl_ctx, name, data):
-    path = os.path.join(_run_dir(fl_ctx), name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+try:  # in a job: next to job_components.py in its custom/ folder
+    from job_components import _expect_error, _write
+except ImportError:  # imported by the tests as part of the tests package
+    from .job_components import _expect_error, _write
 
 
 def _data(shareable):
@@ -44,16 +34,6 @@ def _data(shareable):
 def _summary(replies):
     return {site: {"rc": r.get_return_code(), "reason": r.get_header("reason"), "data": _data(r)}
             for site, r in replies.items()}
-
-
-def _expect_error(fn, exc_type):
-    try:
-        fn()
-    except exc_type as exc:
-        return f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # the wrong error
-        return f"WRONG {type(exc).__name__}: {exc}"
-    return "NO ERROR"
 
 
 def _registration_errors(engine, existing_topic):

@@ -30,6 +30,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from ..fsutil import atomic_write, fsync_dir
 from .errors import InvalidName, KitError, ParticipantExists, UnknownParticipant
 from .keys import DIR_MODE, PUBLIC_MODE, create_keypair, make_private_dir, public_key_path
 from .kit import ALLOWED_DIR, ALLOWLIST_FILE, DEFAULT_ENDPOINT, FORMAT, KIT_FILE, PARENT, REVOKED_DIR, REVOKED_FILE, \
@@ -68,29 +69,9 @@ def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_file(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
     """Write ``path`` whole and atomically (temp file + rename): readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, data, mode)
 
 
 def _json_bytes(doc: dict) -> bytes:
@@ -140,7 +121,7 @@ def _install(stage: Path, target: Path) -> None:
         shutil.rmtree(stage, ignore_errors=True)
         raise ParticipantExists(f"{target} exists; refusing to overwrite it")
     os.rename(stage, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _open_project(out: Path, create: bool) -> None:
@@ -372,7 +353,7 @@ def revoke(out: str | os.PathLike, name: str, reason: str | None = None,
         mirror = public_key_path(parent_dir / ALLOWED_DIR, name)
         if mirror.exists():
             os.replace(mirror, public_key_path(revoked_dir, name))
-            _fsync_dir(mirror.parent)
+            fsync_dir(mirror.parent)
         endpoint = None
         try:
             endpoint = read_json(out / name / KIT_FILE).get("endpoint")
