@@ -6,9 +6,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from flrunner.client import Client
+from flrunner.client import PUBLIC_KEY_PROP, Client
 from flrunner.component import Widget
 from flrunner.engine_base import EngineBase
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, RequestTimeout, Unauthorized, error_for_rc
@@ -16,6 +17,8 @@ from flrunner.fl_context import FLContext
 from flrunner.job import Job
 from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.protocol import CHILD_PUSHES, Rc
+from flrunner.security.errors import SealedError
+from flrunner.security.sealed import key_from_z85, new_secret_key, open_reply, public_key_of, seal_request
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
@@ -64,6 +67,9 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         self._pushed_revision = -1
         self._clients_lock = threading.Lock()
         self._stale = False
+        #: This job process's (secret, public) key for secure aux: made on first use, never written.
+        self._sealing_keys: tuple[bytes, bytes] | None = None
+        self._sealing_lock = threading.Lock()
 
     # --- components -----------------------------------------------------------------------------
     def add_component(self, component_id: str, component: Any) -> None:
@@ -224,13 +230,19 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         with return code ``TIMEOUT``; an unknown target ``NOT_FOUND``; an offline one, or one that
         leaves while asked, ``COMMUNICATION_ERROR`` (at once, not at the timeout). ``timeout`` 0
         sends and returns ``{}`` at once.
+
+        With ``secure`` the request and the replies are encrypted end to end between this job
+        process and each site (`flrunner.security.sealed`): the parent routes ciphertext. A site
+        without a provisioned key is not sent the request; its reply is ``UNAUTHENTICATED`` with
+        the reason. A reply is opened only if that site's key sealed it.
         """
-        if secure:
-            raise NotAvailableYet("secure aux messages (end-to-end encryption) are not available yet")
         names = self._target_names(targets)
         frames = encode_shareable(request)
         body: dict[str, Any] = {"targets": names, "topic": topic, "timeout": max(float(timeout), 0.0)}
         link = self._require_link()
+        site_keys: dict[str, bytes] | None = None
+        if secure:
+            frames, site_keys = self._seal_request(names, frames, body)
         if timeout <= 0:
             body["fire_and_forget"] = True
             link.send("aux", body, frames)
@@ -263,7 +275,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                 link.end_call(call)
             for m in answers:
                 if isinstance(m.body.get("site"), str):
-                    replies[m.body["site"]] = reply_from(m)
+                    replies[m.body["site"]] = reply_from(m) if site_keys is None else self._open_reply(m, site_keys)
             missing = [n for n in asked if n not in replies]
             if not missing or not self._wait_for_new_parent(epoch, deadline):
                 break
@@ -273,6 +285,55 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                 replies.setdefault(name, make_reply(ReturnCode.TASK_ABORTED, {REASON_HEADER: "the job was aborted"}))
             replies.setdefault(name, failure_reply(Rc.TIMEOUT, f"site '{name}' did not answer within {timeout:g}s"))
         return replies
+
+    def _seal_request(self, names: list[str] | None, frames: list, body: dict) -> tuple[list, dict[str, bytes]]:
+        """Encrypt the payload once and seal its key for each target that has a provisioned key.
+
+        Returns the ciphertext frames and ``{site: public key}`` of the sites it was sealed for
+        (their replies must be sealed by those keys). Targets without a key get nothing sealed:
+        the parent answers for them with the reason.
+        """
+        site_keys = self._site_keys(names)
+        secret, public = self._sealing_key_pair()
+        blob, sealed = seal_request(frames, secret, site_keys)
+        body["sealed"], body["sender_key"] = sealed, public
+        return [blob], site_keys
+
+    def _site_keys(self, names: list[str] | None) -> dict[str, bytes]:
+        """The provisioned public keys of the sites named (of every known site for None)."""
+        clients = {c.name: c for c in self.get_clients()}
+        if names is not None and not clients.keys() >= set(names):  # a site may have logged in since
+            clients = {c.name: c for c in self.sync_clients_from_main_process()}
+        keys = {}
+        for name in names if names is not None else list(clients):
+            z85_key = clients[name].get_prop(PUBLIC_KEY_PROP) if name in clients else None
+            if isinstance(z85_key, str):
+                try:
+                    keys[name] = key_from_z85(z85_key)
+                except SealedError as exc:  # left out: the parent says this site has no usable key
+                    log.warning("site %s: its public key is unusable: %s", name, exc)
+        return keys
+
+    def _sealing_key_pair(self) -> tuple[bytes, bytes]:
+        with self._sealing_lock:
+            if self._sealing_keys is None:
+                secret = new_secret_key()
+                self._sealing_keys = (secret, public_key_of(secret))
+            return self._sealing_keys
+
+    def _open_reply(self, msg: Message, site_keys: dict[str, bytes]) -> Shareable:
+        """A site's answer to a secure request: a reason in the clear (from the parent or the site,
+        never payload), or a payload that opens only if that site's key sealed it."""
+        site = msg.body["site"]
+        if msg.rc not in (None, Rc.OK):
+            return reply_from(msg)
+        if site not in site_keys:
+            return failure_reply(Rc.BAD_REQUEST, f"site '{site}' answered a secure request not sealed for it")
+        try:
+            frames = open_reply(msg.frames, self._sealing_key_pair()[0], site_keys[site])
+        except SealedError as exc:
+            return failure_reply(Rc.BAD_REQUEST, f"the secure reply of site '{site}' cannot be opened: {exc}")
+        return reply_from(replace(msg, frames=frames))
 
     def _wait_for_new_parent(self, epoch: int, deadline: float) -> bool:
         """Whether this job has been (or is, before ``deadline``) re-adopted by a new parent since ``epoch``."""

@@ -54,6 +54,29 @@ def _progress(p: Any) -> str:
     return str(p)
 
 
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M or G suffix (KiB, MiB, GiB): ``64M``. Raises ValueError."""
+    text = text.strip().upper()
+    if text[-1:] in _SIZE_UNITS:
+        return int(float(text[:-1]) * _SIZE_UNITS[text[-1]])
+    return int(text)
+
+
+def _byte_limit(text: str) -> tuple[int, int]:
+    """``RATE,BURST``: bytes a second and bytes at once, e.g. ``64M,1G``."""
+    try:
+        rate, burst = (_size(part) for part in text.split(","))
+        if rate > 0 and burst > 0:
+            return rate, burst
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected RATE,BURST: two sizes in bytes, each with an optional K, M or G "
+                                     f"suffix (e.g. 64M,1G), got '{text}'")
+
+
 # --- commands ---------------------------------------------------------------------------------------
 def cmd_parent(args: argparse.Namespace) -> int:
     import logging
@@ -68,6 +91,9 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        hung_timeout=args.hung_timeout, start_timeout=args.start_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
                        reconnect_grace=args.reconnect_grace, adopt_window=args.adopt_window,
                        parent_loss_timeout=min(20.0, args.reconnect_grace),
+                       site_byte_rate=args.site_byte_limit[0], site_byte_burst=args.site_byte_limit[1],
+                       admin_byte_rate=args.admin_byte_limit[0], admin_byte_burst=args.admin_byte_limit[1],
+                       job_byte_rate=args.job_byte_limit[0], job_byte_burst=args.job_byte_limit[1],
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
                        launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
                        if args.launcher == "warm" else ProcessLauncher(), kit=args.kit)
@@ -294,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--schedule-attempts", type=int, default=10,
                     help="tries before a job that cannot get its sites ends FINISHED:CAN_NOT_SCHEDULE")
     sp.add_argument("--schedule-backoff", type=float, default=1.0, help="seconds before the second try; doubled after")
+    for who, default in (("site", "64M,1G"), ("admin", "8M,32M"), ("job", "1G,4G")):
+        sp.add_argument(f"--{who}-byte-limit", type=_byte_limit, default=default, metavar="RATE,BURST",
+                        help=f"bytes a second one {who} connection may send on average, and at once; beyond it "
+                             f"messages are dropped (K, M, G: KiB, MiB, GiB; default %(default)s)")
     sp.add_argument("--log-level", default="INFO")
     sp.set_defaults(func=cmd_parent)
 

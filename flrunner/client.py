@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+#: The prop holding a site's provisioned public key (Z85 text), set by the parent for sites that
+#: logged in over CURVE; secure aux requests are sealed for it (`flrunner.security.sealed`).
+PUBLIC_KEY_PROP = "public_key"
+
 
 class Client:
     """An FL site known to the registry.
@@ -13,7 +17,7 @@ class Client:
         name: the site name, unique in the registry.
         token: the login token the site got from the parent (empty when the parent did not share it).
         last_connect_time: when the site was last heard from (epoch seconds).
-        props: site properties (resources, …).
+        props: site properties (resources, pid, and `PUBLIC_KEY_PROP` for a provisioned site).
     """
 
     def __init__(self, name: str, token: str = "", last_connect_time: float | None = None,

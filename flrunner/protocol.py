@@ -54,12 +54,17 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 @dataclass(frozen=True)
 class Field:
-    """One body field: its accepted Python types and whether it must be present."""
+    """One body field: its accepted Python types and whether it must be present.
+
+    ``values``, for a map field, is the field every value of the map must pass (its keys must be
+    strings): a map of site names to keys is checked entry by entry, not just as "a dict".
+    """
 
     types: tuple
     required: bool = True
     max_len: int | None = None
     max_depth: int = MAX_FIELD_DEPTH
+    values: Field | None = None
 
     def check(self, op: str, name: str, value: Any) -> None:
         if isinstance(value, bool) and bool not in self.types:
@@ -70,17 +75,22 @@ class Field:
             raise BadRequest(f"op '{op}': field '{name}' is longer than {self.max_len}")
         if isinstance(value, (dict, list)) and _deeper_than(value, self.max_depth):
             raise BadRequest(f"op '{op}': field '{name}' is nested deeper than {self.max_depth} levels")
+        if self.values is not None and isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise BadRequest(f"op '{op}': field '{name}' must have string keys, got {type(key).__name__}")
+                self.values.check(op, f"{name}.{key[:60]}", item)
 
     def _names(self) -> str:
         return " or ".join(sorted({"null" if t is type(None) else t.__name__ for t in self.types}))
 
 
-def req(*types: type, max_len: int | None = None) -> Field:
-    return Field(types, True, max_len)
+def req(*types: type, max_len: int | None = None, values: Field | None = None) -> Field:
+    return Field(types, True, max_len, values=values)
 
 
-def opt(*types: type, max_len: int | None = None) -> Field:
-    return Field(types + (type(None),), False, max_len)
+def opt(*types: type, max_len: int | None = None, values: Field | None = None) -> Field:
+    return Field(types + (type(None),), False, max_len, values=values)
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ class OpTable:
 
 
 _ID = 128  # longest job id / site name / token on the wire
+_KEY = 128  # longest key of a sealed aux payload (public keys are 32 bytes, sealed keys 72)
 
 # --- child -> parent (jobs socket) -------------------------------------------------------------
 HELLO = Op("hello", "A job process authenticates with its job id and per-job secret.",
@@ -143,9 +154,13 @@ RUN_STATUS = Op("run_status", "The engine's run status; acknowledged once durabl
                 {"status": opt(str, max_len=64), "progress": opt(str, dict), "error": opt(str)})
 JOB_HEARTBEAT = Op("heartbeat", "A job process is alive.", {})
 AUX = Op("aux", "An aux request (payload in raw frames) for sites of this job; the parent answers once per "
-         "target with the site's reply or the reason there is none. With 'fire_and_forget' nothing is answered.",
+         "target with the site's reply or the reason there is none. With 'fire_and_forget' nothing is answered. "
+         "A secure request's payload is one ciphertext frame (flrunner.security.sealed) with 'sealed' "
+         "({site: the payload's key sealed for that site}) and 'sender_key' (the job's public key); a target "
+         "with no sealed key is not sent it.",
          {"targets": opt(list, max_len=100_000), "topic": req(str, max_len=256), "timeout": req(int, float),
-          "fire_and_forget": opt(bool)})
+          "fire_and_forget": opt(bool), "sealed": opt(dict, max_len=100_000, values=req(bytes, max_len=_KEY)),
+          "sender_key": opt(bytes, max_len=_KEY)})
 CHECK_RESOURCES = Op("check_resources", "Ask sites whether resources fit and reserve them: "
                      "{results: {site: [is_enough, token, reason]}}.",
                      {"resource_reqs": req(dict), "timeout": opt(int, float)})
@@ -177,8 +192,11 @@ SITE_AUX = Op("aux", "A site's aux request to a job's engine (payload in raw fra
 SITE_OPS = OpTable("sites", LOGIN, SITE_HEARTBEAT, LOGOUT, SITE_AUX)
 
 # --- parent -> site pushes (answered, except fire-and-forget aux, cancel_resources, stop_job) ----
-SITE_AUX_REQUEST = Op("aux", "A job's aux request (payload in raw frames) for this site.",
-                      {"job_id": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool)})
+SITE_AUX_REQUEST = Op("aux", "A job's aux request (payload in raw frames) for this site. A secure one carries "
+                      "one ciphertext frame, its key sealed for this site ('sealed_key') and the job's public key "
+                      "('sender_key'); the reply is then sealed to that key.",
+                      {"job_id": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool),
+                       "sealed_key": opt(bytes, max_len=_KEY), "sender_key": opt(bytes, max_len=_KEY)})
 SITE_CHECK_RESOURCES = Op("check_resources", "Does this resource spec fit? Reserve it: {ok, token, reason}.",
                           {"job_id": req(str), "spec": req(dict), "ttl": req(int, float)})
 SITE_CANCEL_RESOURCES = Op("cancel_resources", "Release a reservation.", {"token": req(str)})

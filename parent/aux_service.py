@@ -4,7 +4,9 @@ requests a job's engine makes of sites (resources, starting its site app).
 The parent only routes: payloads stay in their raw frames and are forwarded as they arrived
 (no decode, no copy). A request to several sites is sent to all of them at once; each target's
 reply (or the reason there is none: unknown, offline, timed out, left while waited on) goes back
-to the engine as it comes.
+to the engine as it comes. A secure request's payload is ciphertext the parent has no key for:
+it forwards each site the payload's key sealed for that site, and sends nothing to a site the
+request was not sealed for.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from typing import Callable
 
 from flrunner import protocol as P
+from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, NotFound, Unauthorized
 from flrunner.wire import Message
 
@@ -70,35 +73,58 @@ class AuxService:
             raise BadRequest("op 'aux': field 'targets' must be a list of site names")
         targets = list(dict.fromkeys(targets))
         body = {"job_id": job.job_id, "topic": topic, "timeout": timeout}
+        sealed = _sealed_keys(req.args)
+        if sealed is not None:
+            body["sender_key"] = req.args["sender_key"]
+        frames = req.msg.frames
         if req.args["fire_and_forget"]:
             body["fire_and_forget"] = True
             for site in targets:
-                if job.may_address(site):
-                    self.gateway.send(site, "aux", body, req.msg.frames)
+                if job.may_address(site) and (sealed is None or site in sealed):
+                    self.gateway.send(site, "aux", _for_site(body, sealed, site), frames)
             return None
         # First the plan (which sites will answer), then one reply per site as it comes. The
         # callbacks keep only who asked and the request id, not the payload, so a big request is
         # freed once it is sent rather than when the slowest site answers.
         asker, request = req.identity, Message(req.msg.op, id=req.msg.id)
         self.jobs.reply(asker, request, {"targets": targets})
-        prepared = self.sites.prepare("aux", body, req.msg.frames)  # one encoding for every site
+        # One encoding for every site; a secure request's header differs per site (its sealed
+        # key), so there only the (ciphertext) frames are shared.
+        prepared = self.sites.prepare("aux", body, frames) if sealed is None else None
         for site in targets:
             if not job.may_address(site):
                 self.jobs.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
                                 rc=P.Rc.NOT_FOUND)
                 continue
             on_fail = (lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc))
-            send = (lambda s=site, fail=on_fail, frames=req.msg.frames, prep=prepared: self.gateway.request(
-                s, "aux", body, timeout + SLACK,
-                on_reply=lambda m: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
-                                                   rc=m.rc or P.Rc.OK),
-                on_fail=fail, frames=frames, job_id=job.job_id, prepared=prep))
+            on_reply = (lambda m, s=site: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
+                                                          rc=m.rc or P.Rc.OK))
+            send = (lambda s=site, reply=on_reply, fail=on_fail: self._ask_site(
+                s, body, sealed, frames, prepared, timeout + SLACK, job.job_id, reply, fail))
             if (job.readopted and site in job.sites and site not in self.registry
                     and self.timers.clock() < self.login_grace_until):
                 self._await_login(site, job.job_id, timeout, send, on_fail)
             else:
                 send()
         return None
+
+    def _ask_site(self, site: str, body: dict, sealed: dict[str, bytes] | None, frames: list,
+                  prepared: tuple[int, list] | None, timeout: float, job_id: str,
+                  on_reply: Callable[[Message], None], on_fail: Callable[[str, str], None]) -> None:
+        """Send one site a job's aux request; a secure one only if it is sealed for that site (a site
+        that is not logged in is left to the gateway, which says so)."""
+        if sealed is not None and site not in sealed and site in self.registry:
+            on_fail(P.Rc.UNAUTHORIZED, self._not_sealed_for(site))
+            return
+        self.gateway.request(site, "aux", _for_site(body, sealed, site), timeout, on_reply=on_reply, on_fail=on_fail,
+                             frames=frames, job_id=job_id, prepared=prepared)
+
+    def _not_sealed_for(self, site: str) -> str:
+        """Why a secure request carries no sealed key for a logged-in site."""
+        rec = self.registry.get(site)
+        if rec is None or PUBLIC_KEY_PROP not in rec.props:
+            return f"site '{site}' has no provisioned key: secure aux needs a parent and sites started with --kit"
+        return f"the secure request carries no key sealed for site '{site}' (the job did not know its key yet)"
 
     def _await_login(self, site: str, job_id: str, timeout: float, send: Callable[[], None],
                      on_fail: Callable[[str, str], None]) -> None:
@@ -195,6 +221,24 @@ class AuxService:
             on_fail=lambda rc, reason: self.sites.reply(asker, request, {"job_id": job_id, "reason": reason}, rc=rc),
             job_id=job_id)
         return None
+
+
+def _sealed_keys(args: dict) -> dict[str, bytes] | None:
+    """The per-site sealed keys of a secure aux request; None for a plain one."""
+    if args["sealed"] is None:
+        if args["sender_key"] is not None:
+            raise BadRequest("op 'aux': field 'sender_key' belongs to a secure request, which has 'sealed'")
+        return None
+    if args["sender_key"] is None:
+        raise BadRequest("op 'aux': a secure request ('sealed') needs field 'sender_key'")
+    return args["sealed"]
+
+
+def _for_site(body: dict, sealed: dict[str, bytes] | None, site: str) -> dict:
+    """The request body for one site: a secure request's carries the payload key sealed for it."""
+    if sealed is None or site not in sealed:
+        return body
+    return {**body, "sealed_key": sealed[site]}
 
 
 def _reason(reply: Message) -> dict:

@@ -42,6 +42,20 @@ class ParentConfig:
         site_rate: messages a second one site peer may send on average (bursts of twice that);
             beyond it they are dropped and counted.
         admin_rate: the same for one admin peer.
+        site_byte_rate: bytes a second one site peer may send on average (every frame counted), so
+            a site cannot hog the parent with large messages while under ``site_rate``; beyond it
+            messages are dropped and counted. 64 MiB/s is more than most sites' uplinks.
+        site_byte_burst: the most bytes a rested site peer may send at once: 1 GiB, the default
+            ``max_msg_size``, so a whole model of the largest frame accepted passes at once.
+        admin_byte_rate: the same as ``site_byte_rate`` for one admin peer: 8 MiB/s, where
+            admin requests are a few hundred bytes (a job folder travels as a path).
+        admin_byte_burst: 32 MiB, 32 requests of the largest size ``max_admin_msg_size`` allows.
+        job_byte_rate: the same for one job process connection. Generous, as a job legitimately
+            sends whole models (an aux request is sent once whatever the number of its sites):
+            1 GiB/s is two thirds of what one job moves through the parent in a tight loop of
+            10 MB aux requests to one site on 2 cores (``scripts/bench.py``), so only a job
+            streaming gigabytes without pause, past its burst, meets it.
+        job_byte_burst: 4 GiB: several rounds of the largest models without waiting.
         reservation_ttl: a site releases a resource reservation not used by a job start within this.
         site_request_timeout: how long the parent waits for a site to answer a job-control request.
         kit: the parent's start-up kit (``flrunner provision``): the sites socket then uses CURVE, and
@@ -73,6 +87,12 @@ class ParentConfig:
     max_queued_jobs: int = 10_000
     site_rate: float = 2000.0
     admin_rate: float = 500.0
+    site_byte_rate: float = 64 << 20
+    site_byte_burst: float = 1 << 30
+    admin_byte_rate: float = 8 << 20
+    admin_byte_burst: float = 32 << 20
+    job_byte_rate: float = 1 << 30
+    job_byte_burst: float = 4 << 30
     schedule_attempts: int = 10
     schedule_backoff: float = 1.0
     schedule_backoff_max: float = 30.0

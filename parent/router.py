@@ -84,7 +84,7 @@ class RouterEndpoint:
         self.errors = 0
         #: Set when the socket is a CURVE server: requests then carry the peer's ZAP User-Id.
         self.curve = False
-        #: Per-peer rate limit (None: unlimited).
+        #: Per-peer limits on messages and bytes a second (None: unlimited).
         self.limiter: RateLimiter | None = None
         self._log_window = 0.0
         self._log_count = 0
@@ -121,13 +121,13 @@ class RouterEndpoint:
         identity = frames[0].bytes
         body_frames = frames[1:]
         if self.limiter is not None:
-            accept, notify = self.limiter.allow(identity)
+            accept, over = self.limiter.allow(identity, sum(len(frame) for frame in body_frames))
             if not accept:
                 self.dropped += 1
-                mid = peek_id(body_frames) if notify else None
+                mid = peek_id(body_frames) if over else None
                 if mid is not None:
                     self._send(identity, Message("error", {"reason": f"rate limit of the {self.name} socket exceeded "
-                                                                     f"({self.limiter.rate:g}/s); messages are dropped"},
+                                                                     f"({over}); messages are dropped"},
                                                  re=mid, rc=Rc.RATE_LIMITED))
                 return
         try:

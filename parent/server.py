@@ -111,8 +111,11 @@ class Parent:
         # Many sites connecting at once (a restart, a fleet coming up) must not overflow the
         # kernel's accept queue: dropped SYNs are retried only after 1, 3, 7, 15 s.
         self.sites.sock.setsockopt(zmq.BACKLOG, 4096)
-        self.sites.limiter = RateLimiter(cfg.site_rate, 2 * cfg.site_rate)
-        self.admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate)
+        self.sites.limiter = RateLimiter(cfg.site_rate, 2 * cfg.site_rate, byte_rate=cfg.site_byte_rate,
+                                         byte_burst=cfg.site_byte_burst)
+        self.jobs.limiter = RateLimiter(None, byte_rate=cfg.job_byte_rate, byte_burst=cfg.job_byte_burst)
+        self.admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate, byte_rate=cfg.admin_byte_rate,
+                                         byte_burst=cfg.admin_byte_burst)
         self.launcher = cfg.launcher or ProcessLauncher()
         self.launcher.bind_loop(self.watch_fd, self.unwatch_fd)
         self.offload = Offload(self._wake)
@@ -293,7 +296,7 @@ class Parent:
         if gone:
             log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
         self.admin_service.expire_subscribers()
-        for endpoint in (self.sites, self.admin):
+        for endpoint in (self.sites, self.jobs, self.admin):
             if endpoint.limiter is not None:
                 endpoint.limiter.prune()
         self.manager.check_heartbeats()

@@ -6,6 +6,7 @@ import logging
 from typing import Callable
 
 from flrunner import protocol as P
+from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, Conflict, Unauthorized
 from flrunner.job import NAME_RE
 from flrunner.wire import Message
@@ -27,6 +28,8 @@ class SitesService:
         self.require_user_id = False
         #: Whether a provisioned name may still connect (the allowlist, re-read as it changes).
         self.allowed: Callable[[str], bool] = lambda name: True
+        #: The Z85 public key a provisioned name connects with (None without CURVE).
+        self.public_key: Callable[[str], bytes | None] = lambda name: None
         self.max_sites = max_sites
         self.heartbeat_interval = heartbeat_interval
         endpoint.on(P.LOGIN, self.login)
@@ -54,6 +57,9 @@ class SitesService:
         props = {"resources": req.args["resources"] or {}}
         if req.args["pid"] is not None:
             props["pid"] = req.args["pid"]
+        key = self.public_key(name) if self.require_user_id else None
+        if key is not None:  # job processes seal secure aux requests for it
+            props[PUBLIC_KEY_PROP] = key.decode("ascii")
         rec = self.registry.login(name, req.identity, props)
         log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
         # A site that logs in again (this parent restarted, or forgot it) keeps the site apps of

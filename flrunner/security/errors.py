@@ -53,3 +53,8 @@ class UnknownParticipant(SecurityError, NotFound):
 
 class InvalidEndpoint(SecurityError, BadRequest):
     """An endpoint participants cannot connect to (not ``tcp://HOST:PORT`` or ``ipc://PATH``)."""
+
+
+class SealedError(SecurityError, BadRequest):
+    """A sealed aux payload cannot be made or opened: no key, a malformed key, or a ciphertext that
+    does not open with the keys at hand (tampered, or sealed for someone else)."""

@@ -89,6 +89,13 @@ class Gate:
         with self._lock:
             return self._allow.get(z85_key)
 
+    def public_key(self, name: str) -> bytes | None:
+        """The Z85 public key bound to ``name`` with this gate's role, or None. The allowlist binds
+        each key to one name and each name to one key, so for a connection whose ZAP User-Id is
+        ``name`` this is the key it connected with."""
+        with self._lock:
+            return next((k for k, p in self._allow.items() if p.name == name and p.role == self.role), None)
+
     # The ZAP handler's credentials-provider interface.
     def callback(self, domain: str, z85_key: bytes) -> bool:
         self.reload_if_changed()

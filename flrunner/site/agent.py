@@ -26,6 +26,8 @@ from flrunner.bundles import extract_bundle
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
 from flrunner.link import Link
 from flrunner.payload import decode_shareable, encode_shareable, failure_reply, reply_from
+from flrunner.security.errors import SealedError
+from flrunner.security.sealed import key_from_z85, open_request, seal_reply
 from flrunner.shareable import Shareable
 from flrunner.wire import Message
 from flrunner.workspace import Workspace
@@ -67,6 +69,8 @@ class SiteAgent:
         self._stop = threading.Event()
         self._relogin = threading.Event()
         self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="site-control")
+        #: The kit's secret key, which opens secure aux requests (None: this site cannot).
+        self.sealing_key: bytes | None = key_from_z85(kit.secret_key) if kit is not None else None
         configure: Callable[[Any], None] | None = None
         if kit is not None:  # a provisioned site: CURVE with its own keys, trusting only the parent's
             from flrunner.security.gate import make_curve_client
@@ -173,7 +177,15 @@ class SiteAgent:
 
     def _serve_aux(self, job: SiteJob, msg: Message, args: dict) -> None:
         try:
-            request = decode_shareable(msg.frames)
+            frames = self._open(msg, args)
+            request = decode_shareable(frames)
+        except SealedError as exc:
+            log.warning("site %s: job %s: a secure request for '%s' was refused: %s", self.name, args["job_id"],
+                        args["topic"], exc)
+            if not args["fire_and_forget"]:
+                self.link.reply(msg, {"reason": f"site {self.name} cannot open the secure request: {exc}"},
+                                rc=exc.rc)
+            return
         except FrameError as exc:
             reply = failure_reply(P.Rc.BAD_REQUEST, f"undecodable request: {exc}")
         else:
@@ -181,11 +193,27 @@ class SiteAgent:
         if args["fire_and_forget"]:
             return
         try:
-            frames = encode_shareable(reply)
+            frames = self._seal(encode_shareable(reply), args)
         except EncodeError as exc:
             self.link.reply(msg, {"reason": f"the reply of '{args['topic']}' cannot travel: {exc}"}, rc=P.Rc.ERROR)
             return
         self.link.reply(msg, {}, frames)
+
+    def _open(self, msg: Message, args: dict) -> list:
+        """The payload frames of a request: as they came, or opened with the kit's key if sealed."""
+        if args["sealed_key"] is None:
+            return msg.frames
+        if self.sealing_key is None:
+            raise SealedError("this site has no provisioned key (it was not started with --kit)")
+        if args["sender_key"] is None:
+            raise SealedError("it names no sender key")
+        return open_request(msg.frames, args["sealed_key"], self.sealing_key, args["sender_key"])
+
+    def _seal(self, frames: list, args: dict) -> list:
+        """A reply's frames: sealed to the job's key if its request was sealed, else as they are."""
+        if args["sealed_key"] is None:
+            return frames
+        return seal_reply(frames, self.sealing_key, args["sender_key"])
 
     def _check_resources(self, msg: Message, args: dict) -> None:
         ok, token, reason = self.resource_manager.check(args["job_id"], args["spec"], float(args["ttl"]))

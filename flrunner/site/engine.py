@@ -41,6 +41,9 @@ class ClientEngine(EngineBase, EngineSpec):
         if any(n != SERVER for n in names):
             raise ValueError(f"a site can only send aux requests to 'server', not {names}")
         if secure:
-            raise FlrunnerError("secure aux messages are not available yet")
+            # The job process's key is ephemeral and reaches a site only inside the engine's own
+            # secure requests: there is no key to seal a site's request for beforehand.
+            raise FlrunnerError("secure aux from a site to the job's engine is not available (only the engine's "
+                                "secure requests to sites, and their replies, are sealed)")
         reply = self._send_to_server(topic, request, float(timeout), timeout <= 0)
         return {} if timeout <= 0 else {SERVER: reply}

@@ -1,0 +1,178 @@
+"""Sealed aux payloads: end-to-end encryption between a job's engine and its sites.
+
+The parent routes aux requests and replies between a job process and sites; with
+``send_aux_request(..., secure=True)`` it routes ciphertext it has no key for. The keys are
+Curve25519 key pairs: a site's is its provisioned CURVE key pair (the same 32-byte keys ZeroMQ
+writes in Z85), a job process's is ephemeral, made when it first needs one and never written.
+The primitives are libsodium's, through PyNaCl: ``crypto_box`` (X25519 + XSalsa20-Poly1305) to
+seal for a key pair, ``crypto_secretbox`` for the bulk.
+
+A request to many sites is encrypted once: its frames are packed into one msgpack blob and
+encrypted with a fresh random key (`seal_request`), and only that 32-byte key is sealed for each
+site, with a box from the job's secret key to the site's public key. So a fan-out still sends
+one large frame, forwarded to every site as it is, plus a small sealed key per site. A reply
+goes to one key only, so it is sealed with a box directly (`seal_reply`). Opening a box checks
+both ends: a site's reply that opens with the job's secret key and the site's public key was
+sealed by the holder of that site's secret key.
+
+Everything here is a pure function of bytes; keys are raw 32-byte ``bytes``. Whatever does not
+open raises `SealedError`, naming what failed and never echoing the input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import msgpack
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.secret import SecretBox
+from nacl.utils import random as random_bytes
+from zmq.utils import z85
+
+from .errors import SealedError
+
+#: Length of a raw Curve25519 key, public or secret.
+KEY_BYTES = 32
+#: Length of one site's sealed key in a request: nonce, the 32-byte key, and the MAC.
+SEALED_KEY_BYTES = Box.NONCE_SIZE + SecretBox.KEY_SIZE + SecretBox.MACBYTES
+#: Most frames a sealed blob may hold (a Shareable's map and its large binary values).
+MAX_FRAMES = 64
+
+
+def new_secret_key() -> bytes:
+    """A fresh random secret key (a job process's ephemeral sealing key)."""
+    return bytes(PrivateKey.generate())
+
+
+def public_key_of(secret_key: bytes) -> bytes:
+    """The public key that belongs to ``secret_key``."""
+    return bytes(_private(secret_key).public_key)
+
+
+def key_from_z85(key: str | bytes) -> bytes:
+    """The raw 32-byte key of a Z85 CURVE key (as in a kit, or a site's registry entry)."""
+    try:
+        raw = z85.decode(key)
+    except (ValueError, TypeError, KeyError):  # KeyError: a character outside Z85's alphabet
+        raise SealedError("not a Z85 key (wrong length or characters)") from None
+    if len(raw) != KEY_BYTES:
+        raise SealedError(f"a Z85 key decodes to {KEY_BYTES} bytes, this one to {len(raw)}")
+    return raw
+
+
+# --- requests: one ciphertext for every site, a sealed key per site ---------------------------------
+
+
+def seal_request(frames: Sequence[Any], sender_secret: bytes, recipients: Mapping[str, bytes]
+                 ) -> tuple[bytes, dict[str, bytes]]:
+    """Encrypt ``frames`` once for several recipients.
+
+    Args:
+        frames: the payload frames (`flrunner.payload.encode_shareable`).
+        sender_secret: the sender's secret key.
+        recipients: ``{name: public key}``.
+
+    Returns:
+        (the ciphertext, to send to every recipient; ``{name: sealed key}``, each one's own).
+    """
+    data_key = random_bytes(SecretBox.KEY_SIZE)
+    blob = bytes(SecretBox(data_key).encrypt(_pack(frames)))
+    sealed = {name: bytes(_box(sender_secret, public, f"'{name}'").encrypt(data_key))
+              for name, public in recipients.items()}
+    return blob, sealed
+
+
+def open_request(frames: Sequence[Any], sealed_key: bytes, recipient_secret: bytes, sender_public: bytes
+                 ) -> list[bytes]:
+    """The payload frames of a sealed request, opened with the recipient's secret key.
+
+    Raises:
+        SealedError: not one ciphertext frame, a malformed key, or a key or ciphertext that does
+            not open (tampered with, or sealed by or for another key).
+    """
+    blob = _single(frames, "request")
+    try:
+        data_key = _box(recipient_secret, sender_public, "the sender").decrypt(sealed_key)
+    except CryptoError:
+        raise SealedError("its sealed key does not open with this site's key and the sender's key "
+                          "(tampered with, or sealed for another key)") from None
+    try:
+        plain = SecretBox(data_key).decrypt(blob)
+    except CryptoError:
+        raise SealedError("its payload does not open with its key (tampered with)") from None
+    return _unpack(plain)
+
+
+# --- replies: sealed to one key ---------------------------------------------------------------------
+
+
+def seal_reply(frames: Sequence[Any], sender_secret: bytes, recipient_public: bytes) -> list[bytes]:
+    """``frames`` sealed from the sender's key pair to ``recipient_public``: one ciphertext frame."""
+    return [bytes(_box(sender_secret, recipient_public, "the recipient").encrypt(_pack(frames)))]
+
+
+def open_reply(frames: Sequence[Any], recipient_secret: bytes, sender_public: bytes) -> list[bytes]:
+    """The frames of a sealed reply, opened only if ``sender_public``'s holder sealed them.
+
+    Raises:
+        SealedError: not one ciphertext frame, or one that does not open (tampered with, or not
+            sealed by that sender for this key).
+    """
+    blob = _single(frames, "reply")
+    try:
+        plain = _box(recipient_secret, sender_public, "the sender").decrypt(blob)
+    except CryptoError:
+        raise SealedError("it does not open with the sender's key (tampered with, or sealed by another key)") from None
+    return _unpack(plain)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _private(secret_key: bytes) -> PrivateKey:
+    try:
+        return PrivateKey(secret_key)
+    except (CryptoError, TypeError):
+        raise SealedError(f"a secret key is {KEY_BYTES} bytes") from None
+
+
+def _box(own_secret: bytes, their_public: bytes, whose: str) -> Box:
+    """A box between two key pairs; a malformed (or low-order) public key is named by ``whose``."""
+    own = _private(own_secret)
+    try:
+        return Box(own, PublicKey(their_public))
+    except (CryptoError, TypeError):
+        raise SealedError(f"the public key of {whose} is not a {KEY_BYTES}-byte Curve25519 key") from None
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+
+
+def _single(frames: Sequence[Any], what: str) -> bytes:
+    if len(frames) != 1:
+        raise SealedError(f"a sealed {what} is one ciphertext frame, this one has {len(frames)}")
+    return _frame_bytes(frames[0])
+
+
+def _pack(frames: Sequence[Any]) -> bytes:
+    if len(frames) > MAX_FRAMES:
+        raise SealedError(f"{len(frames)} frames is over the limit of {MAX_FRAMES} for a sealed payload")
+    return msgpack.packb([_frame_bytes(f) for f in frames], use_bin_type=True)
+
+
+def _unpack(plain: bytes) -> list[bytes]:
+    """The frames packed by `_pack`. The plaintext was authenticated, but is still decoded with limits."""
+    try:
+        frames = msgpack.unpackb(plain, raw=False, max_bin_len=len(plain), max_array_len=MAX_FRAMES, max_str_len=0,
+                                 max_map_len=0, max_ext_len=0)
+    except Exception as exc:
+        raise SealedError(f"its opened payload is not a list of frames ({type(exc).__name__})") from None
+    if not isinstance(frames, list) or not all(isinstance(f, bytes) for f in frames):
+        raise SealedError("its opened payload is not a list of frames")
+    return frames
+
+
+__all__ = ["KEY_BYTES", "SEALED_KEY_BYTES", "MAX_FRAMES", "new_secret_key", "public_key_of", "key_from_z85",
+           "seal_request", "open_request", "seal_reply", "open_reply"]

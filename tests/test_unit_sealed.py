@@ -1,0 +1,149 @@
+"""Unit tests of `flrunner.security.sealed` and of the wire fields that carry sealed payloads."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zmq
+from nacl.public import Box, PrivateKey, PublicKey
+
+from flrunner import protocol as P
+from flrunner.errors import BadRequest
+from flrunner.payload import decode_shareable, encode_shareable
+from flrunner.security.errors import SealedError
+from flrunner.security.sealed import (KEY_BYTES, SEALED_KEY_BYTES, key_from_z85, new_secret_key, open_reply,
+                                      open_request, public_key_of, seal_reply, seal_request)
+from flrunner.shareable import Shareable
+
+MARKER = b"UNIT-MARKER-0123456789"
+
+
+class Party:
+    """A key pair, as a job process (ephemeral) or a site (its kit) holds it."""
+
+    def __init__(self) -> None:
+        self.secret = new_secret_key()
+        self.public = public_key_of(self.secret)
+
+
+@pytest.fixture
+def job() -> Party:
+    return Party()
+
+
+@pytest.fixture
+def sites() -> dict[str, Party]:
+    return {"site-1": Party(), "site-2": Party()}
+
+
+def payload_frames() -> list:
+    """A Shareable's frames: its map and one large binary value in a frame of its own."""
+    frames = encode_shareable(Shareable({"note": MARKER.decode(), "blob": MARKER * 5000}))
+    assert len(frames) == 2
+    return frames
+
+
+def flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x80]) + data[at + 1:]
+
+
+def test_one_ciphertext_for_every_site_and_each_opens_it_with_its_own_key(job, sites):
+    frames = payload_frames()
+    blob, sealed = seal_request(frames, job.secret, {name: s.public for name, s in sites.items()})
+    assert sorted(sealed) == sorted(sites)
+    assert all(len(k) == SEALED_KEY_BYTES for k in sealed.values())
+    assert MARKER not in blob and all(MARKER not in k for k in sealed.values())
+    for name, site in sites.items():
+        opened = open_request([blob], sealed[name], site.secret, job.public)
+        assert opened == [bytes(f) for f in frames]
+        assert decode_shareable(opened).get("blob") == MARKER * 5000
+
+
+def test_a_zmq_frame_is_opened_like_bytes(job, sites):
+    blob, sealed = seal_request([b"head"], job.secret, {"site-1": sites["site-1"].public})
+    assert open_request([zmq.Frame(blob)], sealed["site-1"], sites["site-1"].secret, job.public) == [b"head"]
+
+
+def test_a_site_cannot_open_a_key_sealed_for_another_site(job, sites):
+    blob, sealed = seal_request([b"head"], job.secret, {"site-1": sites["site-1"].public})
+    with pytest.raises(SealedError, match="sealed key does not open with this site's key"):
+        open_request([blob], sealed["site-1"], sites["site-2"].secret, job.public)
+
+
+def test_a_request_that_claims_another_sender_does_not_open(job, sites):
+    blob, sealed = seal_request([b"head"], job.secret, {"site-1": sites["site-1"].public})
+    with pytest.raises(SealedError, match="sealed key does not open"):
+        open_request([blob], sealed["site-1"], sites["site-1"].secret, Party().public)
+
+
+@pytest.mark.parametrize("where", [0, 30, -1])
+def test_any_flipped_byte_of_the_ciphertext_or_of_a_sealed_key_is_refused(job, sites, where):
+    site = sites["site-1"]
+    blob, sealed = seal_request(payload_frames(), job.secret, {"site-1": site.public})
+    with pytest.raises(SealedError, match=r"^its payload does not open with its key \(tampered with\)$"):
+        open_request([flipped(blob, where % len(blob))], sealed["site-1"], site.secret, job.public)
+    key = sealed["site-1"]
+    with pytest.raises(SealedError, match="its sealed key does not open"):
+        open_request([blob], flipped(key, where % len(key)), site.secret, job.public)
+
+
+def test_a_sealed_request_is_exactly_one_frame(job, sites):
+    blob, sealed = seal_request([b"head"], job.secret, {"site-1": sites["site-1"].public})
+    for frames in ([], [blob, b"extra"]):
+        with pytest.raises(SealedError, match=f"one ciphertext frame, this one has {len(frames)}"):
+            open_request(frames, sealed["site-1"], sites["site-1"].secret, job.public)
+
+
+def test_replies_open_only_with_the_key_of_the_site_that_sealed_them(job, sites):
+    reply = seal_reply(payload_frames(), sites["site-1"].secret, job.public)
+    assert len(reply) == 1 and MARKER not in reply[0]
+    assert decode_shareable(open_reply(reply, job.secret, sites["site-1"].public)).get("note") == MARKER.decode()
+    with pytest.raises(SealedError, match="does not open with the sender's key"):
+        open_reply(reply, job.secret, sites["site-2"].public)  # site-2 did not send it
+    with pytest.raises(SealedError, match="does not open with the sender's key"):
+        open_reply([flipped(reply[0], 40)], job.secret, sites["site-1"].public)
+
+
+def test_a_provisioned_curve_key_pair_is_a_sealing_key_pair(job):
+    public_z85, secret_z85 = zmq.curve_keypair()
+    site_secret, site_public = key_from_z85(secret_z85), key_from_z85(public_z85.decode())
+    assert public_key_of(site_secret) == site_public
+    blob, sealed = seal_request([b"head"], job.secret, {"site": site_public})
+    assert open_request([blob], sealed["site"], site_secret, job.public) == [b"head"]
+
+
+@pytest.mark.parametrize("bad", ["short", b"\x00" * 40, "x" * 45, "é" * 40, 42])
+def test_malformed_z85_keys_are_refused(bad):
+    with pytest.raises(SealedError, match="Z85 key"):
+        key_from_z85(bad)
+
+
+@pytest.mark.parametrize("public", [b"", b"x" * 31, b"x" * 33, None])
+def test_malformed_public_keys_are_named_not_crashed_on(job, public):
+    with pytest.raises(SealedError, match=f"public key of 'site-1' is not a {KEY_BYTES}-byte"):
+        seal_request([b"head"], job.secret, {"site-1": public})
+    with pytest.raises(SealedError, match="public key of the sender"):
+        open_request([b"x" * 100], b"k" * SEALED_KEY_BYTES, job.secret, public)
+
+
+def test_an_opened_payload_that_is_not_a_list_of_frames_is_refused(job, sites):
+    """Only a key holder can produce it, but it is decoded with limits all the same."""
+    site = sites["site-1"]
+    box = Box(PrivateKey(site.secret), PublicKey(job.public))
+    for plain in (msgpack.packb({"not": "frames"}), msgpack.packb(["text"]), b"\xc1", msgpack.packb([b"x"] * 65)):
+        with pytest.raises(SealedError, match="opened payload is not a list of frames"):
+            open_reply([bytes(box.encrypt(plain))], job.secret, site.public)
+
+
+def test_the_aux_ops_carry_sealed_keys_checked_field_by_field():
+    base = {"topic": "t", "timeout": 1.0}
+    args = P.AUX.validate({**base, "sealed": {"site-1": b"k" * SEALED_KEY_BYTES}, "sender_key": b"p" * KEY_BYTES})
+    assert args["sealed"] == {"site-1": b"k" * SEALED_KEY_BYTES}
+    with pytest.raises(BadRequest, match=r"field 'sealed.site-1' must be bytes, got str"):
+        P.AUX.validate({**base, "sealed": {"site-1": "text"}})
+    with pytest.raises(BadRequest, match=r"field 'sealed.site-1' is longer than"):
+        P.AUX.validate({**base, "sealed": {"site-1": b"k" * 1000}})
+    with pytest.raises(BadRequest, match="field 'sealed' must have string keys, got bytes"):
+        P.AUX.validate({**base, "sealed": {b"site-1": b"k"}})
+    with pytest.raises(BadRequest, match="field 'sender_key' is longer than"):
+        P.SITE_AUX_REQUEST.validate({**base, "job_id": "j", "sealed_key": b"k", "sender_key": b"p" * 1000})
