@@ -180,6 +180,7 @@ class Parent:
         self.sites.curve = True
         self.sites_service.require_user_id = True
         self.sites_service.allowed = self.gate.allows  # a revoked site's open connection cannot log in again
+        self.sites_service.public_key = self.gate.public_key  # what jobs seal secure aux requests for
         log.info("sites socket: CURVE with an allowlist of %s", kit_dir)
 
     def _take_lock(self) -> None:
