@@ -16,6 +16,9 @@ import logging
 import os
 import threading
 import time
+from typing import Callable
+
+import zmq
 
 from flrunner.errors import FlrunnerError, RequestTimeout, Unauthorized
 from flrunner.link import Link
@@ -43,7 +46,7 @@ class ParentSession:
         self.orphan_grace = float(boot.get("orphan_grace", 10.0))
         self.link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
                          float(boot.get("parent_loss_timeout", 20.0)), on_parent_lost=self._lost,
-                         on_heartbeat_refused=self._refused)
+                         on_heartbeat_refused=self._refused, configure=_curve_client(boot.get("server_key")))
         engine.link = self.link
         engine.status_patience = self.reconnect_grace
         self._rehello = threading.Event()
@@ -123,3 +126,16 @@ class ParentSession:
         log.error("%s; the job process exits", reason)
         logging.shutdown()
         os._exit(EXIT_PARENT_LOST)
+
+
+def _curve_client(server_key: str | None) -> Callable[[zmq.Socket], None] | None:
+    """With a tcp jobs socket the parent gives its CURVE public key: connect as a CURVE client
+    with a key pair made for this process (the job's secret, not this key, proves the job)."""
+    if not server_key:
+        return None
+    public, secret = zmq.curve_keypair()
+
+    def configure(sock: zmq.Socket) -> None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_key.encode()
+
+    return configure

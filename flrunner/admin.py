@@ -1,4 +1,9 @@
-"""`AdminClient`: talk to a running parent through its admin socket (the CLI's only transport)."""
+"""`AdminClient`: talk to a running parent through its admin socket (the CLI's only transport).
+
+Locally, the workspace's ipc socket (file permissions decide who may). Remotely, the parent's
+tcp admin socket with CURVE, as a provisioned admin (`AdminClient.with_kit`); a remote admin
+uploads job folders, since it does not share the parent's disk.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any, Iterator
 import psutil
 
 from . import protocol as P
-from .errors import ParentUnavailable, RequestTimeout
+from .errors import BadRequest, FlrunnerError, ParentUnavailable, RequestTimeout
 from .rpc import DealerClient
 from .workspace import Workspace
 
@@ -36,6 +41,21 @@ def find_parent(workspace: str | os.PathLike) -> dict:
     return info
 
 
+def admin_credentials(kit_dir: str | os.PathLike) -> tuple[str, tuple[bytes, bytes, bytes]]:
+    """The admin endpoint and CURVE credentials in an admin's start-up kit (``flrunner provision --admin``).
+
+    Raises:
+        KitError: the kit is missing, malformed, or readable by others.
+        FlrunnerError: the kit is not an admin's.
+    """
+    from .security.kit import Role, load_kit
+
+    kit = load_kit(kit_dir)
+    if kit.role is not Role.ADMIN:
+        raise FlrunnerError(f"{kit_dir} is the kit of {kit.role.value} '{kit.name}', not of an admin")
+    return kit.endpoint, (kit.public_key, kit.secret_key, kit.parent_public_key)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -47,27 +67,49 @@ class AdminClient:
     """Requests to one parent's admin socket.
 
     Args:
-        endpoint: the admin endpoint; use `AdminClient.for_workspace` to find it.
+        endpoint: the admin endpoint; use `AdminClient.for_workspace` or `AdminClient.with_kit`.
         timeout: seconds to wait for each reply.
+        curve: CURVE credentials for a remote parent (see `admin_credentials`); None for the local socket.
     """
 
-    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 10.0, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self._client = DealerClient(endpoint, max_msg_size=1 << 30)
+        self.curve = curve
+        self._client = DealerClient(endpoint, max_msg_size=1 << 30, curve=curve)
 
     @classmethod
     def for_workspace(cls, workspace: str | os.PathLike, timeout: float = 10.0) -> AdminClient:
         return cls(find_parent(workspace)["admin"], timeout)
 
-    def call(self, op: str, **body: Any) -> dict:
+    @classmethod
+    def with_kit(cls, kit_dir: str | os.PathLike, endpoint: str | None = None, timeout: float = 10.0) -> AdminClient:
+        """A remote admin: the kit's keys, at ``endpoint`` (default: the kit's admin endpoint)."""
+        kit_endpoint, curve = admin_credentials(kit_dir)
+        return cls(endpoint or kit_endpoint, timeout, curve)
+
+    def call(self, op: str, frames: list | None = None, **body: Any) -> dict:
         try:
-            return self._client.request(op, body, timeout=self.timeout).body
+            return self._client.request(op, body, timeout=self.timeout, frames=frames).body
         except RequestTimeout:
-            raise ParentUnavailable(f"the parent at {self.endpoint} did not answer '{op}' within {self.timeout:g}s") from None
+            hint = ("; check the endpoint, and that the parent allows this admin key (a refused CURVE key "
+                    "looks like silence)") if self.curve is not None else ""
+            raise ParentUnavailable(f"the parent at {self.endpoint} did not answer '{op}' within "
+                                    f"{self.timeout:g}s{hint}") from None
 
     def submit(self, job_dir: str | os.PathLike) -> str:
-        return self.call("submit", job_dir=os.path.abspath(job_dir))["job_id"]
+        """Queue a job folder: by path on the local socket, uploaded (as a tar.gz) to a remote parent."""
+        if self.curve is None:
+            return self.call("submit", job_dir=os.path.abspath(job_dir))["job_id"]
+        return self.submit_upload(pack_job_folder(job_dir), os.path.basename(os.path.abspath(job_dir)))
+
+    def submit_upload(self, bundle: bytes, name: str) -> str:
+        """Queue a job folder packed by `pack_job_folder`."""
+        limit = self.ping().get("max_upload")
+        if isinstance(limit, int) and len(bundle) > limit:
+            raise BadRequest(f"job folder '{name}' packs to {len(bundle)} bytes; the parent accepts uploads of at "
+                             f"most {limit} bytes")
+        return self.call("submit", frames=[bundle], name=name[:256])["job_id"]
 
     def jobs(self) -> list[dict]:
         return self.call("jobs")["jobs"]
@@ -100,6 +142,28 @@ class AdminClient:
         self.close()
 
 
+def pack_job_folder(job_dir: str | os.PathLike) -> bytes:
+    """A job folder as a tar.gz for upload; symbolic links are refused, not silently dropped.
+
+    Raises:
+        BadRequest: the folder is missing or holds a symbolic link.
+    """
+    from .bundles import make_bundle
+
+    root = os.path.abspath(job_dir)
+    if not os.path.isdir(root):
+        raise BadRequest(f"job folder {root} is not a directory")
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(folder, name)):
+                raise BadRequest(f"job folder {root} holds a symbolic link ({os.path.relpath(os.path.join(folder, name), root)}); "
+                                 "an upload carries plain files and folders only")
+    try:
+        return make_bundle(root)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 class StatusFeed:
     """Every job status change, pushed by the parent (no polling), on its own connection.
 
@@ -109,14 +173,15 @@ class StatusFeed:
     Args:
         endpoint: the parent's admin endpoint.
         timeout: seconds to wait for the parent to accept the subscription.
+        curve: CURVE credentials for a remote parent (see `admin_credentials`).
 
     Raises:
         ParentUnavailable: the parent did not answer the subscription within ``timeout``.
     """
 
-    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 10.0, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.endpoint = endpoint
-        self._client = DealerClient(endpoint)
+        self._client = DealerClient(endpoint, curve=curve)
         try:
             reply = self._client.request("subscribe", {}, timeout=timeout)
         except RequestTimeout:

@@ -23,9 +23,22 @@ def _workspace(args: argparse.Namespace) -> str:
 
 
 def _admin(args: argparse.Namespace):
+    """The local workspace's parent, or a remote one with ``--kit`` (an admin's start-up kit)."""
     from .admin import AdminClient
 
+    if args.kit:
+        return AdminClient.with_kit(args.kit, args.parent, timeout=args.timeout)
+    if args.parent:
+        raise FlrunnerError("--parent names a remote parent's admin endpoint: give the admin's kit with --kit too")
     return AdminClient.for_workspace(_workspace(args), timeout=args.timeout)
+
+
+def _runner(args: argparse.Namespace):
+    from .embed import FLRunner
+
+    if args.kit:
+        return FLRunner.connect(args.kit, args.parent, timeout=args.timeout)
+    return FLRunner.attach(_workspace(args), timeout=args.timeout)
 
 
 def _print_json(doc: Any) -> None:
@@ -96,7 +109,8 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        job_byte_rate=args.job_byte_limit[0], job_byte_burst=args.job_byte_limit[1],
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
                        launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
-                       if args.launcher == "warm" else ProcessLauncher(), kit=args.kit)
+                       if args.launcher == "warm" else ProcessLauncher(), kit=args.kit, admin_endpoint=args.admin,
+                       jobs_endpoint=args.jobs)
     Parent(cfg).run()
     return 0
 
@@ -120,9 +134,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             job_id = admin.submit(args.job_dir)
             _print_json({"job_id": job_id}) if args.json else print(job_id)
             return 0
-    from .embed import FLRunner, follow_job
+    from .embed import follow_job
 
-    runner = FLRunner.attach(_workspace(args), timeout=args.timeout)
+    runner = _runner(args)
     try:
         with runner.events() as feed:
             job_id = runner.submit(args.job_dir)
@@ -223,6 +237,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from .workspace import Workspace
 
+    if args.kit:
+        raise FlrunnerError("logs are read from the parent's workspace; over remote admin they are not available yet")
     ws = Workspace(_workspace(args))
     job_id, final = args.job_id, True
     try:
@@ -293,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("--workspace", "-w", help=f"the parent's workspace (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the parent's reply")
+        sp.add_argument("--kit", help="an admin's start-up kit (flrunner provision --admin): talk to a remote parent "
+                                      "over CURVE instead of the local workspace's")
+        sp.add_argument("--parent", metavar="ENDPOINT", help="the remote parent's admin endpoint (default: the kit's)")
         if json_flag:
             sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
         return sp
@@ -302,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sites", default="tcp://127.0.0.1:8002", help="endpoint sites connect to (default %(default)s)")
     sp.add_argument("--kit", help="the parent's start-up kit (flrunner provision): CURVE on the sites socket, "
                                    "only allowlisted site keys admitted")
+    sp.add_argument("--jobs", metavar="ENDPOINT", help="job processes connect on this tcp endpoint instead of the "
+                                                        "workspace's ipc socket (needs --kit: CURVE)")
+    sp.add_argument("--admin", metavar="ENDPOINT", help="also serve remote admin on this tcp endpoint (needs --kit: "
+                                                         "CURVE, provisioned admin keys only)")
     sp.add_argument("--max-jobs", type=int, default=8, help="jobs running at once (default %(default)s)")
     sp.add_argument("--launcher", choices=("warm", "cold"), default="warm",
                     help="warm: fork job processes from a template with the runtime imported (fast); "

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from .admin import AdminClient, StatusFeed, find_parent
+from .admin import AdminClient, StatusFeed, admin_credentials, find_parent
 from .errors import FlrunnerError, ParentUnavailable
 from .status import status_rank
 
@@ -126,12 +126,13 @@ class FLRunner:
     """A handle on one parent. Thread-safe."""
 
     def __init__(self, admin_endpoint: str, parent: Any = None, thread: threading.Thread | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.admin_endpoint = admin_endpoint
         self.timeout = timeout
         self._parent = parent
         self._thread = thread
-        self._client = AdminClient(admin_endpoint, timeout)
+        self._curve = curve
+        self._client = AdminClient(admin_endpoint, timeout, curve)
         self._lock = threading.Lock()
         self._watchers: list[_Watcher] = []
 
@@ -156,6 +157,17 @@ class FLRunner:
     def attach(cls, workspace: str | os.PathLike, timeout: float = 10.0) -> FLRunner:
         """Talk to the parent already running on ``workspace``."""
         return cls(find_parent(workspace)["admin"], timeout=timeout)
+
+    @classmethod
+    def connect(cls, kit_dir: str | os.PathLike, endpoint: str | None = None, timeout: float = 10.0) -> FLRunner:
+        """Talk to a remote parent's admin socket as a provisioned admin (CURVE; jobs are uploaded).
+
+        Args:
+            kit_dir: the admin's start-up kit (``flrunner provision --admin NAME``).
+            endpoint: the parent's remote admin endpoint (default: the kit's).
+        """
+        kit_endpoint, curve = admin_credentials(kit_dir)
+        return cls(endpoint or kit_endpoint, timeout=timeout, curve=curve)
 
     @property
     def sites_endpoint(self) -> str | None:
@@ -189,7 +201,7 @@ class FLRunner:
 
     def events(self) -> StatusFeed:
         """An iterator of every status change from now on (close it when done)."""
-        return StatusFeed(self.admin_endpoint, self.timeout)
+        return StatusFeed(self.admin_endpoint, self.timeout, self._curve)
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict:
         """Block until the job ends; return its final record (with history).

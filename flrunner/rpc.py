@@ -32,16 +32,20 @@ class DealerClient:
         ctx: the ZeroMQ context (one is created if None and terminated on `close`).
         on_push: called with every message that is not a reply.
         max_msg_size: socket-level inbound size limit (ZMQ_MAXMSGSIZE).
+        curve: ``(public key, secret key, server's public key)`` (Z85) to connect as a CURVE client.
     """
 
     def __init__(self, endpoint: str, ctx: zmq.Context | None = None,
-                 on_push: Callable[[Message], None] | None = None, max_msg_size: int = 1 << 30) -> None:
+                 on_push: Callable[[Message], None] | None = None, max_msg_size: int = 1 << 30,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.endpoint = endpoint
         self._own_ctx = ctx is None
         self.ctx = ctx or make_context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
+        if curve is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(endpoint)
         self.on_push = on_push
         self.bad_frames = 0

@@ -1,7 +1,9 @@
-"""The admin socket's operations: what the CLI and an embedding platform ask of the parent.
+"""The admin sockets' operations: what the CLI, an embedding platform or a remote admin asks of the parent.
 
 Local admin is authorised by the file system: the socket lives in a 0700 directory of the
-workspace owner.
+workspace owner. Remote admin (optional) is a tcp socket with CURVE that admits provisioned
+admin keys only; the same operations are served there, except that a job folder must be
+uploaded (a remote admin cannot name, and so read, folders on the parent's machine).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import json
 import logging
 import os
 import time
+from functools import partial
 from typing import Any, Callable
 
 import psutil
+import zmq
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
@@ -26,8 +30,9 @@ from .router import Request, RouterEndpoint
 
 log = logging.getLogger(__name__)
 
-#: Admin ops that change something (or could): written to the audit log.
-AUDITED = frozenset({"submit", "abort", "shutdown"})
+#: Admin ops that change something (or could): written to the audit log. (``submit`` answers
+#: later, once the folder is read off the loop, and writes its entry then.)
+AUDITED = frozenset({"abort", "shutdown"})
 
 
 class AdminService:
@@ -35,8 +40,9 @@ class AdminService:
 
     def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
                  subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str, offload: Offload,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.endpoint = endpoint
+                 clock: Callable[[], float] = time.monotonic, remote: RouterEndpoint | None = None) -> None:
+        self.local = endpoint
+        self.remote = remote
         self.manager = manager
         self.registry = registry
         self.subscriber_ttl = subscriber_ttl
@@ -44,32 +50,44 @@ class AdminService:
         self.workspace = workspace
         self.offload = offload
         self.clock = clock
-        self.subscribers: dict[bytes, float] = {}
+        #: (socket, peer) -> when its subscription was last renewed.
+        self.subscribers: dict[tuple[RouterEndpoint, bytes], float] = {}
+        #: (socket, peer) -> its admin's name, for remote subscribers (CURVE).
+        self._subscriber_names: dict[tuple[RouterEndpoint, bytes], str] = {}
         self.ready = False
         self._self_ps = psutil.Process()
         self._self_ps.cpu_percent(None)
         self.audit_path = os.path.join(workspace, "audit.log")
-        for op, handler in ((P.SUBMIT, self.submit), (P.JOBS, self.jobs), (P.STATUS, self.status),
+        for ep in (endpoint, remote):
+            if ep is not None:
+                self._serve(ep)
+
+    def _serve(self, ep: RouterEndpoint) -> None:
+        for op, handler in ((P.SUBMIT, partial(self.submit, ep)), (P.JOBS, self.jobs), (P.STATUS, self.status),
                             (P.ABORT_JOB, self.abort), (P.CLIENTS, self.clients), (P.PS, self.ps),
-                            (P.SUBSCRIBE, self.subscribe), (P.UNSUBSCRIBE, self.unsubscribe),
-                            (P.PING, self.ping), (P.SHUTDOWN, self.shutdown)):
-            endpoint.on(op, self._audited(op.name, handler) if op.name in AUDITED else handler)
+                            (P.SUBSCRIBE, partial(self.subscribe, ep)), (P.UNSUBSCRIBE, partial(self.unsubscribe, ep)),
+                            (P.PING, partial(self.ping, ep)), (P.SHUTDOWN, self.shutdown)):
+            ep.on(op, self._audited(op.name, handler) if op.name in AUDITED else handler)
 
     def _audited(self, op: str, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         """Write who did what, when, and with which result to ``<workspace>/audit.log`` (JSON lines)."""
         def run(req: Request) -> Any:
-            entry = {"time": time.time(), "who": req.user_id or "local (admin socket)", "op": op,
-                     "args": {k: v for k, v in req.args.items() if v is not None}}
+            entry = self._entry(op, req)
             try:
                 result = handler(req)
             except FlrunnerError as exc:
                 self._audit({**entry, "result": exc.rc, "reason": str(exc)[:500]})
                 raise
-            self._audit({**entry, "result": "OK" if result is not None else "ACCEPTED",
+            self._audit({**entry, "result": "OK",
                          **({"job_id": result["job"]["job_id"]} if isinstance(result, dict) and "job" in result else {})})
             return result
 
         return run
+
+    @staticmethod
+    def _entry(op: str, req: Request) -> dict:
+        return {"time": time.time(), "who": req.user_id or "local (admin socket)", "op": op,
+                "args": {k: v for k, v in req.args.items() if v is not None}}
 
     def _audit(self, entry: dict) -> None:
         try:
@@ -78,14 +96,29 @@ class AdminService:
         except OSError as exc:
             log.error("cannot write the audit log %s: %s", self.audit_path, exc)
 
-    def submit(self, req: Request) -> None:
-        job_dir = req.args["job_dir"]
-        if not os.path.isabs(job_dir):
+    def submit(self, ep: RouterEndpoint, req: Request) -> None:
+        entry = self._entry("submit", req)
+        try:
+            self._submit(ep, req, entry)
+        except FlrunnerError as exc:
+            self._audit({**entry, "result": exc.rc, "reason": str(exc)[:500]})
+            raise
+
+    def _submit(self, ep: RouterEndpoint, req: Request, entry: dict) -> None:
+        job_dir, upload = req.args["job_dir"], req.msg.frames[0] if req.msg.frames else None
+        if (job_dir is None) == (upload is None):
+            raise BadRequest("op 'submit': give either job_dir (a folder on the parent's machine) or the folder "
+                             "uploaded as one tar.gz frame")
+        if job_dir is not None and ep is not self.local:
+            raise BadRequest("op 'submit': a remote admin uploads the job folder; paths on the parent's machine "
+                             "are accepted on the local admin socket only")
+        if job_dir is not None and not os.path.isabs(job_dir):
             raise BadRequest(f"op 'submit': job_dir must be an absolute path, got '{job_dir[:200]}'")
         if not self.manager.accepting:
             raise Conflict("the parent is shutting down and accepts no new jobs")
         if self.manager.reconciling:
             raise NotReady("the parent is re-adopting jobs left running by its predecessor; submit again shortly")
+        what = job_dir or f"upload '{req.args['name'] or 'job'}'"
 
         def done(prepared: Any, exc: BaseException | None) -> None:
             try:
@@ -93,17 +126,24 @@ class AdminService:
                     raise exc
                 rec = self.manager.accept(*prepared)
             except FlrunnerError as err:
-                self.endpoint.reply(req.identity, req.msg, {"reason": str(err)}, rc=err.rc)
+                self._audit({**entry, "result": err.rc, "reason": str(err)[:500]})
+                ep.reply(req.identity, req.msg, {"reason": str(err)}, rc=err.rc)
                 return
             except Exception as err:
-                log.exception("submit of %s failed", job_dir)
-                self.endpoint.reply(req.identity, req.msg, {"reason": f"internal error: {type(err).__name__}: {err}"},
-                                    rc=Rc.ERROR)
+                log.exception("submit of %s failed", what)
+                self._audit({**entry, "result": Rc.ERROR, "reason": f"{type(err).__name__}: {err}"[:500]})
+                ep.reply(req.identity, req.msg, {"reason": f"internal error: {type(err).__name__}: {err}"}, rc=Rc.ERROR)
                 return
-            self.endpoint.reply(req.identity, req.msg, {"job_id": rec.job_id, "job": rec.to_dict()})
+            self._audit({**entry, "result": "OK", "job_id": rec.job_id})
+            ep.reply(req.identity, req.msg, {"job_id": rec.job_id, "job": rec.to_dict()})
 
         # Reading and copying the folder happens off the loop; the reply follows when it is done.
-        self.offload.run(lambda: self.manager.prepare(job_dir), done)
+        if upload is None:
+            self.offload.run(lambda: self.manager.prepare(job_dir), done)
+        else:
+            data = upload.bytes if hasattr(upload, "bytes") else bytes(upload)
+            origin = f"{what} by {req.user_id or 'local admin'}"
+            self.offload.run(lambda: self.manager.prepare_upload(data, origin), done)
 
     def jobs(self, req: Request) -> dict:
         return {"jobs": [r.to_dict() for r in self.manager.store.list()]}
@@ -140,18 +180,30 @@ class AdminService:
             jobs.append(info)
         return {"parent": parent, "jobs": jobs}
 
-    def subscribe(self, req: Request) -> dict:
-        self.subscribers[req.identity] = self.clock()
+    def subscribe(self, ep: RouterEndpoint, req: Request) -> dict:
+        self.subscribers[(ep, req.identity)] = self.clock()
+        if req.user_id:
+            self._subscriber_names[(ep, req.identity)] = req.user_id
         return {"ttl": self.subscriber_ttl}
 
-    def unsubscribe(self, req: Request) -> dict:
-        self.subscribers.pop(req.identity, None)
+    def unsubscribe(self, ep: RouterEndpoint, req: Request) -> dict:
+        self.subscribers.pop((ep, req.identity), None)
+        self._subscriber_names.pop((ep, req.identity), None)
         return {}
 
-    def ping(self, req: Request) -> dict:
-        if req.identity in self.subscribers:
-            self.subscribers[req.identity] = self.clock()
-        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready and not self.manager.reconciling}
+    def drop_subscriber(self, name: str) -> int:
+        """Stop pushing to a (revoked) remote admin's status feeds; how many there were."""
+        keys = [k for k, n in self._subscriber_names.items() if n == name]
+        for key in keys:
+            self.subscribers.pop(key, None)
+            del self._subscriber_names[key]
+        return len(keys)
+
+    def ping(self, ep: RouterEndpoint, req: Request) -> dict:
+        if (ep, req.identity) in self.subscribers:
+            self.subscribers[(ep, req.identity)] = self.clock()
+        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready and not self.manager.reconciling,
+                "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE)}
 
     def shutdown(self, req: Request) -> dict:
         self.request_stop("shutdown requested over the admin socket")
@@ -162,10 +214,11 @@ class AdminService:
         if not self.subscribers:
             return
         body = {"job": rec.to_dict()}
-        for identity in self.subscribers:
-            self.endpoint.push(identity, P.JOB_STATUS_EVENT, body)
+        for ep, identity in self.subscribers:
+            ep.push(identity, P.JOB_STATUS_EVENT, body)
 
     def expire_subscribers(self) -> None:
         limit = self.clock() - self.subscriber_ttl
-        for identity in [i for i, t in self.subscribers.items() if t < limit]:
-            del self.subscribers[identity]
+        for key in [k for k, t in self.subscribers.items() if t < limit]:
+            del self.subscribers[key]
+            self._subscriber_names.pop(key, None)

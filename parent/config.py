@@ -60,6 +60,16 @@ class ParentConfig:
         site_request_timeout: how long the parent waits for a site to answer a job-control request.
         kit: the parent's start-up kit (``flrunner provision``): the sites socket then uses CURVE, and
             only allowlisted site keys connect, each as its own name.
+        admin_endpoint: a tcp endpoint for remote admin (``tcp://HOST:PORT``), or None for local
+            admin only. Needs ``kit``: the socket uses CURVE and admits provisioned admin keys only.
+        jobs_endpoint: a tcp endpoint for job processes (``tcp://HOST:PORT``), instead of the
+            workspace's ipc socket: for job processes on other machines (cluster launchers). Needs
+            ``kit``: the jobs socket then uses CURVE (encrypted; job processes know the parent by
+            its key) and each job process still proves its per-job secret. Use a fixed port for
+            re-adoption: a job process reconnects to the endpoint it was given.
+        max_upload_size: largest job folder a remote admin may upload (packed, bytes); the remote
+            admin socket's ZMQ_MAXMSGSIZE.
+        max_upload_unpacked: largest an uploaded job folder may unpack to (bytes).
         launcher: starts job processes; the cold `ProcessLauncher` if None.
         set_process_title: rename the process ``flrunner-parent: <workspace>`` (off when embedded).
         install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
@@ -99,6 +109,10 @@ class ParentConfig:
     site_request_timeout: float = 10.0
     launcher: Optional[Launcher] = None
     kit: Optional[str] = None
+    admin_endpoint: Optional[str] = None
+    jobs_endpoint: Optional[str] = None
+    max_upload_size: int = 64 << 20
+    max_upload_unpacked: int = 256 << 20
     set_process_title: bool = False
     install_signal_handlers: bool = False
     log_to_stderr: bool = False

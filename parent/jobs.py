@@ -14,11 +14,14 @@ import os
 import secrets
 import shutil
 import signal
+import tarfile
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from flrunner.bundles import extract_bundle
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
 from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus, clip_error, progress_problem
@@ -73,6 +76,8 @@ class JobManager:
         self.timers = timers
         self.hooks = hooks
         self.endpoint = endpoint
+        #: The parent's CURVE public key (Z85) when the jobs socket uses CURVE (a tcp jobs endpoint).
+        self.jobs_server_key: str | None = None
         self.site_jobs = site_jobs
         self.scheduler = Scheduler(config, store, registry, site_jobs, timers, self._launch, self._transition,
                                    lambda: len(self.running), lambda job_id: job_from_meta(
@@ -144,10 +149,12 @@ class JobManager:
             self.scheduler.kick()
 
     # --- submit and schedule -------------------------------------------------------------------------
-    def prepare(self, job_dir: str) -> tuple[str, JobDefinition]:
+    def prepare(self, job_dir: str, origin: str | None = None) -> tuple[str, JobDefinition, str]:
         """Validate a job folder and copy it into the workspace under a new job id.
 
         File system work only (it runs off the loop); `accept` then records and queues the job.
+        Returns the job id, the definition, and where the job came from (``origin``, else the
+        folder's path) for the job store and the log.
 
         Raises:
             JobFolderError: the folder is invalid (the message names file and field).
@@ -162,17 +169,41 @@ class JobManager:
         except OSError as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise BadRequest(f"cannot copy job folder {job_dir}: {exc}") from None
-        return job_id, jd
+        return job_id, jd, origin or str(jd.folder.resolve())
 
-    def accept(self, job_id: str, jd: JobDefinition) -> JobRecord:
+    def prepare_upload(self, bundle: bytes, origin: str) -> tuple[str, JobDefinition, str]:
+        """`prepare` a job folder uploaded as a tar.gz (remote admins do not share the parent's disk).
+
+        The bundle is unpacked into a private staging folder of the workspace with the site
+        bundles' rules (plain files and folders only, nothing leaving the folder, a size cap), and
+        the staging folder is removed afterwards whatever happens.
+
+        Raises:
+            BadRequest: the bundle is not a tar.gz, or holds a link, a device, a path leaving the
+                folder, or too many bytes.
+            JobFolderError: the unpacked folder is not a valid job.
+        """
+        uploads = os.path.join(self.ws.get_root_dir(), "uploads")
+        os.makedirs(uploads, mode=0o700, exist_ok=True)
+        staging = os.path.join(uploads, uuid.uuid4().hex)
+        try:
+            try:
+                extract_bundle(bundle, staging, self.config.max_upload_unpacked)
+            except (ValueError, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+                raise BadRequest(f"op 'submit': the uploaded job folder cannot be unpacked: {exc}") from None
+            return self.prepare(staging, origin)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def accept(self, job_id: str, jd: JobDefinition, origin: str) -> JobRecord:
         """Record a prepared job as SUBMITTED (durably) and hand it to the scheduler."""
         if not self.accepting or len(self.scheduler.waiting) >= self.config.max_queued_jobs:
             shutil.rmtree(self.ws.get_run_dir(job_id), ignore_errors=True)
             if not self.accepting:
                 raise Conflict("the parent is shutting down and accepts no new jobs")
             raise Conflict(f"{self.config.max_queued_jobs} jobs are already waiting; submit later")
-        rec = self.store.add(job_id, jd.name, str(jd.folder.resolve()), jd.meta)
-        log.info("job %s (%s) submitted from %s", job_id, jd.name, jd.folder)
+        rec = self.store.add(job_id, jd.name, origin, jd.meta)
+        log.info("job %s (%s) submitted from %s", job_id, jd.name, origin)
         self.hooks.on_change(rec)
         self.scheduler.add(job_id)
         return self.store.get(job_id)
@@ -206,6 +237,8 @@ class JobManager:
             "orphan_grace": self.config.abort_grace + self.config.term_grace, "resume": resume,
             "reconnect_grace": self.config.reconnect_grace,
         }
+        if self.jobs_server_key is not None:
+            bootstrap["server_key"] = self.jobs_server_key
         spec = LaunchSpec(job_id, rec.name, bootstrap, self.ws.get_app_log_file_path(job_id), self.ws.get_run_dir(job_id))
         try:
             proc = self.launcher.launch(spec)

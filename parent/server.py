@@ -25,7 +25,7 @@ from typing import Callable
 import zmq
 
 from flrunner import protocol as P
-from flrunner.errors import FlrunnerError
+from flrunner.errors import FlrunnerError, Unauthorized
 from flrunner.wakeup import WakePipe
 from flrunner.workspace import Workspace
 
@@ -116,6 +116,18 @@ class Parent:
         self.jobs.limiter = RateLimiter(None, byte_rate=cfg.job_byte_rate, byte_burst=cfg.job_byte_burst)
         self.admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate, byte_rate=cfg.admin_byte_rate,
                                          byte_burst=cfg.admin_byte_burst)
+        self.remote_admin: RouterEndpoint | None = None
+        if cfg.admin_endpoint:
+            if not cfg.kit:
+                raise FlrunnerError("remote admin (admin_endpoint / --admin) needs the parent's kit (--kit): only "
+                                    "provisioned admin keys may connect")
+            self.remote_admin = RouterEndpoint(self.ctx, "remote-admin", P.ADMIN_OPS, cfg.max_upload_size)
+            # The burst must hold an upload of the largest allowed size, or such an upload never passes.
+            self.remote_admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate, byte_rate=cfg.admin_byte_rate,
+                                                    byte_burst=max(cfg.admin_byte_burst, 2 * cfg.max_upload_size))
+        if cfg.jobs_endpoint and not cfg.kit:
+            raise FlrunnerError("a tcp jobs endpoint (jobs_endpoint / --jobs) needs the parent's kit (--kit): job "
+                                "processes then connect with CURVE")
         self.launcher = cfg.launcher or ProcessLauncher()
         self.launcher.bind_loop(self.watch_fd, self.unwatch_fd)
         self.offload = Offload(self._wake)
@@ -128,7 +140,7 @@ class Parent:
         self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
                                   endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
-                                          self.stop, self.ws.get_root_dir(), self.offload)
+                                          self.stop, self.ws.get_root_dir(), self.offload, remote=self.remote_admin)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4),
                                           runs_job=lambda job_id: job_id in self.manager.running,
@@ -139,14 +151,17 @@ class Parent:
         self.registry.listeners.append(self._on_registry_change)
 
         self.gate = None
+        self.admin_gate = None
         self._authenticator = None
         if cfg.kit:
-            self._secure_sites(cfg.kit)
+            self._secure(cfg.kit)
         sock_dir = self.ws.get_socket_dir()
-        self.jobs.bind(f"ipc://{sock_dir}/jobs.sock")
+        self.jobs.bind(cfg.jobs_endpoint or f"ipc://{sock_dir}/jobs.sock")
         self.admin.bind(f"ipc://{sock_dir}/admin.sock")
         self.sites.bind(cfg.sites_endpoint)
-        for endpoint in (self.sites, self.jobs, self.admin):
+        if self.remote_admin is not None:
+            self.remote_admin.bind(cfg.admin_endpoint)
+        for endpoint in self._endpoints():
             self.poller.register(endpoint.sock, zmq.POLLIN)
         self.poller.register(self._wake.fileno(), zmq.POLLIN)
         if not self._is_loopback(self.sites.endpoint) and self.gate is None:
@@ -160,28 +175,54 @@ class Parent:
         self._install_signals()
         self.timers.call_later(cfg.housekeeping_interval, self._housekeeping)
         self._started = True
-        log.info("parent %d serving workspace %s: sites %s, jobs %s, admin %s", os.getpid(),
-                 self.ws.get_root_dir(), self.sites.endpoint, self.jobs.endpoint, self.admin.endpoint)
+        log.info("parent %d serving workspace %s: sites %s, jobs %s, admin %s%s", os.getpid(),
+                 self.ws.get_root_dir(), self.sites.endpoint, self.jobs.endpoint, self.admin.endpoint,
+                 f", remote admin {self.remote_admin.endpoint}" if self.remote_admin is not None else "")
         self.manager.start()
         if cfg.on_started:
             cfg.on_started()
 
-    def _secure_sites(self, kit_dir: str) -> None:
-        """CURVE on the sites socket, with a ZAP handler that admits allowlisted site keys only."""
-        from flrunner.security.gate import Gate, make_curve_server, start_authenticator
+    def _secure(self, kit_dir: str) -> None:
+        """CURVE on the sites socket (and the remote admin socket), with a ZAP handler that admits
+        allowlisted keys of the socket's role only, each as its participant's name."""
+        from flrunner.security.gate import (ADMIN_DOMAIN, JOBS_DOMAIN, SITES_DOMAIN, AnyKey, Gate, make_curve_server,
+                                            start_authenticator)
         from flrunner.security.kit import Role, load_kit
 
         kit = load_kit(kit_dir)
         if kit.role is not Role.PARENT:
             raise FlrunnerError(f"{kit_dir} is the kit of {kit.role.value} '{kit.name}', not of a parent")
         self.gate = Gate(kit_dir, Role.SITE)
-        self._authenticator = start_authenticator(self.ctx, self.gate)
-        make_curve_server(self.sites.sock, kit.public_key, kit.secret_key)
+        gates = {SITES_DOMAIN: self.gate}
+        make_curve_server(self.sites.sock, kit.public_key, kit.secret_key, SITES_DOMAIN)
         self.sites.curve = True
         self.sites_service.require_user_id = True
         self.sites_service.allowed = self.gate.allows  # a revoked site's open connection cannot log in again
         self.sites_service.public_key = self.gate.public_key  # what jobs seal secure aux requests for
-        log.info("sites socket: CURVE with an allowlist of %s", kit_dir)
+        if self.remote_admin is not None:
+            self.admin_gate = gates[ADMIN_DOMAIN] = Gate(kit_dir, Role.ADMIN)
+            make_curve_server(self.remote_admin.sock, kit.public_key, kit.secret_key, ADMIN_DOMAIN)
+            self.remote_admin.curve = True
+            self.remote_admin.authorize = self._authorize_admin
+        if self.config.jobs_endpoint:
+            # Job processes have no provisioned keys: any key completes the handshake (the
+            # connection is encrypted and the job process knows it talks to this parent), and the
+            # job proves itself with its per-job secret, as over ipc.
+            gates[JOBS_DOMAIN] = AnyKey()
+            make_curve_server(self.jobs.sock, kit.public_key, kit.secret_key, JOBS_DOMAIN)
+            self.manager.jobs_server_key = kit.public_key.decode()
+        self._authenticator = start_authenticator(self.ctx, gates)
+        log.info("CURVE on the sites socket%s%s (allowlist of %s)",
+                 ", the remote admin socket" if self.remote_admin is not None else "",
+                 ", the tcp jobs socket" if self.config.jobs_endpoint else "", kit_dir)
+
+    def _authorize_admin(self, identity: bytes, op: P.Op, msg: object, user_id: str | None) -> None:
+        """Every message on the remote admin socket: its key's admin must still be on the allowlist."""
+        if not user_id or self.admin_gate is None or not self.admin_gate.allows(user_id):
+            raise Unauthorized(f"admin '{user_id or '?'}' is not (or no longer) allowed on the remote admin socket")
+
+    def _endpoints(self) -> list[RouterEndpoint]:
+        return [e for e in (self.sites, self.jobs, self.admin, self.remote_admin) if e is not None]
 
     def _take_lock(self) -> None:
         path = os.path.join(self.ws.get_root_dir(), "parent.lock")
@@ -218,7 +259,9 @@ class Parent:
 
     def _write_info(self) -> None:
         info = {"pid": os.getpid(), "workspace": self.ws.get_root_dir(), "sites": self.sites.endpoint,
-                "jobs": self.jobs.endpoint, "admin": self.admin.endpoint, "started": time.time()}
+                "jobs": self.jobs.endpoint, "admin": self.admin.endpoint,
+                "remote_admin": self.remote_admin.endpoint if self.remote_admin is not None else None,
+                "started": time.time()}
         path = self.ws.get_parent_info_path()
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -257,7 +300,7 @@ class Parent:
             self._cleanup()
 
     def _loop(self) -> None:
-        sockets = {self.sites.sock: self.sites, self.jobs.sock: self.jobs, self.admin.sock: self.admin}
+        sockets = {endpoint.sock: endpoint for endpoint in self._endpoints()}
         while True:
             if self._stop_reason is not None and not self._stopping:
                 self._stopping = True
@@ -293,11 +336,16 @@ class Parent:
             for name in self.gate.take_revoked():
                 if self.registry.remove(name):
                     log.warning("site %s: access revoked; dropped from the registry", name)
+        if self.admin_gate is not None:
+            self.admin_gate.reload_if_changed()
+            for name in self.admin_gate.take_revoked():
+                dropped = self.admin_service.drop_subscriber(name)
+                log.warning("admin %s: access revoked%s", name, f"; {dropped} status feed(s) closed" if dropped else "")
         gone = self.registry.expire()
         if gone:
             log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
         self.admin_service.expire_subscribers()
-        for endpoint in (self.sites, self.jobs, self.admin):
+        for endpoint in self._endpoints():
             if endpoint.limiter is not None:
                 endpoint.limiter.prune()
         self.manager.check_heartbeats()
@@ -349,7 +397,7 @@ class Parent:
         except OSError:
             pass
         self._old_signals.clear()
-        for name in ("sites", "jobs", "admin"):
+        for name in ("sites", "jobs", "admin", "remote_admin"):
             endpoint = getattr(self, name, None)
             if endpoint is not None:
                 endpoint.close()

@@ -124,9 +124,11 @@ def test_admin_commands_are_audited(parent, make_job, tmp):
     parent.wait_status(job_id, lambda j: j["status"] == "RUNNING")
     cli(ws, "abort", job_id, "--reason", "audit me")
     cli(ws, "abort", "no-such-job", check=False)
+    cli(ws, "submit", str(tmp / "no-such-folder"), check=False)
     parent.wait_final(job_id)
     entries = [json.loads(line) for line in (ws / "audit.log").read_text().splitlines()]
     ops = [(e["op"], e["result"]) for e in entries]
-    assert ops == [("submit", "ACCEPTED"), ("abort", "OK"), ("abort", "NOT_FOUND")]
+    assert ops == [("submit", "OK"), ("abort", "OK"), ("abort", "NOT_FOUND"), ("submit", "BAD_REQUEST")]
+    assert entries[0]["job_id"] == job_id and "is not a directory" in entries[3]["reason"]
     assert entries[1]["args"] == {"job_id": job_id, "reason": "audit me"} and entries[1]["job_id"] == job_id
     assert all(e["who"] and e["time"] > 0 for e in entries)

@@ -59,7 +59,8 @@ def test_layout(project: Path):
                      | kit("site-1") | kit("site-2") | kit("alice"))
     parent_doc = json.loads((project / "parent/kit.json").read_text())
     assert parent_doc["name"] == "parent" and parent_doc["role"] == "parent"
-    assert parent_doc["endpoint"] == parent_doc["admin_endpoint"] == "tcp://127.0.0.1:8002"
+    assert (parent_doc["endpoint"], parent_doc["admin_endpoint"]) == ("tcp://127.0.0.1:8002", "tcp://127.0.0.1:8003")
+    assert json.loads((project / "alice/kit.json").read_text())["endpoint"] == "tcp://127.0.0.1:8003"
     site_doc = json.loads((project / "site-1/kit.json").read_text())
     assert (site_doc["name"], site_doc["role"], site_doc["endpoint"]) == ("site-1", "site", "tcp://127.0.0.1:8002")
     assert json.loads((project / "alice/kit.json").read_text())["role"] == "admin"
@@ -439,7 +440,7 @@ def test_cli_json(tmp: Path):
         ("alice", "admin", "created")]
     for p in doc["participants"]:
         assert load_kit(p["kit"]).public_key.decode() == p["public_key"]
-        assert p["endpoint"] == "tcp://127.0.0.1:8002"
+        assert p["endpoint"] == ("tcp://127.0.0.1:8003" if p["role"] == "admin" else "tcp://127.0.0.1:8002")
 
     r = cli("provision", "--out", str(out), "--site", "site-1", "--site", "site-3", "--json")
     assert r.returncode == 0, r.stderr

@@ -1,9 +1,11 @@
-"""Who may connect to the parent's sites socket: CURVE keys on the allowlist, each bound to a name.
+"""Who may connect to the parent's CURVE sockets: keys on the allowlist, each bound to a name.
 
-The parent runs a ZAP handler (pyzmq's `ThreadAuthenticator`) that accepts a CURVE client only
-if its public key is on the parent kit's allowlist (not revoked) with the right role, and gives
-the connection the participant's name as its ZAP User-Id. The parent then checks on every
-message that a site acts only as that name: a site cannot log in as another site.
+The parent runs one ZAP handler (pyzmq's `ThreadAuthenticator`) for its CURVE sockets, one ZAP
+domain per socket: the sites socket (`SITES_DOMAIN`) admits site keys, the remote admin socket
+(`ADMIN_DOMAIN`) admin keys. A CURVE client is accepted only if its public key is on the parent
+kit's allowlist (not revoked) with the socket's role, and the connection gets the participant's
+name as its ZAP User-Id. The parent then checks on every message that the name is still
+allowed, and that a site acts only as that name: a site cannot log in as another site.
 
 The allowlist is re-read when its files change (checked once a second by the parent, and at
 every new connection): a revoked key is refused at its next connection, and the parent drops
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 
 #: The ZAP domain of the sites socket.
 SITES_DOMAIN = "flrunner-sites"
+#: The ZAP domain of the remote admin socket.
+ADMIN_DOMAIN = "flrunner-admin"
+#: The ZAP domain of a tcp jobs socket.
+JOBS_DOMAIN = "flrunner-jobs"
 
 
 class Gate:
@@ -107,30 +113,42 @@ class Gate:
         return allowed
 
 
+class AnyKey:
+    """A ZAP credentials provider that admits every CURVE key: for the jobs socket, where a job
+    process authenticates with its per-job secret and CURVE gives encryption and the parent's
+    identity. (pyzmq's own "allow any" switch would apply to every domain of the handler.)"""
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        return True
+
+
 class _Authenticator(ThreadAuthenticator):
-    def __init__(self, context: zmq.Context, gate: Gate) -> None:
+    def __init__(self, context: zmq.Context, gates: dict[str, Gate | AnyKey]) -> None:
         super().__init__(context)
-        self.gate = gate
+        self.gates = [g for g in gates.values() if isinstance(g, Gate)]
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        p = self.gate.participant(z85.encode(client_public_key))
+        # Called only after a gate admitted the key; every gate reads the same allowlist, and a
+        # key is bound to one name whatever the socket (a job process's key has none).
+        p = self.gates[0].participant(z85.encode(client_public_key)) if self.gates else None
         return p.name if p is not None else ""
 
 
-def start_authenticator(context: zmq.Context, gate: Gate) -> ThreadAuthenticator:
-    """Run the ZAP handler for `SITES_DOMAIN` on its own thread (call ``stop()`` at shutdown)."""
-    auth = _Authenticator(context, gate)
+def start_authenticator(context: zmq.Context, gates: dict[str, Gate | AnyKey]) -> ThreadAuthenticator:
+    """Run the ZAP handler for each ``{domain: gate}`` on its own thread (call ``stop()`` at shutdown)."""
+    auth = _Authenticator(context, gates)
     auth.start()
-    auth.configure_curve_callback(domain=SITES_DOMAIN, credentials_provider=gate)
+    for domain, gate in gates.items():
+        auth.configure_curve_callback(domain=domain, credentials_provider=gate)
     return auth
 
 
-def make_curve_server(sock: zmq.Socket, public_key: bytes, secret_key: bytes) -> None:
-    """Configure a (not yet bound) socket as a CURVE server checked by the ZAP handler."""
+def make_curve_server(sock: zmq.Socket, public_key: bytes, secret_key: bytes, domain: str = SITES_DOMAIN) -> None:
+    """Configure a (not yet bound) socket as a CURVE server checked by the ZAP handler for ``domain``."""
     sock.curve_server = True
     sock.curve_publickey = public_key
     sock.curve_secretkey = secret_key
-    sock.zap_domain = SITES_DOMAIN.encode()
+    sock.zap_domain = domain.encode()
 
 
 def make_curve_client(sock: zmq.Socket, public_key: bytes, secret_key: bytes, server_key: bytes) -> None:

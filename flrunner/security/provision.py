@@ -222,6 +222,14 @@ def _plan(out: Path, name: str, role: Role, endpoint: str | None, default_endpoi
     return _Plan(name, role, Status.EXISTS, kit.endpoint, kit.public_key)
 
 
+def default_admin_endpoint(sites_endpoint: str) -> str:
+    """The remote admin endpoint next to a sites endpoint: the next tcp port, or ``<path>-admin`` for ipc."""
+    if sites_endpoint.startswith("ipc://"):
+        return sites_endpoint + "-admin"
+    host, port = sites_endpoint.rsplit(":", 1)
+    return f"{host}:{int(port) + 1 if int(port) < 65535 else int(port) - 1}"
+
+
 def provision(out: str | os.PathLike, sites: Iterable[str] = (), admins: Iterable[str] = (),
               endpoint: str | None = None, admin_endpoint: str | None = None,
               clock: Callable[[], float] = time.time) -> list[Report]:
@@ -234,7 +242,8 @@ def provision(out: str | os.PathLike, sites: Iterable[str] = (), admins: Iterabl
         endpoint: the parent's sites endpoint written into new site kits. Default: the one in
             the parent's kit, or ``tcp://127.0.0.1:8002`` for a new project.
         admin_endpoint: the parent's admin endpoint written into new admin kits. Default: the
-            one in the parent's kit, or ``endpoint`` (then the default) for a new project.
+            one in the parent's kit, or for a new project the sites endpoint's next port
+            (``tcp://127.0.0.1:8003`` by default; see `default_admin_endpoint`).
         clock: the time source for the ``created``/``added`` stamps.
 
     Returns:
@@ -269,7 +278,7 @@ def provision(out: str | os.PathLike, sites: Iterable[str] = (), admins: Iterabl
             parent = None
             parent_status = Status.CREATED
         site_default = endpoint or (parent.endpoint if parent else DEFAULT_ENDPOINT)
-        admin_default = admin_endpoint or project_admin_endpoint or endpoint or DEFAULT_ENDPOINT
+        admin_default = admin_endpoint or project_admin_endpoint or default_admin_endpoint(site_default)
 
         active = read_entries(parent_dir / ALLOWLIST_FILE) if parent else {}
         revoked = read_entries(parent_dir / REVOKED_FILE) if parent else {}
