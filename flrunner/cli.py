@@ -268,7 +268,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(sites=args.sites, rounds=args.rounds, keep=args.keep)
+    return run_demo(sites=args.sites, rounds=args.rounds, keep=args.keep, secure=args.secure)
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sites", type=int, default=3)
     sp.add_argument("--rounds", type=int, default=5)
     sp.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    sp.add_argument("--secure", action="store_true", help="a provisioned deployment: CURVE sites, remote admin with "
+                                                          "an admin kit, end-to-end encrypted model updates")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("provision", help="create CURVE keys and start-up kits for a parent, its sites and admins",

@@ -4,6 +4,11 @@ The sample job is ``examples/fedavg``: federated averaging of a linear regressio
 each site trains on its own synthetic data. The demo prints each round's progress (the loss
 going down) and the final model next to the weights the sites' data were drawn from.
 
+With ``secure`` the deployment is provisioned first (``flrunner provision``): the sites connect
+with their kits over CURVE, the job is uploaded through the remote admin socket with an admin's
+kit, and the model updates travel as ``secure=True`` aux messages (end to end encrypted between
+the job and each site).
+
 Everything runs as real processes in a temporary workspace, and every process is stopped
 (gracefully, then by process group) before the demo returns, also when it fails.
 """
@@ -67,7 +72,7 @@ SAMPLE_JOB = "fedavg"
 FINAL_MODEL = "final_model.json"
 
 
-def _prepare_job(root: Path, sites: int, rounds: int) -> Path:
+def _prepare_job(root: Path, sites: int, rounds: int, secure: bool = False) -> Path:
     """A copy of the sample job with ``rounds`` rounds, runnable on ``sites`` sites."""
     job_dir = root / SAMPLE_JOB
     shutil.copytree(example_job(SAMPLE_JOB), job_dir)
@@ -80,6 +85,7 @@ def _prepare_job(root: Path, sites: int, rounds: int) -> Path:
     args = cfg["workflows"][0]["args"]
     args["num_rounds"] = rounds
     args["min_clients"] = min(args.get("min_clients", 1), sites)
+    args["secure"] = secure
     cfg_path.write_text(json.dumps(cfg, indent=2))
     return job_dir
 
@@ -104,7 +110,16 @@ def _show_model(path: Path, true_weights: list[float], say) -> None:
         say(f"  {name:6} {learned:10.5f} {true:10.5f}")
 
 
-def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout) -> int:
+def _provision(root: Path, sites: int, say) -> Path:
+    from .security import provision
+
+    project = root / "project"
+    provision(project, sites=[f"site-{i}" for i in range(1, sites + 1)], admins=["admin"])
+    say(f"provisioned {project}: kits for the parent, {sites} site(s) and an admin")
+    return project
+
+
+def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout, secure: bool = False) -> int:
     """Run the demo; returns 0 when the sample job ends ``FINISHED:COMPLETED``."""
     root = Path(tempfile.mkdtemp(prefix="flrunner-demo-"))
     ws = root / "workspace"
@@ -115,8 +130,10 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
 
     try:
         say(f"workspace: {ws}")
-        parent = _spawn(["parent", "--workspace", str(ws), "--sites", "tcp://127.0.0.1:*", "--site-timeout", "10"],
-                        root / "parent.out")
+        project = _provision(root, sites, say) if secure else None
+        secure_args = ["--kit", str(project / "parent"), "--admin", "tcp://127.0.0.1:*"] if project else []
+        parent = _spawn(["parent", "--workspace", str(ws), "--sites", "tcp://127.0.0.1:*", "--site-timeout", "10",
+                         *secure_args], root / "parent.out")
         procs.append(parent)
 
         def parent_up():
@@ -126,24 +143,26 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
                 return None
 
         info = _wait_for("the parent to start", parent_up, 30, parent)
-        say(f"parent pid {info['pid']}; sites connect to {info['sites']}")
+        say(f"parent pid {info['pid']}; sites connect to {info['sites']}"
+            + (f" (CURVE); remote admin on {info['remote_admin']} (CURVE)" if project else ""))
         for i in range(1, sites + 1):
-            procs.append(_spawn(["site", "--name", f"site-{i}", "--server", info["sites"],
+            who = ["--kit", str(project / f"site-{i}")] if project else ["--name", f"site-{i}"]
+            procs.append(_spawn(["site", *who, "--server", info["sites"],
                                  "--workspace", str(root / f"site-{i}")], root / f"site-{i}.out"))
         with AdminClient(info["admin"]) as admin:
             _wait_for(f"{sites} sites to log in", lambda: len(admin.clients()) >= sites, 30)
             say("sites logged in: " + ", ".join(sorted(c["name"] for c in admin.clients())))
 
-            job_dir = _prepare_job(root, sites, rounds)
+            job_dir = _prepare_job(root, sites, rounds, secure)
             true_weights = _true_weights(job_dir)
 
             from .embed import FLRunner, follow_job
 
-            runner = FLRunner(info["admin"])
+            runner = FLRunner.connect(project / "admin", info["remote_admin"]) if project else FLRunner(info["admin"])
             try:
                 with runner.events() as feed:
                     job_id = runner.submit(job_dir)
-                    say(f"submitted job {job_id}")
+                    say(f"submitted job {job_id}" + (" (uploaded by admin 'admin')" if project else ""))
                     t0 = time.monotonic()
 
                     def show(job: dict) -> None:

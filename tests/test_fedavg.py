@@ -344,11 +344,14 @@ def test_fedavg_fails_clearly_with_fewer_sites_than_min_clients(parent, start_si
     assert not (tmp / "ws" / "jobs" / job_id / "final_model.json").exists()
 
 
-def test_demo_runs_fedavg_end_to_end(procs, tmp):
-    """``python -m flrunner demo``: exit 0, the rounds and the model shown, nothing left behind."""
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
+def test_demo_runs_fedavg_end_to_end(procs, tmp, secure):
+    """``python -m flrunner demo [--secure]``: exit 0, the rounds and the model shown, nothing left behind.
+
+    With ``--secure``: provisioned kits, CURVE sites, the job uploaded over remote admin, sealed aux."""
     demo_tmp = tmp / "demo-tmp"
     demo_tmp.mkdir()
-    proc = procs.spawn(["-m", "flrunner", "demo", "--rounds", "4"], "demo",
+    proc = procs.spawn(["-m", "flrunner", "demo", "--rounds", "4", *(["--secure"] if secure else [])], "demo",
                        env={"TMPDIR": str(demo_tmp), "PYTHONPATH": str(ROOT)})
     try:
         rc = proc.wait(40)
@@ -359,5 +362,7 @@ def test_demo_runs_fedavg_end_to_end(procs, tmp):
     assert "final status: FINISHED:COMPLETED" in out
     assert "round 4/4: loss " in out, out  # earlier rounds show too, unless a status push was coalesced
     assert "learned" in out and "true" in out
+    if secure:
+        assert "(CURVE); remote admin on tcp://127.0.0.1:" in out and "uploaded by admin 'admin'" in out, out
     assert list(demo_tmp.iterdir()) == [], "the demo left its temporary folder behind"
     wait_for(lambda: not processes_under(demo_tmp), 5, "the demo's processes to be gone")

@@ -106,11 +106,13 @@ class FedAvg(Controller):
         model_state_id: the id of the `ModelState` component.
         task_name: the task sent to the sites.
         final_model_file: written to the job's run dir when the last round is done.
+        secure: send the model to the sites and back end to end encrypted (``secure=True`` aux:
+            the parent routes what it cannot read; needs sites started with their kits).
     """
 
     def __init__(self, num_rounds: int = 10, min_clients: int = 2, train_timeout: float = 30.0,
                  initial_weights: Sequence[float] = (0.0, 0.0, 0.0, 0.0), model_state_id: str = "model_state",
-                 task_name: str = "train", final_model_file: str = "final_model.json") -> None:
+                 task_name: str = "train", final_model_file: str = "final_model.json", secure: bool = False) -> None:
         super().__init__()
         if int(num_rounds) < 1:
             raise ValueError(f"num_rounds must be at least 1, got {num_rounds!r}")
@@ -123,6 +125,7 @@ class FedAvg(Controller):
         self.model_state_id = model_state_id
         self.task_name = task_name
         self.final_model_file = final_model_file
+        self.secure = bool(secure)
         self.state: Optional[ModelState] = None
 
     def start_controller(self, fl_ctx) -> None:
@@ -171,7 +174,7 @@ class FedAvg(Controller):
         """
         engine = fl_ctx.get_engine()
         request = Shareable({"weights": list(weights), "round": k, "num_rounds": self.num_rounds})
-        replies = engine.send_aux_request(None, self.task_name, request, self.train_timeout, fl_ctx)
+        replies = engine.send_aux_request(None, self.task_name, request, self.train_timeout, fl_ctx, secure=self.secure)
         if abort_signal.triggered:
             return None
         good: Dict[str, Tuple[List[float], int, float]] = {}
