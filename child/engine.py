@@ -18,7 +18,8 @@ from flrunner.job import Job
 from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.protocol import CHILD_PUSHES, Rc
 from flrunner.security.errors import SealedError
-from flrunner.security.sealed import key_from_z85, new_secret_key, open_reply, public_key_of, seal_request
+from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, public_key_of, reply_context,
+                                      request_context, seal_request)
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
@@ -243,6 +244,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         site_keys: dict[str, bytes] | None = None
         if secure:
             frames, site_keys = self._seal_request(names, frames, body)
+            replied_to = reply_context(frames[0])
         if timeout <= 0:
             body["fire_and_forget"] = True
             link.send("aux", body, frames)
@@ -275,7 +277,8 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                 link.end_call(call)
             for m in answers:
                 if isinstance(m.body.get("site"), str):
-                    replies[m.body["site"]] = reply_from(m) if site_keys is None else self._open_reply(m, site_keys)
+                    replies[m.body["site"]] = (reply_from(m) if site_keys is None
+                                               else self._open_reply(m, site_keys, replied_to))
             missing = [n for n in asked if n not in replies]
             if not missing or not self._wait_for_new_parent(epoch, deadline):
                 break
@@ -295,7 +298,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         """
         site_keys = self._site_keys(names)
         secret, public = self._sealing_key_pair()
-        blob, sealed = seal_request(frames, secret, site_keys)
+        blob, sealed = seal_request(frames, secret, site_keys, context=request_context(self.job_id, body["topic"]))
         body["sealed"], body["sender_key"] = sealed, public
         return [blob], site_keys
 
@@ -321,16 +324,16 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                 self._sealing_keys = (secret, public_key_of(secret))
             return self._sealing_keys
 
-    def _open_reply(self, msg: Message, site_keys: dict[str, bytes]) -> Shareable:
+    def _open_reply(self, msg: Message, site_keys: dict[str, bytes], context: bytes) -> Shareable:
         """A site's answer to a secure request: a reason in the clear (from the parent or the site,
-        never payload), or a payload that opens only if that site's key sealed it."""
+        never payload), or a payload that opens only if that site's key sealed it for this request."""
         site = msg.body["site"]
         if msg.rc not in (None, Rc.OK):
             return reply_from(msg)
         if site not in site_keys:
             return failure_reply(Rc.BAD_REQUEST, f"site '{site}' answered a secure request not sealed for it")
         try:
-            frames = open_reply(msg.frames, self._sealing_key_pair()[0], site_keys[site])
+            frames = open_reply(msg.frames, self._sealing_key_pair()[0], site_keys[site], context=context)
         except SealedError as exc:
             return failure_reply(Rc.BAD_REQUEST, f"the secure reply of site '{site}' cannot be opened: {exc}")
         return reply_from(replace(msg, frames=frames))

@@ -24,7 +24,8 @@ from flrunner import FLRunner
 from flrunner.bundles import make_bundle
 from flrunner.payload import decode_shareable, encode_shareable
 from flrunner.security.kit import load_kit
-from flrunner.security.sealed import key_from_z85, new_secret_key, open_reply, public_key_of, seal_request
+from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, public_key_of, reply_context,
+                                      request_context, seal_request)
 from flrunner.wire import Message, decode, encode
 from parent.router import RouterEndpoint
 
@@ -241,8 +242,8 @@ def start_site_job(fake: FakeParent, make_job) -> None:
     assert reply.rc == "OK", reply.body
 
 
-def aux_body(sealed_key: bytes, sender_key: bytes) -> dict:
-    return {"job_id": JOB_ID, "topic": "seen", "timeout": 5.0, "sealed_key": sealed_key, "sender_key": sender_key}
+def aux_body(sealed_key: bytes, sender_key: bytes, topic: str = "seen") -> dict:
+    return {"job_id": JOB_ID, "topic": topic, "timeout": 5.0, "sealed_key": sealed_key, "sender_key": sender_key}
 
 
 def flipped(data: bytes, at: int) -> bytes:
@@ -261,7 +262,7 @@ def test_a_kit_site_refuses_garbage_and_tampered_ciphertext_and_keeps_serving(fa
     job_public = public_key_of(job_secret)
     marker = new_marker("SECRET")
     blob, sealed = seal_request(encode_shareable(marker_payload(marker)), job_secret,
-                                {"site-1": key_from_z85(site_kit.public_key)})
+                                {"site-1": key_from_z85(site_kit.public_key)}, context=request_context(JOB_ID, "seen"))
 
     garbage = fake.request("aux", aux_body(os.urandom(72), job_public), [os.urandom(300)])
     assert garbage.rc == "BAD_REQUEST"
@@ -273,11 +274,14 @@ def test_a_kit_site_refuses_garbage_and_tampered_ciphertext_and_keeps_serving(fa
                                        "with its key (tampered with)")
     impostor = fake.request("aux", aux_body(sealed["site-1"], public_key_of(new_secret_key())), [blob])
     assert impostor.rc == "BAD_REQUEST" and "sealed key does not open" in impostor.body["reason"]
+    redirected = fake.request("aux", aux_body(sealed["site-1"], job_public, topic="other"), [blob])
+    assert redirected.rc == "BAD_REQUEST" and "sealed for another request, job or topic" in redirected.body["reason"]
 
     good = fake.request("aux", aux_body(sealed["site-1"], job_public), [blob])
     assert good.rc == "OK", good.body
     assert marker.encode() not in b"".join(frame_bytes(f) for f in good.frames)
-    reply = decode_shareable(open_reply(good.frames, job_secret, key_from_z85(site_kit.public_key)))
+    reply = decode_shareable(open_reply(good.frames, job_secret, key_from_z85(site_kit.public_key),
+                                        context=reply_context(blob)))
     assert reply.get("marker") == marker and reply.get("site") == "site-1"
     assert site.poll() is None
 

@@ -12,7 +12,8 @@ from flrunner.errors import BadRequest
 from flrunner.payload import decode_shareable, encode_shareable
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import (KEY_BYTES, SEALED_KEY_BYTES, key_from_z85, new_secret_key, open_reply,
-                                      open_request, public_key_of, seal_reply, seal_request)
+                                      open_request, public_key_of, reply_context, request_context, seal_reply,
+                                      seal_request)
 from flrunner.shareable import Shareable
 
 MARKER = b"UNIT-MARKER-0123456789"
@@ -130,7 +131,7 @@ def test_an_opened_payload_that_is_not_a_list_of_frames_is_refused(job, sites):
     """Only a key holder can produce it, but it is decoded with limits all the same."""
     site = sites["site-1"]
     box = Box(PrivateKey(site.secret), PublicKey(job.public))
-    for plain in (msgpack.packb({"not": "frames"}), msgpack.packb(["text"]), b"\xc1", msgpack.packb([b"x"] * 65)):
+    for plain in (msgpack.packb({"not": "frames"}), msgpack.packb(["text"]), b"\xc1", msgpack.packb([b""] + [b"x"] * 65)):
         with pytest.raises(SealedError, match="opened payload is not a list of frames"):
             open_reply([bytes(box.encrypt(plain))], job.secret, site.public)
 
@@ -147,3 +148,23 @@ def test_the_aux_ops_carry_sealed_keys_checked_field_by_field():
         P.AUX.validate({**base, "sealed": {b"site-1": b"k"}})
     with pytest.raises(BadRequest, match="field 'sender_key' is longer than"):
         P.SITE_AUX_REQUEST.validate({**base, "job_id": "j", "sealed_key": b"k", "sender_key": b"p" * 1000})
+
+
+def test_a_request_opens_only_for_the_job_and_topic_it_was_sealed_for(job, sites):
+    site = sites["site-1"]
+    blob, sealed = seal_request([b"head"], job.secret, {"site-1": site.public}, context=request_context("job-a", "train"))
+    assert open_request([blob], sealed["site-1"], site.secret, job.public,
+                        context=request_context("job-a", "train")) == [b"head"]
+    for other in (request_context("job-a", "validate"), request_context("job-b", "train"), b""):
+        with pytest.raises(SealedError, match="sealed for another request, job or topic"):
+            open_request([blob], sealed["site-1"], site.secret, job.public, context=other)
+
+
+def test_a_reply_opens_only_as_the_answer_to_its_own_request(job, sites):
+    site = sites["site-1"]
+    first, _ = seal_request([b"one"], job.secret, {"site-1": site.public})
+    second, _ = seal_request([b"two"], job.secret, {"site-1": site.public})
+    reply = seal_reply([b"answer"], site.secret, job.public, context=reply_context(first))
+    assert open_reply(reply, job.secret, site.public, context=reply_context(first)) == [b"answer"]
+    with pytest.raises(SealedError, match="sealed for another request"):
+        open_reply(reply, job.secret, site.public, context=reply_context(second))

@@ -15,12 +15,19 @@ goes to one key only, so it is sealed with a box directly (`seal_reply`). Openin
 both ends: a site's reply that opens with the job's secret key and the site's public key was
 sealed by the holder of that site's secret key.
 
+Each sealed payload is bound to a context, sealed inside it and checked on opening: a request to
+its job and topic (`request_context`), a reply to the very request it answers (`reply_context`,
+a digest of the request's ciphertext). So the parent, which cannot read a payload, cannot
+deliver it elsewhere either: not to another job's handler or another topic, and not as the reply
+to another request.
+
 Everything here is a pure function of bytes; keys are raw 32-byte ``bytes``. Whatever does not
 open raises `SealedError`, naming what failed and never echoing the input.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping, Sequence
 
 import msgpack
@@ -61,35 +68,47 @@ def key_from_z85(key: str | bytes) -> bytes:
     return raw
 
 
+def request_context(job_id: str, topic: str) -> bytes:
+    """What a sealed aux request is bound to: its job and its topic."""
+    return msgpack.packb(["aux-request", job_id, topic], use_bin_type=True)
+
+
+def reply_context(request_blob: bytes) -> bytes:
+    """What a sealed reply is bound to: the request it answers (the digest of its ciphertext)."""
+    return hashlib.sha256(b"aux-reply\0" + _frame_bytes(request_blob)).digest()
+
+
 # --- requests: one ciphertext for every site, a sealed key per site ---------------------------------
 
 
-def seal_request(frames: Sequence[Any], sender_secret: bytes, recipients: Mapping[str, bytes]
-                 ) -> tuple[bytes, dict[str, bytes]]:
+def seal_request(frames: Sequence[Any], sender_secret: bytes, recipients: Mapping[str, bytes], *,
+                 context: bytes = b"") -> tuple[bytes, dict[str, bytes]]:
     """Encrypt ``frames`` once for several recipients.
 
     Args:
         frames: the payload frames (`flrunner.payload.encode_shareable`).
         sender_secret: the sender's secret key.
         recipients: ``{name: public key}``.
+        context: what the payload is bound to (`request_context`); opening checks it.
 
     Returns:
         (the ciphertext, to send to every recipient; ``{name: sealed key}``, each one's own).
     """
     data_key = random_bytes(SecretBox.KEY_SIZE)
-    blob = bytes(SecretBox(data_key).encrypt(_pack(frames)))
+    blob = bytes(SecretBox(data_key).encrypt(_pack(frames, context)))
     sealed = {name: bytes(_box(sender_secret, public, f"'{name}'").encrypt(data_key))
               for name, public in recipients.items()}
     return blob, sealed
 
 
-def open_request(frames: Sequence[Any], sealed_key: bytes, recipient_secret: bytes, sender_public: bytes
-                 ) -> list[bytes]:
+def open_request(frames: Sequence[Any], sealed_key: bytes, recipient_secret: bytes, sender_public: bytes, *,
+                 context: bytes = b"") -> list[bytes]:
     """The payload frames of a sealed request, opened with the recipient's secret key.
 
     Raises:
-        SealedError: not one ciphertext frame, a malformed key, or a key or ciphertext that does
-            not open (tampered with, or sealed by or for another key).
+        SealedError: not one ciphertext frame, a malformed key, a key or ciphertext that does
+            not open (tampered with, or sealed by or for another key), or a payload sealed for
+            another ``context``.
     """
     blob = _single(frames, "request")
     try:
@@ -101,30 +120,33 @@ def open_request(frames: Sequence[Any], sealed_key: bytes, recipient_secret: byt
         plain = SecretBox(data_key).decrypt(blob)
     except CryptoError:
         raise SealedError("its payload does not open with its key (tampered with)") from None
-    return _unpack(plain)
+    return _unpack(plain, context)
 
 
 # --- replies: sealed to one key ---------------------------------------------------------------------
 
 
-def seal_reply(frames: Sequence[Any], sender_secret: bytes, recipient_public: bytes) -> list[bytes]:
-    """``frames`` sealed from the sender's key pair to ``recipient_public``: one ciphertext frame."""
-    return [bytes(_box(sender_secret, recipient_public, "the recipient").encrypt(_pack(frames)))]
+def seal_reply(frames: Sequence[Any], sender_secret: bytes, recipient_public: bytes, *,
+               context: bytes = b"") -> list[bytes]:
+    """``frames`` sealed from the sender's key pair to ``recipient_public``: one ciphertext frame,
+    bound to ``context`` (`reply_context` of the request it answers)."""
+    return [bytes(_box(sender_secret, recipient_public, "the recipient").encrypt(_pack(frames, context)))]
 
 
-def open_reply(frames: Sequence[Any], recipient_secret: bytes, sender_public: bytes) -> list[bytes]:
-    """The frames of a sealed reply, opened only if ``sender_public``'s holder sealed them.
+def open_reply(frames: Sequence[Any], recipient_secret: bytes, sender_public: bytes, *,
+               context: bytes = b"") -> list[bytes]:
+    """The frames of a sealed reply, opened only if ``sender_public``'s holder sealed them for ``context``.
 
     Raises:
-        SealedError: not one ciphertext frame, or one that does not open (tampered with, or not
-            sealed by that sender for this key).
+        SealedError: not one ciphertext frame, one that does not open (tampered with, or not
+            sealed by that sender for this key), or one sealed for another ``context``.
     """
     blob = _single(frames, "reply")
     try:
         plain = _box(recipient_secret, sender_public, "the sender").decrypt(blob)
     except CryptoError:
         raise SealedError("it does not open with the sender's key (tampered with, or sealed by another key)") from None
-    return _unpack(plain)
+    return _unpack(plain, context)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -156,23 +178,26 @@ def _single(frames: Sequence[Any], what: str) -> bytes:
     return _frame_bytes(frames[0])
 
 
-def _pack(frames: Sequence[Any]) -> bytes:
+def _pack(frames: Sequence[Any], context: bytes) -> bytes:
     if len(frames) > MAX_FRAMES:
         raise SealedError(f"{len(frames)} frames is over the limit of {MAX_FRAMES} for a sealed payload")
-    return msgpack.packb([_frame_bytes(f) for f in frames], use_bin_type=True)
+    return msgpack.packb([bytes(context)] + [_frame_bytes(f) for f in frames], use_bin_type=True)
 
 
-def _unpack(plain: bytes) -> list[bytes]:
-    """The frames packed by `_pack`. The plaintext was authenticated, but is still decoded with limits."""
+def _unpack(plain: bytes, context: bytes) -> list[bytes]:
+    """The frames packed by `_pack` for ``context``. The plaintext was authenticated, but is still
+    decoded with limits."""
     try:
-        frames = msgpack.unpackb(plain, raw=False, max_bin_len=len(plain), max_array_len=MAX_FRAMES, max_str_len=0,
-                                 max_map_len=0, max_ext_len=0)
+        items = msgpack.unpackb(plain, raw=False, max_bin_len=len(plain), max_array_len=MAX_FRAMES + 1, max_str_len=0,
+                                max_map_len=0, max_ext_len=0)
     except Exception as exc:
         raise SealedError(f"its opened payload is not a list of frames ({type(exc).__name__})") from None
-    if not isinstance(frames, list) or not all(isinstance(f, bytes) for f in frames):
+    if not isinstance(items, list) or not items or not all(isinstance(f, bytes) for f in items):
         raise SealedError("its opened payload is not a list of frames")
-    return frames
+    if items[0] != context:
+        raise SealedError("it was sealed for another request, job or topic (replayed or redirected on the way)")
+    return items[1:]
 
 
 __all__ = ["KEY_BYTES", "SEALED_KEY_BYTES", "MAX_FRAMES", "new_secret_key", "public_key_of", "key_from_z85",
-           "seal_request", "open_request", "seal_reply", "open_reply"]
+           "request_context", "reply_context", "seal_request", "open_request", "seal_reply", "open_reply"]

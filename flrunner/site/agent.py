@@ -27,7 +27,7 @@ from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
 from flrunner.link import Link
 from flrunner.payload import decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.security.errors import SealedError
-from flrunner.security.sealed import key_from_z85, open_request, seal_reply
+from flrunner.security.sealed import key_from_z85, open_request, reply_context, request_context, seal_reply
 from flrunner.shareable import Shareable
 from flrunner.wire import Message
 from flrunner.workspace import Workspace
@@ -193,7 +193,7 @@ class SiteAgent:
         if args["fire_and_forget"]:
             return
         try:
-            frames = self._seal(encode_shareable(reply), args)
+            frames = self._seal(encode_shareable(reply), msg, args)
         except EncodeError as exc:
             self.link.reply(msg, {"reason": f"the reply of '{args['topic']}' cannot travel: {exc}"}, rc=P.Rc.ERROR)
             return
@@ -207,13 +207,15 @@ class SiteAgent:
             raise SealedError("this site has no provisioned key (it was not started with --kit)")
         if args["sender_key"] is None:
             raise SealedError("it names no sender key")
-        return open_request(msg.frames, args["sealed_key"], self.sealing_key, args["sender_key"])
+        return open_request(msg.frames, args["sealed_key"], self.sealing_key, args["sender_key"],
+                            context=request_context(args["job_id"], args["topic"]))
 
-    def _seal(self, frames: list, args: dict) -> list:
-        """A reply's frames: sealed to the job's key if its request was sealed, else as they are."""
+    def _seal(self, frames: list, request: Message, args: dict) -> list:
+        """A reply's frames: sealed to the job's key (and bound to ``request``) if the request was
+        sealed, else as they are."""
         if args["sealed_key"] is None:
             return frames
-        return seal_reply(frames, self.sealing_key, args["sender_key"])
+        return seal_reply(frames, self.sealing_key, args["sender_key"], context=reply_context(request.frames[0]))
 
     def _check_resources(self, msg: Message, args: dict) -> None:
         ok, token, reason = self.resource_manager.check(args["job_id"], args["spec"], float(args["ttl"]))
