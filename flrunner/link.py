@@ -77,7 +77,8 @@ class Link:
         heartbeat_body: the body of each heartbeat (a site sends its token).
         configure: called with the DEALER socket before it connects (e.g. to set CURVE keys).
         on_heartbeat_refused: called on the I/O thread when the parent answers a heartbeat with an
-            error (it no longer knows this peer: it restarted, or expired the session).
+            error (it no longer knows this peer: it restarted, or expired the session); not for
+            ``RATE_LIMITED``, which only means the peer sends too much.
         immediate: queue messages only while connected (ZMQ_IMMEDIATE); while the parent is
             unreachable they are dropped and their requests time out, instead of piling up and
             all arriving at once when it is back (what a site wants; a job process sends its
@@ -239,7 +240,8 @@ class Link:
                 log.warning("dropped an undecodable message from the parent: %s", exc)
                 continue
             if msg.is_reply and msg.re == self._heartbeat_id:
-                if msg.rc != Rc.OK and self.on_heartbeat_refused is not None:
+                # RATE_LIMITED only says this peer is sending too much: the parent still knows it.
+                if msg.rc not in (Rc.OK, Rc.RATE_LIMITED) and self.on_heartbeat_refused is not None:
                     self.on_heartbeat_refused(msg)
                 continue
             if msg.is_reply:
