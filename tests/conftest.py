@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import psutil
 import pytest
@@ -26,6 +26,15 @@ from flrunner.errors import ParentUnavailable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+
+
+def provision_project(tmp: Path, sites: Sequence[str] = (), admins: Sequence[str] = ()) -> Path:
+    """``flrunner provision`` of ``tmp/project`` with kits for ``sites`` and ``admins``; returns its folder."""
+    out = tmp / "project"
+    args = [a for name in sites for a in ("--site", name)] + [a for name in admins for a in ("--admin", name)]
+    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), *args], check=True,
+                   capture_output=True)
+    return out
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:

@@ -16,15 +16,12 @@ from flrunner.embed import FLRunner
 from flrunner.errors import BadRequest, ParentUnavailable, Unauthorized
 from flrunner.security.kit import load_kit
 
-from .conftest import wait_for
+from .conftest import provision_project, wait_for
 
 
 @pytest.fixture
 def project(tmp):
-    out = tmp / "project"
-    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), "--site", "site-1",
-                    "--admin", "alice", "--admin", "bob"], check=True, capture_output=True)
-    return out
+    return provision_project(tmp, ["site-1"], ["alice", "bob"])
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import psutil
 import pytest
@@ -13,13 +11,12 @@ import zmq
 from flrunner.security.kit import load_kit
 from flrunner.wire import Message, decode, encode
 
+from .conftest import provision_project
+
 
 @pytest.fixture
 def project(tmp):
-    out = tmp / "project"
-    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), "--site", "site-1"],
-                   check=True, capture_output=True)
-    return out
+    return provision_project(tmp, ["site-1"])
 
 
 def free_port() -> int:

@@ -11,15 +11,12 @@ import zmq
 
 from flrunner.wire import Message, decode, encode
 
-from .conftest import wait_for
+from .conftest import provision_project, wait_for
 
 
 @pytest.fixture
 def project(tmp):
-    out = tmp / "project"
-    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), "--site", "site-1",
-                    "--site", "site-2", "--admin", "alice"], check=True, capture_output=True)
-    return out
+    return provision_project(tmp, ["site-1", "site-2"], ["alice"])
 
 
 @pytest.fixture
