@@ -42,7 +42,6 @@ class AdminService:
                  subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str, offload: Offload,
                  clock: Callable[[], float] = time.monotonic, remote: RouterEndpoint | None = None) -> None:
         self.local = endpoint
-        self.remote = remote
         self.manager = manager
         self.registry = registry
         self.subscriber_ttl = subscriber_ttl
