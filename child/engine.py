@@ -18,8 +18,8 @@ from flrunner.job import Job
 from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.protocol import CHILD_PUSHES, Rc
 from flrunner.security.errors import SealedError
-from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, public_key_of, reply_context,
-                                      request_context, seal_request)
+from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, open_request, public_key_of,
+                                      reply_context, request_context, seal_reply, seal_request, site_request_context)
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
@@ -68,7 +68,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         self._pushed_revision = -1
         self._clients_lock = threading.Lock()
         self._stale = False
-        #: This job process's (secret, public) key for secure aux: made on first use, never written.
+        #: This job process's (secret, public) key for secure aux: made at its hello, never written.
         self._sealing_keys: tuple[bytes, bytes] | None = None
         self._sealing_lock = threading.Lock()
 
@@ -317,6 +317,11 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                     log.warning("site %s: its public key is unusable: %s", name, exc)
         return keys
 
+    def sealing_public_key(self) -> bytes:
+        """This job process's public key for secure aux. Its hello gives it to the parent, which
+        passes it to the job's sites: they seal their secure requests to the engine with it."""
+        return self._sealing_key_pair()[1]
+
     def _sealing_key_pair(self) -> tuple[bytes, bytes]:
         with self._sealing_lock:
             if self._sealing_keys is None:
@@ -394,30 +399,70 @@ class ServerEngine(EngineBase, ServerEngineSpec):
 
     # --- requests from sites --------------------------------------------------------------------------------
     def _serve_site_aux(self, msg: Message) -> None:
+        """Serve a site's aux request (on the aux pool): open it if it is sealed, run the topic's
+        handler, and answer, sealed back to the site if the request was. A sealed request that does
+        not open is answered with the reason, in the clear, and its handler never runs."""
         body = msg.body
         try:
-            request = decode_shareable(msg.frames)
-        except FlrunnerError as exc:
-            reply = failure_reply(Rc.BAD_REQUEST, f"undecodable request: {exc}")
-        else:
-            handler = self.aux_handlers.get(body["topic"])
-            if handler is None:
-                reply = make_reply(ReturnCode.TOPIC_UNKNOWN, {REASON_HEADER: f"the job's engine has no handler for "
-                                                                             f"'{body['topic']}'"})
-            else:
-                fl_ctx = self.new_context()
-                fl_ctx.set_prop("__peer_name__", body["site"], private=True, sticky=False)
-                try:
-                    reply = handler(body["topic"], request, fl_ctx)
-                    if not isinstance(reply, Shareable):
-                        reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR,
-                                           {REASON_HEADER: f"handler returned {type(reply).__name__}, not a Shareable"})
-                except Exception as exc:
-                    log.exception("aux handler for '%s' failed", body["topic"])
-                    reply = make_reply(ReturnCode.EXECUTION_EXCEPTION, {REASON_HEADER: f"{type(exc).__name__}: {exc}"[:2000]})
+            frames, site_key = self._open_site_request(msg)
+        except SealedError as exc:
+            log.warning("a secure request of site %s for '%s' was refused: %s", body["site"], body["topic"], exc)
+            if not body.get("fire_and_forget") and self.link is not None:
+                self.link.reply(msg, {"reason": f"the job's engine cannot open the secure request of site "
+                                                f"'{body['site']}': {exc}"}, rc=exc.rc)
+            return
+        reply = self._handle_site_request(body["site"], body["topic"], frames)
         if body.get("fire_and_forget") or self.link is None:
             return
         try:
-            self.link.reply(msg, {}, encode_shareable(reply))
+            out = encode_shareable(reply)
         except EncodeError as exc:
             self.link.reply(msg, {"reason": f"the reply cannot travel: {exc}"}, rc=Rc.ERROR)
+            return
+        if site_key is not None:
+            out = seal_reply(out, self._sealing_key_pair()[0], site_key, context=reply_context(msg.frames[0]))
+        self.link.reply(msg, {}, out)
+
+    def _open_site_request(self, msg: Message) -> tuple[list, bytes | None]:
+        """A site's request frames, and that site's public key if the request came sealed.
+
+        A sealed request opens only with the key the job's site list holds for the site the parent
+        says sent it (never a key the request itself names): so it was sealed by that site.
+
+        Raises:
+            SealedError: the site has no usable key in the site list, or the request does not open
+                (tampered with, sealed for another key, job, topic or direction).
+        """
+        sealed_key = msg.body.get("sealed_key")
+        if sealed_key is None:
+            return msg.frames, None
+        site, topic = msg.body["site"], msg.body["topic"]
+        site_key = self._site_keys([site]).get(site)
+        if site_key is None:
+            raise SealedError(f"site '{site}' has no provisioned key in the job's site list (secure aux needs a "
+                              f"parent and sites started with --kit)")
+        frames = open_request(msg.frames, sealed_key, self._sealing_key_pair()[0], site_key,
+                              context=site_request_context(self.job_id, topic))
+        return frames, site_key
+
+    def _handle_site_request(self, site: str, topic: str, frames: list) -> Shareable:
+        """The reply of the topic's handler to a site's request, or a reply saying why there is none."""
+        try:
+            request = decode_shareable(frames)
+        except FlrunnerError as exc:
+            return failure_reply(Rc.BAD_REQUEST, f"undecodable request: {exc}")
+        handler = self.aux_handlers.get(topic)
+        if handler is None:
+            return make_reply(ReturnCode.TOPIC_UNKNOWN,
+                              {REASON_HEADER: f"the job's engine has no handler for '{topic}'"})
+        fl_ctx = self.new_context()
+        fl_ctx.set_prop("__peer_name__", site, private=True, sticky=False)
+        try:
+            reply = handler(topic, request, fl_ctx)
+        except Exception as exc:
+            log.exception("aux handler for '%s' failed", topic)
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION, {REASON_HEADER: f"{type(exc).__name__}: {exc}"[:2000]})
+        if not isinstance(reply, Shareable):
+            return make_reply(ReturnCode.EXECUTION_RESULT_ERROR,
+                              {REASON_HEADER: f"handler returned {type(reply).__name__}, not a Shareable"})
+        return reply

@@ -68,7 +68,8 @@ class ParentSession:
         self.link.close()
 
     def _hello(self, timeout: float) -> None:
-        self.link.request("hello", {"job_id": self.job_id, "secret": self._secret, "pid": os.getpid()}, timeout=timeout)
+        self.link.request("hello", {"job_id": self.job_id, "secret": self._secret, "pid": os.getpid(),
+                                    "sealing_key": self.engine.sealing_public_key()}, timeout=timeout)
 
     # --- the parent went away, or came back as a new process ------------------------------------
     def _lost(self) -> None:

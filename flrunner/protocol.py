@@ -146,8 +146,10 @@ _ID = 128  # longest job id / site name / token on the wire
 _KEY = 128  # longest key of a sealed aux payload (public keys are 32 bytes, sealed keys 72)
 
 # --- child -> parent (jobs socket) -------------------------------------------------------------
-HELLO = Op("hello", "A job process authenticates with its job id and per-job secret.",
-           {"job_id": req(str, max_len=_ID), "secret": req(str, max_len=256), "pid": req(int)}, needs_auth=False)
+HELLO = Op("hello", "A job process authenticates with its job id and per-job secret, and gives the public key "
+           "its sites seal their secure aux requests to ('sealing_key', 32 bytes; the parent passes it on).",
+           {"job_id": req(str, max_len=_ID), "secret": req(str, max_len=256), "pid": req(int),
+            "sealing_key": opt(bytes, max_len=_KEY)}, needs_auth=False)
 SYNC_CLIENTS = Op("sync_clients", "The site list: all of it, or the changes since registry revision 'since'.",
                   {"since": opt(int)})
 RUN_STATUS = Op("run_status", "The engine's run status; acknowledged once durable in the job store.",
@@ -175,23 +177,28 @@ JOB_OPS = OpTable("jobs", HELLO, SYNC_CLIENTS, RUN_STATUS, JOB_HEARTBEAT, AUX, C
 ABORT = Op("abort", "Stop the job: workflows see abort_signal.triggered.", {"reason": opt(str)})
 CLIENTS_CHANGED = Op("clients_changed", "The site registry changed; the body is the delta.",
                      {"revision": req(int), "changes": req(list), "base": req(int)})
-CHILD_AUX = Op("aux", "A site's aux request to this job's engine (payload in raw frames); answer it.",
-               {"site": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool)})
+CHILD_AUX = Op("aux", "A site's aux request to this job's engine (payload in raw frames); answer it. A secure one "
+               "carries one ciphertext frame and its key sealed by the site for the job's key ('sealed_key'); the "
+               "reply is then sealed to the site's key.",
+               {"site": req(str), "topic": req(str), "timeout": req(int, float), "fire_and_forget": opt(bool),
+                "sealed_key": opt(bytes, max_len=_KEY)})
 CHILD_PUSHES = OpTable("child", ABORT, CLIENTS_CHANGED, CHILD_AUX)
 
 # --- site <-> parent (sites socket) ------------------------------------------------------------
 LOGIN = Op("login", "A site logs in with its name (and, later, credentials) and gets a token; it lists the "
-           "jobs it runs, and is told which of them to stop (jobs this parent does not run).",
+           "jobs it runs, and is told which of them to stop (jobs this parent does not run) and the public keys "
+           "of the others' job processes ('job_keys').",
            {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int), "jobs": opt(list, max_len=10_000)},
            needs_auth=False)
 SITE_HEARTBEAT = Op("heartbeat", "A site is alive.", {"token": req(str, max_len=_ID)})
 LOGOUT = Op("logout", "A site leaves the registry.", {"token": req(str, max_len=_ID)})
-SITE_AUX = Op("aux", "A site's aux request to a job's engine (payload in raw frames), answered with the engine's reply.",
+SITE_AUX = Op("aux", "A site's aux request to a job's engine (payload in raw frames), answered with the engine's "
+              "reply. A secure one carries one ciphertext frame and its key sealed for the job's key ('sealed_key').",
               {"token": req(str, max_len=_ID), "job_id": req(str, max_len=_ID), "topic": req(str, max_len=256),
-               "timeout": req(int, float), "fire_and_forget": opt(bool)})
+               "timeout": req(int, float), "fire_and_forget": opt(bool), "sealed_key": opt(bytes, max_len=_KEY)})
 SITE_OPS = OpTable("sites", LOGIN, SITE_HEARTBEAT, LOGOUT, SITE_AUX)
 
-# --- parent -> site pushes (answered, except fire-and-forget aux, cancel_resources, stop_job) ----
+# --- parent -> site pushes (answered, except fire-and-forget aux, cancel_resources, stop_job, job_key) ---
 SITE_AUX_REQUEST = Op("aux", "A job's aux request (payload in raw frames) for this site. A secure one carries "
                       "one ciphertext frame, its key sealed for this site ('sealed_key') and the job's public key "
                       "('sender_key'); the reply is then sealed to that key.",
@@ -200,11 +207,16 @@ SITE_AUX_REQUEST = Op("aux", "A job's aux request (payload in raw frames) for th
 SITE_CHECK_RESOURCES = Op("check_resources", "Does this resource spec fit? Reserve it: {ok, token, reason}.",
                           {"job_id": req(str), "spec": req(dict), "ttl": req(int, float)})
 SITE_CANCEL_RESOURCES = Op("cancel_resources", "Release a reservation.", {"token": req(str)})
-SITE_START_JOB = Op("start_job", "Run a job's site app (bundle: one raw frame, a tar.gz of the app folder).",
-                    {"job_id": req(str), "job_name": req(str), "app": req(str), "token": opt(str), "meta": opt(dict)})
+SITE_START_JOB = Op("start_job", "Run a job's site app (bundle: one raw frame, a tar.gz of the app folder); "
+                    "'job_key' is the job process's public key if it has said hello already.",
+                    {"job_id": req(str), "job_name": req(str), "app": req(str), "token": opt(str), "meta": opt(dict),
+                     "job_key": opt(bytes, max_len=_KEY)})
 SITE_STOP_JOB = Op("stop_job", "Stop this site's part of a job.", {"job_id": req(str), "reason": opt(str)})
+SITE_JOB_KEY = Op("job_key", "The public key of a job's process (sent after each of its hellos): the site seals its "
+                  "secure aux requests to that job's engine with it.",
+                  {"job_id": req(str), "key": req(bytes, max_len=_KEY)})
 SITE_PUSHES = OpTable("site", SITE_AUX_REQUEST, SITE_CHECK_RESOURCES, SITE_CANCEL_RESOURCES, SITE_START_JOB,
-                      SITE_STOP_JOB)
+                      SITE_STOP_JOB, SITE_JOB_KEY)
 
 # --- admin -> parent (admin socket) ------------------------------------------------------------
 SUBMIT = Op("submit", "Validate and queue a job folder: a parent-local path (job_dir; local admin socket only) or "

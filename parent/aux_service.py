@@ -6,7 +6,8 @@ The parent only routes: payloads stay in their raw frames and are forwarded as t
 reply (or the reason there is none: unknown, offline, timed out, left while waited on) goes back
 to the engine as it comes. A secure request's payload is ciphertext the parent has no key for:
 it forwards each site the payload's key sealed for that site, and sends nothing to a site the
-request was not sealed for.
+request was not sealed for. A site's secure request to the engine is forwarded the same way, its
+key sealed for the job process's key, which the parent passed on from the job's hello.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ class AuxService:
             self.jobs.reply(req.identity, req.msg, {"results": {s: [ok, d.get("reason")] for s, (ok, d) in results.items()}})
 
         assert job.job is not None
-        self.site_jobs.start(job.job, list(dict.fromkeys(sites)), tokens, done, req.args["timeout"])
+        self.site_jobs.start(job.job, list(dict.fromkeys(sites)), tokens, done, req.args["timeout"],
+                             job_key=job.sealing_key)
 
     @staticmethod
     def _check_sites(job: RunningJob, by_site: dict) -> None:
@@ -206,6 +208,8 @@ class AuxService:
         if not job.may_address(site):
             raise Unauthorized(f"site '{site}' is not a site of job {job.job_id}")
         body = {"site": site, "topic": req.args["topic"], "timeout": req.args["timeout"]}
+        if req.args["sealed_key"] is not None:
+            body["sealed_key"] = req.args["sealed_key"]
         if req.args["fire_and_forget"]:
             body["fire_and_forget"] = True
             self.jobs.push(job.identity, "aux", body, req.msg.frames)

@@ -269,8 +269,12 @@ class JobManager:
         job.proc.terminate(signal.SIGKILL)
 
     # --- messages from job processes --------------------------------------------------------------------
-    def hello(self, identity: bytes, job_id: str, secret: str, pid: int) -> JobRecord:
-        """Authenticate a job process. Raises `Unauthorized` for a wrong job, secret or pid."""
+    def hello(self, identity: bytes, job_id: str, secret: str, pid: int, sealing_key: bytes | None = None) -> JobRecord:
+        """Authenticate a job process. Raises `Unauthorized` for a wrong job, secret or pid.
+
+        Its ``sealing_key`` goes to the sites its app runs on, after every hello: a process
+        relaunched after a crash has a new key, and a re-adopted one tells sites that missed it.
+        """
         job = self.running.get(job_id)
         if job is None or not hmac.compare_digest(job.secret_hash, hash_secret(secret)):
             raise Unauthorized("hello refused: unknown job id or wrong secret")
@@ -282,6 +286,9 @@ class JobManager:
         job.identity = identity
         job.last_heard = time.monotonic()
         self.by_identity[identity] = job_id
+        job.sealing_key = sealing_key
+        if sealing_key is not None and job.sites:
+            self.site_jobs.send_job_key(job_id, sorted(job.sites), sealing_key)
         for t in job.timers:
             if t.fn in (self._start_timeout, self._adoption_expired):
                 t.cancel()
@@ -340,6 +347,11 @@ class JobManager:
             raise Unauthorized("this peer has not said hello with a valid job secret")
         job.last_heard = time.monotonic()
         return job
+
+    def sealing_key(self, job_id: str) -> bytes | None:
+        """The public key of a running job's process (None: not running, or no hello yet)."""
+        job = self.running.get(job_id)
+        return job.sealing_key if job is not None else None
 
     def report_status(self, job: RunningJob, status: str | None, progress: Any, error: str | None) -> JobRecord:
         """Store a job process's status report durably (the reply is sent after this returns)."""

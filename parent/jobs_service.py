@@ -7,6 +7,8 @@ import hmac
 import logging
 
 from flrunner import protocol as P
+from flrunner.errors import BadRequest
+from flrunner.security.sealed import KEY_BYTES
 from flrunner.wire import Message
 
 from .jobs import JobManager
@@ -35,7 +37,11 @@ class JobsService:
             self.manager.job_for(identity)
 
     def hello(self, req: Request) -> dict:
-        rec = self.manager.hello(req.identity, req.args["job_id"], req.args["secret"], req.args["pid"])
+        key = req.args["sealing_key"]
+        if key is not None and len(key) != KEY_BYTES:
+            raise BadRequest(f"op 'hello': field 'sealing_key' must be a {KEY_BYTES}-byte public key, "
+                             f"got {len(key)} bytes")
+        rec = self.manager.hello(req.identity, req.args["job_id"], req.args["secret"], req.args["pid"], key)
         return {"status": rec.status.value, "name": rec.name, "meta": rec.meta}
 
     def sync_clients(self, req: Request) -> dict:

@@ -144,7 +144,7 @@ class Parent:
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4),
                                           runs_job=lambda job_id: job_id in self.manager.running,
-                                          max_sites=cfg.max_sites)
+                                          max_sites=cfg.max_sites, job_key=self.manager.sealing_key)
         self.aux_service = AuxService(self.jobs, self.sites, self.manager, self.registry, self.gateway,
                                       self.site_jobs, self.outstanding, self.timers,
                                       login_grace=cfg.adopt_window + cfg.site_timeout / 4)

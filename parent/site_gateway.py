@@ -104,8 +104,12 @@ class SiteJobs:
                 self.gateway.send(site, "cancel_resources", {"token": token})
 
     def start(self, job: Job, sites: list[str], tokens: dict[str, str], done: Callable[[Results], None],
-              timeout: float | None = None) -> None:
-        """Ship each site its app and start it there (consuming the site's reservation)."""
+              timeout: float | None = None, job_key: bytes | None = None) -> None:
+        """Ship each site its app and start it there (consuming the site's reservation).
+
+        ``job_key`` is the job process's public key once it has said hello (a site app started by
+        the job's engine); sites started before that get it with the hello (`send_job_key`).
+        """
         apps = {s: job.get_application_name(s) for s in sites}
         missing = sorted(s for s, app in apps.items() if app is None)
         to_start = [s for s in sites if apps[s] is not None]
@@ -122,9 +126,15 @@ class SiteJobs:
             return
         self.gateway.gather(to_start, "start_job",
                             lambda s: {"job_id": job.job_id, "job_name": job.name, "app": apps[s],
-                                       "token": tokens.get(s), "meta": job.meta},
+                                       "token": tokens.get(s), "meta": job.meta, "job_key": job_key},
                             timeout or self.request_timeout, finish, frames_for=lambda s: [bundles[s]],
                             job_id=job.job_id)
+
+    def send_job_key(self, job_id: str, sites: list[str], key: bytes) -> None:
+        """Tell sites the public key of the job's process, which their secure aux requests to its
+        engine are sealed to (fire and forget: a site not logged in gets it when it logs in)."""
+        for site in sites:
+            self.gateway.send(site, "job_key", {"job_id": job_id, "key": key})
 
     def stop(self, job_id: str, sites: list[str], reason: str) -> None:
         for site in sites:

@@ -21,9 +21,12 @@ class SitesService:
     """Serves site agents on the sites socket."""
 
     def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, heartbeat_interval: float,
-                 runs_job: Callable[[str], bool] = lambda job_id: False, max_sites: int = 100_000) -> None:
+                 runs_job: Callable[[str], bool] = lambda job_id: False, max_sites: int = 100_000,
+                 job_key: Callable[[str], bytes | None] = lambda job_id: None) -> None:
         self.registry = registry
         self.runs_job = runs_job
+        #: The public key of a running job's process (`JobManager.sealing_key`).
+        self.job_key = job_key
         #: With CURVE, every request must come from a provisioned key, acting only as its own name.
         self.require_user_id = False
         #: Whether a provisioned name may still connect (the allowlist, re-read as it changes).
@@ -63,10 +66,12 @@ class SitesService:
         rec = self.registry.login(name, req.identity, props)
         log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
         # A site that logs in again (this parent restarted, or forgot it) keeps the site apps of
-        # jobs that still run here, and stops the others.
-        stop = [j for j in (req.args["jobs"] or []) if isinstance(j, str) and not self.runs_job(j)]
+        # jobs that still run here, and stops the others. It gets the keys of their processes,
+        # which may have said hello (re-adopted, or relaunched with a new key) while it was away.
+        jobs = [j for j in (req.args["jobs"] or []) if isinstance(j, str)]
+        keys = {j: key for j in jobs if (key := self.job_key(j)) is not None}
         return {"token": rec.token, "heartbeat_interval": self.heartbeat_interval, "revision": self.registry.revision,
-                "stop_jobs": stop}
+                "stop_jobs": [j for j in jobs if not self.runs_job(j)], "job_keys": keys}
 
     def heartbeat(self, req: Request) -> dict:
         self.registry.heartbeat(req.args["token"], req.identity)

@@ -46,6 +46,8 @@ class RunningJob:
     readopted: bool = False
     #: Why the job is lost (it did not reconnect after a parent restart).
     lost_reason: str | None = None
+    #: The public key its process gave in its hello (its sites seal secure aux requests to it).
+    sealing_key: bytes | None = None
     job: Job | None = None
     #: Sites whose part of the job was started (they get stop_job when it ends).
     sites: set[str] = field(default_factory=set)

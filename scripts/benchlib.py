@@ -1062,7 +1062,7 @@ def run_peers(endpoint: str, prefix: str, start: int, count: int, logout: bool, 
             send(sock, Message("start_job", {"started": True}, re=msg.id, rc="OK"))
         elif msg.op == "check_resources":
             send(sock, Message("check_resources", {"token": f"r-{peer['name']}", "reason": None}, re=msg.id, rc="OK"))
-        elif msg.op not in ("stop_job", "cancel_resources"):
+        elif msg.op not in ("stop_job", "cancel_resources", "job_key"):
             send(sock, Message(msg.op, {"reason": f"unknown op {msg.op}"}, re=msg.id, rc="BAD_REQUEST"))
 
     def login(sock: zmq.Socket, peer: dict) -> None:

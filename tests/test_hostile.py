@@ -28,7 +28,8 @@ WRONG_TYPES = {
               ("login", {"name": "s1", "pid": True}, "pid"), ("login", {}, "name")],
     "jobs": [("hello", {"job_id": 5, "secret": "s", "pid": 1}, "job_id"),
              ("hello", {"job_id": "j", "secret": "s", "pid": "1"}, "pid"),
-             ("hello", {"job_id": "j", "secret": ["s"], "pid": 1}, "secret")],
+             ("hello", {"job_id": "j", "secret": ["s"], "pid": 1}, "secret"),
+             ("hello", {"job_id": "j", "secret": "s", "pid": 1, "sealing_key": b"k" * 31}, "sealing_key")],
     "admin": [("status", {"job_id": 5}, "job_id"), ("submit", {"job_dir": ["/x"]}, "job_dir"),
               ("abort", {"job_id": "x", "reason": 5}, "reason"), ("ping", {"extra": 1}, "extra")],
 }

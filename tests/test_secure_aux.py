@@ -1,10 +1,12 @@
 """Secure aux (``send_aux_request(..., secure=True)``): sealed end to end between a job and its sites.
 
-Real parents, sites and job processes throughout. The job's workflow and the sites' executor are
-in ``tests/job_components_secure.py``; each request carries a marker string, which the sites
-write down and echo. To see what the parent itself sees, one test runs the parent in this
-process and records every frame its sockets receive and send; to send what no real parent would
-(garbage, a tampered ciphertext), others put a bare ROUTER socket in the parent's place.
+Real parents, sites and job processes throughout, in both directions: from the job's engine to
+its sites, and from a site's components to the engine. The job's workflows and the sites'
+components are in ``tests/job_components_secure.py``; each request carries a marker string,
+which the receiver writes down and echoes. To see what the parent itself sees, two tests run the
+parent in this process and record every frame its sockets receive and send; to send what no real
+peer would (garbage, a tampered ciphertext), others put a bare ROUTER socket in the parent's
+place, or a bare DEALER socket in a site's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import zmq
@@ -25,8 +28,8 @@ from flrunner.bundles import make_bundle
 from flrunner.payload import decode_shareable, encode_shareable
 from flrunner.security.kit import load_kit
 from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, public_key_of, reply_context,
-                                      request_context, seal_request)
-from flrunner.wire import Message, decode, encode
+                                      request_context, seal_request, site_request_context)
+from flrunner.wire import Message, decode, encode, next_id
 from parent.router import RouterEndpoint
 
 from .conftest import wait_for
@@ -56,11 +59,16 @@ def new_marker(kind: str) -> str:
     return f"{kind}-MARKER-{secrets.token_hex(8)}"
 
 
+def echo(site: str, marker: str) -> dict:
+    """What the receiver of ``marker``'s payload from (or to) ``site`` answers when it read it all."""
+    return {"site": site, "marker": marker, "blob_len": 80 * 1024, "blob_head": marker}
+
+
 def assert_echoed(replies: dict, marker: str) -> None:
     """Each site answered OK with the marker it read and the whole blob."""
     for site, reply in replies.items():
         assert reply["rc"] == "OK", (site, reply)
-        assert reply["data"] == {"site": site, "marker": marker, "blob_len": 80 * 1024, "blob_head": marker}
+        assert reply["data"] == echo(site, marker)
 
 
 @pytest.fixture
@@ -302,3 +310,233 @@ def test_a_site_without_a_kit_says_it_cannot_open_secure_requests(fake_parent_fo
                          encode_shareable(marker_payload(marker)))
     assert plain.rc == "OK" and decode_shareable(plain.frames).get("marker") == marker
     assert site.poll() is None
+
+
+# --- from a site to the job's engine ------------------------------------------------------------------
+
+
+def to_engine_job(make_job, calls: list[dict], sites: list[str], expect: int, start_sites: list[str] = ()) -> Path:
+    """A job whose engine handles ``to_engine`` until it has served ``expect`` requests (and starts
+    its site app on ``start_sites`` itself), and whose site app sends ``calls`` to it."""
+    sender = ("sender", "job_components_secure.SendsToEngine", {"calls": calls})
+    handler = {"expect": expect, "start_sites": list(start_sites)}
+    return make_job([("wf", "job_components_secure.SecureHandler", handler)], site_app={"components": [sender]},
+                    sites=sites, name="secure-to-engine")
+
+
+def sent_by(tmp: Path, site: str, job_id: str) -> list[dict]:
+    """What came of a site's calls to the engine, once it has made them all."""
+    path = tmp / f"flrunner-site-{site}" / "jobs" / job_id / "to-engine.json"
+    return json.loads(wait_for(lambda: path.exists() and path.read_text(), 15, f"{site}'s calls to the engine"))
+
+
+def engine_seen(workspace: Path, job_id: str) -> list[dict]:
+    """The requests the engine's handler served, in order."""
+    return json.loads((workspace / "jobs" / job_id / "engine-seen.json").read_text())
+
+
+def answered(site: str, marker: str) -> dict:
+    return {"rc": "OK", "reason": None, "data": echo(site, marker)}
+
+
+def test_a_kit_sites_secure_request_reaches_the_engines_handler_and_its_reply_comes_back_opened(
+        start_parent, project, procs, make_job, tmp):
+    secure_parent = start_parent("--kit", str(project / "parent"))
+    for kit in SITES:
+        start_kit_site(procs, secure_parent, project, kit)
+    wait_for(lambda: {c["name"] for c in secure_parent.admin.clients()} == set(SITES), 15, "both kit sites")
+    marker = new_marker("SECRET")
+    job_id = secure_parent.admin.submit(to_engine_job(make_job, [{"marker": marker, "secure": True}], SITES,
+                                                      expect=len(SITES)))
+    assert secure_parent.wait_final(job_id, 30)["status"] == "FINISHED:COMPLETED"
+    assert sorted(engine_seen(tmp / "ws", job_id), key=lambda e: e["site"]) == [echo(s, marker) for s in SITES]
+    for site in SITES:
+        call, = sent_by(tmp, site, job_id)
+        assert call["reply"] == answered(site, marker)
+        # A site app starts before its job's process: until that process's hello, no key to seal to.
+        assert call["tries"][0] == (f"SealedError: the key of job {job_id}'s process has not reached site {site} "
+                                    f"yet (the parent sends it once that process has said hello)")
+        assert call["tries"][-1] == "OK"
+    assert marker not in (tmp / "ws" / "parent.log").read_text()
+
+
+def test_the_parent_never_holds_a_sites_secure_payload_but_does_hold_a_plain_one(embedded_secure_parent, recorded,
+                                                                                project, procs, make_job, tmp):
+    for kit in SITES:
+        procs.spawn(["-m", "flrunner", "site", "--kit", str(project / kit), "--server",
+                     embedded_secure_parent.sites_endpoint], f"site-{kit}")
+    wait_for(lambda: {c["name"] for c in embedded_secure_parent.clients()} == set(SITES), 15, "both kit sites")
+    secret, plain = new_marker("SECRET"), new_marker("PLAIN")
+    calls = [{"marker": secret, "secure": True}, {"marker": plain, "secure": False}]
+    job_id = embedded_secure_parent.submit(to_engine_job(make_job, calls, SITES, expect=2 * len(SITES)))
+    assert embedded_secure_parent.wait(job_id, timeout=30)["status"] == "FINISHED:COMPLETED"
+    for site in SITES:
+        assert [call["reply"] for call in sent_by(tmp, site, job_id)] == [answered(site, secret),
+                                                                          answered(site, plain)]
+    # The plain request and its reply cross the parent on every hop; the secure ones on none.
+    assert flows_with(recorded, plain) == {("sites", "in"), ("jobs", "out"), ("jobs", "in"), ("sites", "out")}
+    assert flows_with(recorded, secret) == set()
+    assert secret not in (tmp / "ws" / "parent.log").read_text()
+
+
+def test_a_site_without_a_kit_cannot_send_secure_requests_to_the_engine_and_says_why(parent, start_site, make_job,
+                                                                                    tmp):
+    start_site(parent, "site-1")
+    secret, plain = new_marker("SECRET"), new_marker("PLAIN")
+    calls = [{"marker": secret, "secure": True, "limit": 0}, {"marker": plain, "secure": False}]
+    job_id = parent.admin.submit(to_engine_job(make_job, calls, ["site-1"], expect=1))
+    assert parent.wait_final(job_id, 30)["status"] == "FINISHED:COMPLETED"
+    refused, sent = sent_by(tmp, "site-1", job_id)
+    assert refused == {"marker": secret, "reply": None, "tries": [
+        "SealedError: site site-1 has no provisioned key (it was not started with --kit): it cannot send secure "
+        "aux requests"]}
+    assert sent["reply"] == answered("site-1", plain)
+    assert engine_seen(tmp / "ws", job_id) == [echo("site-1", plain)]  # the secure request never left the site
+
+
+class RawSite:
+    """A bare DEALER socket in a site's place, with the site's kit keys: it logs in, answers the
+    parent's start_job (and records it), keeps the job keys the parent sends, heartbeats, and lets
+    a test send the parent whatever it likes."""
+
+    def __init__(self, endpoint: str, kit, parent_kit) -> None:
+        self.name = kit.name
+        self.secret = key_from_z85(kit.secret_key)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.curve_publickey, self.sock.curve_secretkey = kit.public_key, kit.secret_key
+        self.sock.curve_serverkey = parent_kit.public_key
+        self.sock.connect(endpoint)
+        self.token = ""
+        self.job_keys: dict[str, bytes] = {}
+        self.started: list[dict] = []
+        self.replies: dict[int, Message] = {}
+        self.next_beat = float("inf")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+    def login(self, jobs: list[str] = ()) -> Message:
+        reply = self.request("login", {"name": self.name, "jobs": list(jobs)})
+        assert reply.rc == "OK", reply.body
+        self.token = reply.body["token"]
+        self.next_beat = time.monotonic() + 1.0
+        return reply
+
+    def request(self, op: str, body: dict, frames: list = (), timeout: float = 10.0) -> Message:
+        mid = next_id()
+        self.sock.send_multipart(encode(Message(op, body, id=mid, frames=list(frames))))
+        return self.pump(lambda: self.replies.pop(mid, None), timeout, f"the parent's answer to '{op}'")
+
+    def pump(self, until: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Serve the parent until ``until()`` returns something other than None; return that."""
+        deadline = time.monotonic() + timeout
+        while (found := until()) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            if time.monotonic() > self.next_beat:
+                self.sock.send_multipart(encode(Message("heartbeat", {"token": self.token}, id=next_id())))
+                self.next_beat = time.monotonic() + 1.0
+            if self.sock.poll(50):
+                self._serve(decode(self.sock.recv_multipart()))
+        return found
+
+    def _serve(self, msg: Message) -> None:
+        if msg.is_reply:
+            if msg.op != "heartbeat":
+                self.replies[msg.re] = msg
+        elif msg.op == "start_job":
+            self.started.append(msg.body)
+            self.sock.send_multipart(encode(Message(msg.op, {"started": True}, re=msg.id, rc="OK")))
+        elif msg.op == "job_key":
+            self.job_keys[msg.body["job_id"]] = msg.body["key"]
+
+
+@pytest.fixture
+def raw_site_for():
+    made: list[RawSite] = []
+
+    def make(*args) -> RawSite:
+        made.append(RawSite(*args))
+        return made[-1]
+
+    yield make
+    for site in made:
+        site.close()
+
+
+def test_the_engine_refuses_secure_requests_that_do_not_open_and_keeps_serving(start_parent, project, raw_site_for,
+                                                                                make_job, tmp):
+    secure_parent = start_parent("--kit", str(project / "parent"))
+    site = raw_site_for(secure_parent.sites_endpoint, load_kit(project / "site-1"), load_kit(project / "parent"))
+    site.login()
+    job_id = secure_parent.admin.submit(to_engine_job(make_job, [], ["site-1"], expect=2))
+    job_key = site.pump(lambda: site.job_keys.get(job_id), 20, "the job's key, after its process's hello")
+
+    def seal(marker: str, secret: bytes = site.secret, context: bytes | None = None) -> tuple[bytes, bytes]:
+        """(the ciphertext, its sealed key) of a request to the engine's ``to_engine``."""
+        blob, keys = seal_request(encode_shareable(marker_payload(marker)), secret, {"server": job_key},
+                                  context=context or site_request_context(job_id, "to_engine"))
+        return blob, keys["server"]
+
+    def send(blob: bytes, sealed_key: bytes, topic: str = "to_engine") -> Message:
+        return site.request("aux", {"token": site.token, "job_id": job_id, "topic": topic, "timeout": 5.0,
+                                    "sealed_key": sealed_key}, [blob])
+
+    def served(marker: str) -> dict:
+        """Send a good request until the engine's handler answers it (it may not be registered yet)."""
+        blob, sealed_key = seal(marker)
+        deadline = time.monotonic() + 15
+        while True:
+            reply = send(blob, sealed_key)
+            assert reply.rc == "OK", reply.body
+            assert marker.encode() not in b"".join(frame_bytes(f) for f in reply.frames)
+            opened = decode_shareable(open_reply(reply.frames, site.secret, job_key, context=reply_context(blob)))
+            if opened.get_return_code() == "OK" or time.monotonic() > deadline:
+                return {k: v for k, v in opened.items() if k != "__headers__"}
+            time.sleep(0.05)
+
+    first, second = new_marker("SECRET"), new_marker("SECRET")
+    assert served(first) == echo("site-1", first)
+    blob, sealed_key = seal(new_marker("SECRET"))
+    site_2 = key_from_z85(load_kit(project / "site-2").secret_key)
+    refused = {
+        "garbage": send(os.urandom(300), os.urandom(72)),
+        "tampered": send(flipped(blob, len(blob) // 2), sealed_key),
+        "redirected": send(blob, sealed_key, topic="other"),
+        # Sealed in the engine's direction: a box opens with the key of either end, its context does not.
+        "reflected": send(*seal(new_marker("SECRET"), context=request_context(job_id, "to_engine"))),
+        # Sealed with site-2's key: the engine opens with the key its site list holds for site-1.
+        "impostor": send(*seal(new_marker("SECRET"), secret=site_2)),
+    }
+    refusal = "the job's engine cannot open the secure request of site 'site-1': "
+    assert {name: (m.rc, m.body["reason"].startswith(refusal)) for name, m in refused.items()} == \
+        {name: ("BAD_REQUEST", True) for name in refused}
+    reasons = {name: m.body["reason"][len(refusal):] for name, m in refused.items()}
+    assert reasons["garbage"].startswith("its sealed key does not open")
+    assert reasons["tampered"] == "its payload does not open with its key (tampered with)"
+    assert reasons["impostor"].startswith("its sealed key does not open")
+    for name in ("redirected", "reflected"):
+        assert reasons[name] == "it was sealed for another request, job or topic (replayed or redirected on the way)"
+    assert served(second) == echo("site-1", second)
+    assert secure_parent.wait_final(job_id, 30)["status"] == "FINISHED:COMPLETED"
+    assert engine_seen(tmp / "ws", job_id) == [echo("site-1", first), echo("site-1", second)]
+
+
+def test_a_site_gets_the_key_of_its_jobs_process_after_each_hello_in_a_later_start_job_and_at_login(
+        start_parent, project, raw_site_for, make_job):
+    secure_parent = start_parent("--kit", str(project / "parent"))
+    site = raw_site_for(secure_parent.sites_endpoint, load_kit(project / "site-1"), load_kit(project / "parent"))
+    site.login()
+    job_id = secure_parent.admin.submit(to_engine_job(make_job, [], ["site-1"], expect=0, start_sites=["site-1"]))
+    # The scheduler starts the site app before the job's process exists: the key follows its hello.
+    job_key = site.pump(lambda: site.job_keys.get(job_id), 20, "the job's key, after its process's hello")
+    assert len(job_key) == 32
+    # The engine starting the site app itself sends the key along.
+    site.pump(lambda: len(site.started) == 2 or None, 20, "the engine's own start_job")
+    assert [start.get("job_key") for start in site.started] == [None, job_key]
+    # A site that logs in again gets the keys of the jobs it runs, which may have changed meanwhile.
+    assert site.login(jobs=[job_id]).body["job_keys"] == {job_id: job_key}
+    assert secure_parent.wait_final(job_id, 30)["status"] == "FINISHED:COMPLETED"

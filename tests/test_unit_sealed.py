@@ -13,7 +13,7 @@ from flrunner.payload import decode_shareable, encode_shareable
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import (KEY_BYTES, SEALED_KEY_BYTES, key_from_z85, new_secret_key, open_reply,
                                       open_request, public_key_of, reply_context, request_context, seal_reply,
-                                      seal_request)
+                                      seal_request, site_request_context)
 from flrunner.shareable import Shareable
 
 MARKER = b"UNIT-MARKER-0123456789"
@@ -168,3 +168,44 @@ def test_a_reply_opens_only_as_the_answer_to_its_own_request(job, sites):
     assert open_reply(reply, job.secret, site.public, context=reply_context(first)) == [b"answer"]
     with pytest.raises(SealedError, match="sealed for another request"):
         open_reply(reply, job.secret, site.public, context=reply_context(second))
+
+
+def test_a_box_opens_with_the_key_of_either_end_so_a_request_is_bound_to_its_direction(job, sites):
+    site = sites["site-1"]
+    to_site, keys = seal_request([b"head"], job.secret, {"site-1": site.public}, context=request_context("j", "t"))
+    # The job itself can open what it sealed for the site, as if the site had sealed it for the job...
+    assert open_request([to_site], keys["site-1"], job.secret, site.public, context=request_context("j", "t")) == \
+        [b"head"]
+    # ...so a request sent back to its sender must not open there as the other side's request.
+    with pytest.raises(SealedError, match="sealed for another request, job or topic"):
+        open_request([to_site], keys["site-1"], job.secret, site.public, context=site_request_context("j", "t"))
+    to_engine, keys = seal_request([b"head"], site.secret, {"server": job.public},
+                                   context=site_request_context("j", "t"))
+    assert open_request([to_engine], keys["server"], job.secret, site.public,
+                        context=site_request_context("j", "t")) == [b"head"]
+    with pytest.raises(SealedError, match="sealed for another request, job or topic"):
+        open_request([to_engine], keys["server"], site.secret, job.public, context=request_context("j", "t"))
+
+
+def test_the_ops_of_a_sites_secure_request_and_of_the_job_key_check_their_fields():
+    key, sealed_key = b"p" * KEY_BYTES, b"k" * SEALED_KEY_BYTES
+    hello = {"job_id": "j", "secret": "s", "pid": 1}
+    assert P.HELLO.validate({**hello, "sealing_key": key})["sealing_key"] == key
+    assert P.HELLO.validate(hello)["sealing_key"] is None
+    with pytest.raises(BadRequest, match="op 'hello': field 'sealing_key' must be bytes or null, got str"):
+        P.HELLO.validate({**hello, "sealing_key": "text"})
+    site_aux = {"token": "t", "job_id": "j", "topic": "t", "timeout": 1.0}
+    assert P.SITE_AUX.validate({**site_aux, "sealed_key": sealed_key})["sealed_key"] == sealed_key
+    with pytest.raises(BadRequest, match="op 'aux': field 'sealed_key' is longer than"):
+        P.SITE_AUX.validate({**site_aux, "sealed_key": b"k" * 1000})
+    child_aux = {"site": "s", "topic": "t", "timeout": 1.0}
+    assert P.CHILD_AUX.validate({**child_aux, "sealed_key": sealed_key})["sealed_key"] == sealed_key
+    with pytest.raises(BadRequest, match="field 'sealed_key' must be bytes or null, got list"):
+        P.CHILD_AUX.validate({**child_aux, "sealed_key": [1]})
+    assert P.SITE_JOB_KEY.validate({"job_id": "j", "key": key}) == {"job_id": "j", "key": key}
+    with pytest.raises(BadRequest, match="op 'job_key': missing field 'key'"):
+        P.SITE_JOB_KEY.validate({"job_id": "j"})
+    start = {"job_id": "j", "job_name": "n", "app": "a"}
+    assert P.SITE_START_JOB.validate({**start, "job_key": key})["job_key"] == key
+    with pytest.raises(BadRequest, match="op 'start_job': field 'job_key' is longer than"):
+        P.SITE_START_JOB.validate({**start, "job_key": b"p" * 1000})

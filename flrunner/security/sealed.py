@@ -16,8 +16,9 @@ both ends: a site's reply that opens with the job's secret key and the site's pu
 sealed by the holder of that site's secret key.
 
 Each sealed payload is bound to a context, sealed inside it and checked on opening: a request to
-its job and topic (`request_context`), a reply to the very request it answers (`reply_context`,
-a digest of the request's ciphertext). So the parent, which cannot read a payload, cannot
+its job, topic and direction (`request_context` from the engine to sites, `site_request_context`
+from a site to the engine), a reply to the very request it answers (`reply_context`, a digest of
+the request's ciphertext). So the parent, which cannot read a payload, cannot
 deliver it elsewhere either: not to another job's handler or another topic, and not as the reply
 to another request.
 
@@ -71,6 +72,13 @@ def key_from_z85(key: str | bytes) -> bytes:
 def request_context(job_id: str, topic: str) -> bytes:
     """What a sealed aux request is bound to: its job and its topic."""
     return msgpack.packb(["aux-request", job_id, topic], use_bin_type=True)
+
+
+def site_request_context(job_id: str, topic: str) -> bytes:
+    """What a site's sealed aux request to its job's engine is bound to: its job, its topic, and its
+    direction. A box between two key pairs opens with either side's secret key, so without the
+    direction a request could be sent back to its own sender as if the other side had sealed it."""
+    return msgpack.packb(["aux-request-to-engine", job_id, topic], use_bin_type=True)
 
 
 def reply_context(request_blob: bytes) -> bytes:
@@ -200,4 +208,5 @@ def _unpack(plain: bytes, context: bytes) -> list[bytes]:
 
 
 __all__ = ["KEY_BYTES", "SEALED_KEY_BYTES", "MAX_FRAMES", "new_secret_key", "public_key_of", "key_from_z85",
-           "request_context", "reply_context", "seal_request", "open_request", "seal_reply", "open_reply"]
+           "request_context", "site_request_context", "reply_context", "seal_request", "open_request", "seal_reply",
+           "open_reply"]

@@ -1,7 +1,8 @@
 """The site agent: logs in to the parent, heartbeats, and serves the jobs that run on this site.
 
 The parent pushes job-control requests (check and reserve resources, start a job's site app
-from a bundle, stop it) and jobs' aux requests; the agent answers each on its own threads, so
+from a bundle, stop it), jobs' aux requests, and the keys of jobs' processes (which a job's site
+components seal their secure aux requests to); the agent answers each on its own threads, so
 its connection keeps serving while a job's handler works or hangs. It logs in again by itself
 when the parent forgets it (a restart, an expiry), backing off while the parent is unreachable,
 and logs out on SIGTERM.
@@ -25,13 +26,13 @@ from flrunner import protocol as P
 from flrunner.bundles import extract_bundle
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
 from flrunner.link import Link
-from flrunner.payload import decode_shareable, encode_shareable, failure_reply, reply_from
+from flrunner.payload import decode_shareable, encode_shareable, failure_reply
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import key_from_z85, open_request, reply_context, request_context, seal_reply
-from flrunner.shareable import Shareable
 from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
+from .engine import SendToServer
 from .job import SiteJob
 from .resources import ResourceManager
 
@@ -69,7 +70,8 @@ class SiteAgent:
         self._stop = threading.Event()
         self._relogin = threading.Event()
         self._control = ThreadPoolExecutor(max_workers=2, thread_name_prefix="site-control")
-        #: The kit's secret key, which opens secure aux requests (None: this site cannot).
+        #: The kit's secret key, which opens secure aux requests and seals this site's own (None:
+        #: this site cannot).
         self.sealing_key: bytes | None = key_from_z85(kit.secret_key) if kit is not None else None
         configure: Callable[[Any], None] | None = None
         if kit is not None:  # a provisioned site: CURVE with its own keys, trusting only the parent's
@@ -82,7 +84,7 @@ class SiteAgent:
                          immediate=True, on_heartbeat_refused=lambda msg: self._forgotten(), configure=configure)
         self._handlers = {"aux": self._aux, "check_resources": self._check_resources,
                           "cancel_resources": self._cancel_resources, "start_job": self._start_job,
-                          "stop_job": self._stop_job}
+                          "stop_job": self._stop_job, "job_key": self._job_key}
 
     # --- session ------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -123,6 +125,9 @@ class SiteAgent:
         for job_id in body.get("stop_jobs") or []:
             if isinstance(job_id, str):
                 self._control.submit(self._do_stop_job, job_id, "the parent does not run this job")
+        job_keys = body.get("job_keys")
+        for job_id, key in (job_keys.items() if isinstance(job_keys, dict) else ()):
+            self._set_job_key(job_id, key)
         self.token = body["token"]
         interval = float(body.get("heartbeat_interval", 5.0))
         self.link.parent_loss_timeout = max(4 * interval, 2.0)
@@ -217,6 +222,17 @@ class SiteAgent:
             return frames
         return seal_reply(frames, self.sealing_key, args["sender_key"], context=reply_context(request.frames[0]))
 
+    def _job_key(self, msg: Message, args: dict) -> None:
+        self._set_job_key(args["job_id"], args["key"])
+
+    def _set_job_key(self, job_id: str, key: bytes) -> None:
+        """Use ``key`` for the secure requests of a job running here to its engine (a key for a job
+        that does not run here is dropped: its start_job carries the key)."""
+        with self._jobs_lock:
+            job = self.jobs.get(job_id)
+        if job is not None and isinstance(key, bytes):
+            job.engine.job_key = key
+
     def _check_resources(self, msg: Message, args: dict) -> None:
         ok, token, reason = self.resource_manager.check(args["job_id"], args["spec"], float(args["ttl"]))
         self.link.reply(msg, {"token": token, "reason": reason}, rc=P.Rc.OK if ok else P.Rc.CONFLICT)
@@ -230,14 +246,17 @@ class SiteAgent:
     def _do_start_job(self, msg: Message, args: dict) -> None:
         job_id = args["job_id"]
         with self._jobs_lock:
-            if job_id in self.jobs:
-                self.link.reply(msg, {"started": True, "reason": "already running"})
-                return
+            running = self.jobs.get(job_id)
+        if running is not None:
+            if args["job_key"] is not None:
+                running.engine.job_key = args["job_key"]
+            self.link.reply(msg, {"started": True, "reason": "already running"})
+            return
         if args["token"] and not self.resource_manager.consume(args["token"], job_id):
             self.link.reply(msg, {"reason": "the resource reservation expired or is unknown"}, rc=P.Rc.CONFLICT)
             return
         job = SiteJob(self.name, job_id, args["job_name"], args["app"], self.workspace, self._sender(job_id),
-                      self.job_threads)
+                      self.job_threads, sealing_key=self.sealing_key, job_key=args["job_key"])
         try:
             if len(msg.frames) != 1:
                 raise BadRequest("start_job must carry exactly one bundle frame")
@@ -274,21 +293,23 @@ class SiteAgent:
             self.resource_manager.release_job(job.job_id)
 
     # --- site -> the job's engine -----------------------------------------------------------------------
-    def _sender(self, job_id: str):
-        def send_to_server(topic: str, request: Shareable, timeout: float, fire_and_forget: bool) -> Shareable:
+    def _sender(self, job_id: str) -> SendToServer:
+        def send_to_server(topic: str, frames: list, timeout: float, fire_and_forget: bool,
+                           sealed_key: bytes | None) -> Message | None:
             body = {"token": self.token or "", "job_id": job_id, "topic": topic, "timeout": max(timeout, 0.0)}
-            frames = encode_shareable(request)
+            if sealed_key is not None:
+                body["sealed_key"] = sealed_key
             if fire_and_forget:
                 body["fire_and_forget"] = True
                 self.link.send("aux", body, frames)
-                return Shareable()
+                return None
             call = self.link.call("aux", body, frames)
             try:
                 if not call.wait(1, timeout):
-                    return failure_reply(P.Rc.TIMEOUT, f"no reply from the job's engine within {timeout:g}s")
+                    return None
             finally:
                 self.link.end_call(call)
-            return reply_from(call.replies[0])
+            return call.replies[0]
 
         return send_to_server
 

@@ -1,20 +1,37 @@
-"""`ClientEngine`: the engine a site's job components see (the site side of NVFlare's EngineSpec)."""
+"""`ClientEngine`: the engine a site's job components see (the site side of NVFlare's EngineSpec).
+
+A site's components send aux requests to one target, the job's engine (``server``). With
+``secure=True`` a request is sealed end to end (`flrunner.security.sealed`) from this site's
+provisioned key to the job process's key, which the parent sends each site of the job after every
+hello of the job's process: the parent routes ciphertext, and the engine's reply comes back
+sealed to this site's key.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import replace
+from typing import Callable, Optional
 
-from flrunner.errors import FlrunnerError
 from flrunner.engine_base import EngineBase
 from flrunner.fl_context import FLContext
+from flrunner.payload import encode_shareable, failure_reply, reply_from
+from flrunner.protocol import Rc
+from flrunner.security.errors import SealedError
+from flrunner.security.sealed import open_reply, reply_context, seal_request, site_request_context
 from flrunner.shareable import Shareable
 from flrunner.spec import EngineSpec
+from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 SERVER = "server"
+
+#: Sends an aux request to the job's engine: (topic, payload frames, timeout, fire_and_forget,
+#: sealed_key or None) -> the engine's routed reply, or None for fire-and-forget and for no reply
+#: within the timeout.
+SendToServer = Callable[[str, list, float, bool, Optional[bytes]], Optional[Message]]
 
 
 class ClientEngine(EngineBase, EngineSpec):
@@ -24,26 +41,74 @@ class ClientEngine(EngineBase, EngineSpec):
         site_name: this site.
         job_id: the job.
         workspace: the site's folder for this job (``get_run_dir``/``get_app_dir`` point into it).
-        send_to_server: sends an aux request to the job's engine: (topic, request, timeout,
-            fire_and_forget) -> reply Shareable.
+        send_to_server: sends an aux request to the job's engine (`SendToServer`).
+        sealing_key: this site's secret key (its kit's), which seals secure requests; None for a
+            site started without a kit, which cannot send them.
     """
 
-    def __init__(self, site_name: str, job_id: str, workspace: Workspace,
-                 send_to_server: Callable[[str, Shareable, float, bool], Shareable]) -> None:
+    def __init__(self, site_name: str, job_id: str, workspace: Workspace, send_to_server: SendToServer,
+                 sealing_key: bytes | None = None) -> None:
         super().__init__(site_name, job_id, workspace)
         self.site_name = site_name
         self._send_to_server = send_to_server
+        self._sealing_key = sealing_key
+        #: The public key of the job's process, from the parent (after each hello of that process);
+        #: None until it arrives. Secure requests are sealed to it.
+        self.job_key: bytes | None = None
 
     def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
-        """Send to the job's server engine (the only target a site has); returns {"server": reply}."""
+        """Send to the job's server engine (the only target a site has); returns {"server": reply}.
+
+        A reply that does not come within ``timeout`` is a ``TIMEOUT`` reply; ``timeout`` 0 sends
+        and returns ``{}`` at once. With ``secure`` the request and the reply are encrypted end to
+        end between this site and the job's process, and the reply is opened only if the job
+        process's key sealed it for this request.
+
+        Raises:
+            ValueError: a target other than ``server``.
+            SealedError: ``secure`` on a site without a provisioned key, or before the job
+                process's key has reached this site.
+        """
         names = [t if isinstance(t, str) else getattr(t, "name", t) for t in (targets or [SERVER])]
         if any(n != SERVER for n in names):
             raise ValueError(f"a site can only send aux requests to 'server', not {names}")
+        frames = encode_shareable(request)
+        sealed_key = job_key = None
         if secure:
-            # The job process's key is ephemeral and reaches a site only inside the engine's own
-            # secure requests: there is no key to seal a site's request for beforehand.
-            raise FlrunnerError("secure aux from a site to the job's engine is not available (only the engine's "
-                                "secure requests to sites, and their replies, are sealed)")
-        reply = self._send_to_server(topic, request, float(timeout), timeout <= 0)
-        return {} if timeout <= 0 else {SERVER: reply}
+            frames, sealed_key, job_key = self._seal_request(topic, frames)
+        reply = self._send_to_server(topic, frames, float(timeout), timeout <= 0, sealed_key)
+        if timeout <= 0:
+            return {}
+        if reply is None:
+            return {SERVER: failure_reply(Rc.TIMEOUT, f"no reply from the job's engine within {timeout:g}s")}
+        if job_key is None:
+            return {SERVER: reply_from(reply)}
+        return {SERVER: self._open_reply(reply, job_key, frames[0])}
+
+    def _seal_request(self, topic: str, frames: list) -> tuple[list, bytes, bytes]:
+        """The request sealed to the job process's key: (its one ciphertext frame, its sealed key,
+        the job key it was sealed to, which must have sealed the reply)."""
+        job_key = self.job_key  # read once: the parent may send a new one meanwhile
+        if self._sealing_key is None:
+            raise SealedError(f"site {self.site_name} has no provisioned key (it was not started with --kit): it "
+                              f"cannot send secure aux requests")
+        if job_key is None:
+            raise SealedError(f"the key of job {self.job_id}'s process has not reached site {self.site_name} yet "
+                              f"(the parent sends it once that process has said hello)")
+        blob, sealed = seal_request(frames, self._sealing_key, {SERVER: job_key},
+                                    context=site_request_context(self.job_id, topic))
+        return [blob], sealed[SERVER], job_key
+
+    def _open_reply(self, msg: Message, job_key: bytes, request_blob: bytes) -> Shareable:
+        """The engine's answer to a secure request: a reason in the clear (from the parent or the
+        engine, never payload), or a payload that opens only if the job's key sealed it for this
+        request."""
+        if msg.rc not in (None, Rc.OK):
+            return reply_from(msg)
+        try:
+            frames = open_reply(msg.frames, self._sealing_key, job_key, context=reply_context(request_blob))
+        except SealedError as exc:
+            return failure_reply(Rc.BAD_REQUEST, f"the secure reply of job {self.job_id}'s engine cannot be "
+                                                 f"opened: {exc}")
+        return reply_from(replace(msg, frames=frames))

@@ -9,7 +9,7 @@ import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flrunner.events import EventType
 from flrunner.job import parse_client_app
@@ -18,7 +18,7 @@ from flrunner.payload import REASON_HEADER
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.workspace import Workspace
 
-from .engine import ClientEngine
+from .engine import ClientEngine, SendToServer
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,20 @@ class SiteJob:
         workspace: the site's workspace (the app is unpacked in its run dir for the job).
         send_to_server: site -> engine aux (see `ClientEngine`).
         threads: requests of this job served at once.
+        sealing_key: the site's secret key, for secure aux (None: a site without a kit).
+        job_key: the public key of the job's process, if the parent knows it yet.
     """
 
     def __init__(self, site_name: str, job_id: str, job_name: str, app_name: str, workspace: Workspace,
-                 send_to_server: Callable[[str, Shareable, float, bool], Shareable], threads: int = 4) -> None:
+                 send_to_server: SendToServer, threads: int = 4, sealing_key: bytes | None = None,
+                 job_key: bytes | None = None) -> None:
         self.site_name = site_name
         self.job_id = job_id
         self.job_name = job_name
         self.app_name = app_name
         self.workspace = workspace
-        self.engine = ClientEngine(site_name, job_id, workspace, send_to_server)
+        self.engine = ClientEngine(site_name, job_id, workspace, send_to_server, sealing_key)
+        self.engine.job_key = job_key
         self.executors: dict[str, Any] = {}
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"job-{job_id[:8]}")
         self.stopped = False
