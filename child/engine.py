@@ -18,8 +18,7 @@ from flrunner.job import Job
 from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.protocol import CHILD_PUSHES, Rc
 from flrunner.security.errors import SealedError
-from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, open_request, public_key_of,
-                                      reply_context, request_context, seal_reply, seal_request, site_request_context)
+from flrunner.security.curve import key_from_z85, new_secret_key, public_key_of
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
@@ -28,6 +27,15 @@ from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
 from flrunner.link import Link
+
+
+def _sealed():
+    """`flrunner.security.sealed`, imported when a payload is first sealed or opened: PyNaCl costs
+    a job process ~10 ms and its memory at start, and most jobs never seal (see
+    `flrunner.security.curve`). Warm job processes find it preloaded by the template."""
+    from flrunner.security import sealed
+
+    return sealed
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +252,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         site_keys: dict[str, bytes] | None = None
         if secure:
             frames, site_keys = self._seal_request(names, frames, body)
-            replied_to = reply_context(frames[0])
+            replied_to = _sealed().reply_context(frames[0])
         if timeout <= 0:
             body["fire_and_forget"] = True
             link.send("aux", body, frames)
@@ -298,8 +306,10 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         """
         site_keys = self._site_keys(names)
         secret, public = self._sealing_key_pair()
-        blob, sealed = seal_request(frames, secret, site_keys, context=request_context(self.job_id, body["topic"]))
-        body["sealed"], body["sender_key"] = sealed, public
+        sealed = _sealed()
+        blob, body["sealed"] = sealed.seal_request(frames, secret, site_keys,
+                                                   context=sealed.request_context(self.job_id, body["topic"]))
+        body["sender_key"] = public
         return [blob], site_keys
 
     def _site_keys(self, names: list[str] | None) -> dict[str, bytes]:
@@ -338,7 +348,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         if site not in site_keys:
             return failure_reply(Rc.BAD_REQUEST, f"site '{site}' answered a secure request not sealed for it")
         try:
-            frames = open_reply(msg.frames, self._sealing_key_pair()[0], site_keys[site], context=context)
+            frames = _sealed().open_reply(msg.frames, self._sealing_key_pair()[0], site_keys[site], context=context)
         except SealedError as exc:
             return failure_reply(Rc.BAD_REQUEST, f"the secure reply of site '{site}' cannot be opened: {exc}")
         return reply_from(replace(msg, frames=frames))
@@ -420,7 +430,9 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             self.link.reply(msg, {"reason": f"the reply cannot travel: {exc}"}, rc=Rc.ERROR)
             return
         if site_key is not None:
-            out = seal_reply(out, self._sealing_key_pair()[0], site_key, context=reply_context(msg.frames[0]))
+            sealed = _sealed()
+            out = sealed.seal_reply(out, self._sealing_key_pair()[0], site_key,
+                                    context=sealed.reply_context(msg.frames[0]))
         self.link.reply(msg, {}, out)
 
     def _open_site_request(self, msg: Message) -> tuple[list, bytes | None]:
@@ -441,8 +453,9 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         if site_key is None:
             raise SealedError(f"site '{site}' has no provisioned key in the job's site list (secure aux needs a "
                               f"parent and sites started with --kit)")
-        frames = open_request(msg.frames, sealed_key, self._sealing_key_pair()[0], site_key,
-                              context=site_request_context(self.job_id, topic))
+        sealed = _sealed()
+        frames = sealed.open_request(msg.frames, sealed_key, self._sealing_key_pair()[0], site_key,
+                                     context=sealed.site_request_context(self.job_id, topic))
         return frames, site_key
 
     def _handle_site_request(self, site: str, topic: str, frames: list) -> Shareable:

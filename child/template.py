@@ -32,6 +32,7 @@ import msgpack
 # Everything a job process needs, imported once here and shared by every fork.
 import child.main as child_main  # noqa: E402
 import flrunner  # noqa: F401,E402  (imported for the forks, not used here)
+import flrunner.security.sealed  # noqa: F401,E402  (imported on first use in a cold job process)
 import zmq  # noqa: F401,E402  (imported for the forks; never a context in the template)
 
 log = logging.getLogger("child.template")

@@ -209,3 +209,24 @@ def test_the_ops_of_a_sites_secure_request_and_of_the_job_key_check_their_fields
     assert P.SITE_START_JOB.validate({**start, "job_key": key})["job_key"] == key
     with pytest.raises(BadRequest, match="op 'start_job': field 'job_key' is longer than"):
         P.SITE_START_JOB.validate({**start, "job_key": b"p" * 1000})
+
+
+def test_key_pairs_made_without_pynacl_are_the_ones_libsodium_makes():
+    from flrunner.security import curve
+
+    for _ in range(20):
+        secret = curve.new_secret_key()
+        assert curve.public_key_of(secret) == bytes(PrivateKey(secret).public_key)
+    with pytest.raises(SealedError, match="a secret key is 32 bytes"):
+        curve.public_key_of(b"short")
+
+
+def test_a_job_process_loads_pynacl_only_when_it_seals():
+    import subprocess
+    import sys
+
+    code = ("import sys, child.main, child.engine, child.session, child.runner; "
+            "from flrunner.security.curve import new_secret_key, public_key_of; public_key_of(new_secret_key()); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nacl', 'cffi')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -36,37 +36,14 @@ from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 from nacl.utils import random as random_bytes
-from zmq.utils import z85
 
+from .curve import KEY_BYTES, key_from_z85, new_secret_key, public_key_of
 from .errors import SealedError
 
-#: Length of a raw Curve25519 key, public or secret.
-KEY_BYTES = 32
 #: Length of one site's sealed key in a request: nonce, the 32-byte key, and the MAC.
 SEALED_KEY_BYTES = Box.NONCE_SIZE + SecretBox.KEY_SIZE + SecretBox.MACBYTES
 #: Most frames a sealed blob may hold (a Shareable's map and its large binary values).
 MAX_FRAMES = 64
-
-
-def new_secret_key() -> bytes:
-    """A fresh random secret key (a job process's ephemeral sealing key)."""
-    return bytes(PrivateKey.generate())
-
-
-def public_key_of(secret_key: bytes) -> bytes:
-    """The public key that belongs to ``secret_key``."""
-    return bytes(_private(secret_key).public_key)
-
-
-def key_from_z85(key: str | bytes) -> bytes:
-    """The raw 32-byte key of a Z85 CURVE key (as in a kit, or a site's registry entry)."""
-    try:
-        raw = z85.decode(key)
-    except (ValueError, TypeError, KeyError):  # KeyError: a character outside Z85's alphabet
-        raise SealedError("not a Z85 key (wrong length or characters)") from None
-    if len(raw) != KEY_BYTES:
-        raise SealedError(f"a Z85 key decodes to {KEY_BYTES} bytes, this one to {len(raw)}")
-    return raw
 
 
 def request_context(job_id: str, topic: str) -> bytes:
