@@ -221,12 +221,14 @@ def test_key_pairs_made_without_pynacl_are_the_ones_libsodium_makes():
         curve.public_key_of(b"short")
 
 
-def test_a_job_process_loads_pynacl_only_when_it_seals():
+def test_a_job_process_loads_neither_pynacl_nor_the_kit_modules_at_start():
+    """Start-up cost of every cold job process: PyNaCl only once it seals, kits and zmq.auth never."""
     import subprocess
     import sys
 
+    heavy = ("nacl", "cffi", "zmq.auth", "flrunner.security.kit", "flrunner.security.provisioning")
     code = ("import sys, child.main, child.engine, child.session, child.runner; "
             "from flrunner.security.curve import new_secret_key, public_key_of; public_key_of(new_secret_key()); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nacl', 'cffi')))")
+            f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,11 +9,28 @@ The layout and file formats are documented in `flrunner.security.kit`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import (InsecurePermissions, InvalidEndpoint, InvalidName, KitError, ParticipantExists, SecurityError,
                      UnknownParticipant)
-from .kit import DEFAULT_ENDPOINT, PARENT, Kit, Participant, Role, allowlist_files, load_allowlist, load_kit, \
-    validate_name
-from .provision import Report, Status, provision, revoke
+
+# The kit and provisioning modules (and zmq.auth behind them) load on first use: a job process
+# imports `flrunner.security.errors` and `.curve`, and must not pay ~25 ms at start for them.
+_LAZY = {**dict.fromkeys(("DEFAULT_ENDPOINT", "PARENT", "Kit", "Participant", "Role", "allowlist_files",
+                           "load_allowlist", "load_kit", "validate_name"), "kit"),
+         **dict.fromkeys(("Report", "Status", "provision", "revoke"), "provisioning")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flrunner.security' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_ENDPOINT", "PARENT",

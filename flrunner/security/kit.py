@@ -1,6 +1,6 @@
 """Start-up kits and the parent's allowlist: their layout, their formats, and their loaders.
 
-``flrunner provision --out DIR`` (see `flrunner.security.provision`) lays out one FL project::
+``flrunner provision --out DIR`` (see `flrunner.security.provisioning`) lays out one FL project::
 
     DIR/                          0700
       parent/                     0700  the parent's kit
