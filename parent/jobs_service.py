@@ -8,7 +8,7 @@ import logging
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest
-from flrunner.security.sealed import KEY_BYTES
+from flrunner.security.curve import KEY_BYTES
 from flrunner.wire import Message
 
 from .jobs import JobManager
