@@ -240,7 +240,8 @@ def test_shareable_from_wire_rejects_bad_shapes(wire):
 
 def test_validate_fills_absent_optional_fields():
     assert P.RUN_STATUS.validate({"status": "RUNNING"}) == {"status": "RUNNING", "progress": None, "error": None}
-    assert P.HELLO.validate({"job_id": "j", "secret": "s", "pid": 5}) == {"job_id": "j", "secret": "s", "pid": 5}
+    assert P.HELLO.validate({"job_id": "j", "secret": "s", "pid": 5}) == {"job_id": "j", "secret": "s", "pid": 5,
+                                                                          "sealing_key": None}
 
 
 @pytest.mark.parametrize("op, body, words", [
