@@ -33,12 +33,15 @@ class Request:
 
     Attributes:
         user_id: the name the ZAP handler bound to the peer's CURVE key (None without CURVE).
+        source_fd: the file descriptor of the connection the request came in on (CURVE sockets
+            only; see `parent.connections`).
     """
 
     identity: bytes
     msg: Message
     args: dict
     user_id: str | None = None
+    source_fd: int | None = None
 
     @property
     def op(self) -> str:
@@ -153,7 +156,7 @@ class RouterEndpoint:
             else:
                 self.dropped += 1
             return
-        user_id = _user_id(body_frames[0]) if self.curve else None
+        user_id, source_fd = _source(body_frames[0]) if self.curve else (None, None)
         try:
             op = self.ops.get(msg.op)
             if self.authorize is not None:
@@ -162,7 +165,7 @@ class RouterEndpoint:
             handler = self.handlers.get(op.name)
             if handler is None:
                 raise FlrunnerError(f"op '{op.name}' is not implemented yet")
-            result = handler(Request(identity, msg, args, user_id))
+            result = handler(Request(identity, msg, args, user_id, source_fd))
         except FlrunnerError as exc:
             self.errors += 1
             self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
@@ -250,10 +253,14 @@ class RouterEndpoint:
         self.sock.close(0)
 
 
-def _user_id(frame: object) -> str | None:
-    """The ZAP User-Id of the connection a frame came in on (CURVE sockets only)."""
+def _source(frame: object) -> tuple[str | None, int | None]:
+    """The ZAP User-Id and the file descriptor of the connection a frame came in on (CURVE sockets)."""
     try:
-        value = frame.get("User-Id")  # type: ignore[attr-defined]
+        user_id = frame.get("User-Id") or None  # type: ignore[attr-defined]
     except Exception:
-        return None
-    return value or None
+        user_id = None
+    try:
+        fd = frame.get(zmq.SRCFD)  # type: ignore[attr-defined]
+    except Exception:
+        fd = None
+    return user_id, fd

@@ -334,8 +334,10 @@ class Parent:
         if self.gate is not None:
             self.gate.reload_if_changed()
             for name in self.gate.take_revoked():
-                if self.registry.remove(name):
-                    log.warning("site %s: access revoked; dropped from the registry", name)
+                done = [what for ok, what in ((self.registry.remove(name), "dropped from the registry"),
+                                              (self.sites_service.disconnect(name), "its connection closed")) if ok]
+                if done:
+                    log.warning("site %s: access revoked; %s", name, " and ".join(done))
         if self.admin_gate is not None:
             self.admin_gate.reload_if_changed()
             for name in self.admin_gate.take_revoked():

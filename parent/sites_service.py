@@ -11,6 +11,7 @@ from flrunner.errors import BadRequest, Conflict, Unauthorized
 from flrunner.job import NAME_RE
 from flrunner.wire import Message
 
+from .connections import Connection, connection_of, cut
 from .registry import SiteRegistry
 from .router import Request, RouterEndpoint
 
@@ -35,6 +36,8 @@ class SitesService:
         self.public_key: Callable[[str], bytes | None] = lambda name: None
         self.max_sites = max_sites
         self.heartbeat_interval = heartbeat_interval
+        #: The connection each site logged in on (CURVE only), to cut it when the site is revoked.
+        self.connections: dict[str, Connection] = {}
         endpoint.on(P.LOGIN, self.login)
         endpoint.on(P.SITE_HEARTBEAT, self.heartbeat)
         endpoint.on(P.LOGOUT, self.logout)
@@ -64,6 +67,9 @@ class SitesService:
         if key is not None:  # job processes seal secure aux requests for it
             props[PUBLIC_KEY_PROP] = key.decode("ascii")
         rec = self.registry.login(name, req.identity, props)
+        conn = connection_of(req.source_fd)
+        if conn is not None:
+            self.connections[name] = conn
         log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
         # A site that logs in again (this parent restarted, or forgot it) keeps the site apps of
         # jobs that still run here, and stops the others. It gets the keys of their processes,
@@ -72,6 +78,12 @@ class SitesService:
         keys = {j: key for j in jobs if (key := self.job_key(j)) is not None}
         return {"token": rec.token, "heartbeat_interval": self.heartbeat_interval, "revision": self.registry.revision,
                 "stop_jobs": [j for j in jobs if not self.runs_job(j)], "job_keys": keys}
+
+    def disconnect(self, name: str) -> bool:
+        """Close the connection ``name`` logged in on (a revoked site); whether there was one to close.
+        Its reconnection then meets the ZAP handler, which refuses a revoked key."""
+        conn = self.connections.pop(name, None)
+        return conn is not None and cut(conn)
 
     def heartbeat(self, req: Request) -> dict:
         self.registry.heartbeat(req.args["token"], req.identity)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 import zmq
 
@@ -79,16 +81,31 @@ def test_unknown_keys_no_keys_and_other_names_are_refused(secure_parent, project
     assert reply is not None and reply.rc == "OK"
 
 
-def test_a_revoked_site_is_dropped_and_refused(secure_parent, project, procs):
+def site_connections(site, endpoint: str) -> set[int]:
+    """The local ports of a site process's established tcp connections to ``endpoint``."""
+    port = int(endpoint.rsplit(":", 1)[1])
+    return {c.laddr.port for c in psutil.Process(site.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == port}
+
+
+def test_a_revoked_site_is_dropped_disconnected_and_refused(secure_parent, project, procs):
     site = start_kit_site(procs, secure_parent, project, "site-1")
-    wait_for(lambda: names(secure_parent) == ["site-1"], 15, "the site to log in")
+    other = start_kit_site(procs, secure_parent, project, "site-2")
+    wait_for(lambda: names(secure_parent) == ["site-1", "site-2"], 15, "the sites to log in")
+    endpoint = secure_parent.sites_endpoint
+    [revoked_conn], [other_conn] = site_connections(site, endpoint), site_connections(other, endpoint)
     subprocess.run([sys.executable, "-m", "flrunner", "revoke", "--out", str(project), "site-1"], check=True,
                    capture_output=True)
-    wait_for(lambda: names(secure_parent) == [], 10, "the revoked site to be dropped")
+    wait_for(lambda: names(secure_parent) == ["site-2"], 10, "the revoked site to be dropped")
+    wait_for(lambda: revoked_conn not in site_connections(site, endpoint), 10, "the revoked site's connection to close")
+    assert "site site-1: access revoked; dropped from the registry and its connection closed" in \
+        (secure_parent.workspace / "parent.log").read_text()
     from flrunner.security.kit import load_kit
 
     site1 = load_kit(project / "site-1")
-    assert raw_login(secure_parent.sites_endpoint, "site-1", (site1.public_key, site1.secret_key),
+    assert raw_login(endpoint, "site-1", (site1.public_key, site1.secret_key),
                      load_kit(project / "parent").public_key) is None
-    assert names(secure_parent) == []
-    assert site.poll() is None  # the site keeps trying; it is simply never let in
+    time.sleep(1.0)  # the revoked site keeps reconnecting; it is never let in, and the other site is untouched
+    assert names(secure_parent) == ["site-2"]
+    assert site_connections(other, endpoint) == {other_conn}
+    assert site.poll() is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import zmq
@@ -33,6 +34,8 @@ SITES_DOMAIN = "flrunner-sites"
 ADMIN_DOMAIN = "flrunner-admin"
 #: The ZAP domain of a tcp jobs socket.
 JOBS_DOMAIN = "flrunner-jobs"
+#: A key refused again and again (a revoked peer reconnecting every 100 ms) is logged once per this many seconds.
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 class Gate:
@@ -50,6 +53,8 @@ class Gate:
         self._allow = load_allowlist(self.dir)
         self._stamp = self._stamps()
         self._revoked: set[str] = set()
+        self._refusals: dict[bytes, list[float]] = {}  # key -> [when last logged, refusals since]
+        self._last_refusal_line = float("-inf")
 
     def _stamps(self) -> tuple:
         out = []
@@ -108,9 +113,24 @@ class Gate:
         p = self.participant(z85_key)
         allowed = p is not None and p.role == self.role
         if not allowed:
-            log.warning("refused a CURVE connection with key %s… (%s)", z85_key[:8].decode(errors="replace"),
-                        "not on the allowlist" if p is None else f"role {p.role.value}, not {self.role.value}")
+            self._log_refusal(z85_key, "not on the allowlist" if p is None else f"role {p.role.value}, not {self.role.value}")
         return allowed
+
+    def _log_refusal(self, z85_key: bytes, why: str) -> None:
+        """Log a refused key once per `REFUSAL_LOG_INTERVAL` (with how often it was refused since),
+        and at most one refusal line a second in all, so that neither a revoked peer reconnecting
+        every 100 ms nor strangers with ever new keys can fill the disk."""
+        now = time.monotonic()
+        if len(self._refusals) > 4096:
+            self._refusals.clear()
+        last = self._refusals.setdefault(z85_key, [float("-inf"), 0])
+        last[1] += 1
+        if now - last[0] < REFUSAL_LOG_INTERVAL or now - self._last_refusal_line < 1.0:
+            return
+        again = f"; {last[1] - 1} more refusal(s) of this key since" if last[1] > 1 else ""
+        log.warning("refused a CURVE connection with key %s… (%s)%s", z85_key[:8].decode(errors="replace"), why, again)
+        last[:] = [now, 0]
+        self._last_refusal_line = now
 
 
 class AnyKey:
