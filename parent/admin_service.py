@@ -22,6 +22,7 @@ from flrunner import protocol as P
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
 from flrunner.protocol import Rc
 
+from .connections import Connection, connection_of, cut
 from .jobs import JobManager
 from .offload import Offload
 from .job_store import JobRecord
@@ -30,6 +31,8 @@ from .router import Request, RouterEndpoint
 
 log = logging.getLogger(__name__)
 
+#: Connections remembered per remote admin (to close when it is revoked); older ones are forgotten.
+MAX_TRACKED = 64
 #: Admin ops that change something (or could): written to the audit log. (``submit`` answers
 #: later, once the folder is read off the loop, and writes its entry then.)
 AUDITED = frozenset({"abort", "shutdown"})
@@ -53,6 +56,8 @@ class AdminService:
         self.subscribers: dict[tuple[RouterEndpoint, bytes], float] = {}
         #: (socket, peer) -> its admin's name, for remote subscribers (CURVE).
         self._subscriber_names: dict[tuple[RouterEndpoint, bytes], str] = {}
+        #: Remote admin name -> {peer identity: its connection}, the latest few, to close when revoked.
+        self._connections: dict[str, dict[bytes, Connection]] = {}
         self.ready = False
         self._self_ps = psutil.Process()
         self._self_ps.cpu_percent(None)
@@ -66,7 +71,22 @@ class AdminService:
                             (P.ABORT_JOB, self.abort), (P.CLIENTS, self.clients), (P.PS, self.ps),
                             (P.SUBSCRIBE, partial(self.subscribe, ep)), (P.UNSUBSCRIBE, partial(self.unsubscribe, ep)),
                             (P.PING, partial(self.ping, ep)), (P.SHUTDOWN, self.shutdown)):
-            ep.on(op, self._audited(op.name, handler) if op.name in AUDITED else handler)
+            handler = self._audited(op.name, handler) if op.name in AUDITED else handler
+            ep.on(op, handler if ep is self.local else self._tracked(handler))
+
+    def _tracked(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """Remember the connection of each remote admin peer, to close it if the admin is revoked."""
+        def run(req: Request) -> Any:
+            mine = self._connections.setdefault(req.user_id or "", {})
+            if req.identity not in mine:
+                conn = connection_of(req.source_fd)
+                if conn is not None:
+                    mine[req.identity] = conn
+                    if len(mine) > MAX_TRACKED:
+                        del mine[next(iter(mine))]  # the oldest: a CLI call per connection adds up
+            return handler(req)
+
+        return run
 
     def _audited(self, op: str, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         """Write who did what, when, and with which result to ``<workspace>/audit.log`` (JSON lines)."""
@@ -190,13 +210,17 @@ class AdminService:
         self._subscriber_names.pop((ep, req.identity), None)
         return {}
 
-    def drop_subscriber(self, name: str) -> int:
-        """Stop pushing to a (revoked) remote admin's status feeds; how many there were."""
+    def revoke(self, name: str) -> tuple[int, int]:
+        """Cut a revoked remote admin off: stop its status feeds and close its connections.
+
+        Returns how many feeds were stopped and how many connections closed.
+        """
         keys = [k for k, n in self._subscriber_names.items() if n == name]
         for key in keys:
             self.subscribers.pop(key, None)
             del self._subscriber_names[key]
-        return len(keys)
+        closed = sum(cut(conn) for conn in self._connections.pop(name, {}).values())
+        return len(keys), closed
 
     def ping(self, ep: RouterEndpoint, req: Request) -> dict:
         if (ep, req.identity) in self.subscribers:

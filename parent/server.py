@@ -341,8 +341,9 @@ class Parent:
         if self.admin_gate is not None:
             self.admin_gate.reload_if_changed()
             for name in self.admin_gate.take_revoked():
-                dropped = self.admin_service.drop_subscriber(name)
-                log.warning("admin %s: access revoked%s", name, f"; {dropped} status feed(s) closed" if dropped else "")
+                feeds, closed = self.admin_service.revoke(name)
+                log.warning("admin %s: access revoked; %d connection(s) closed, %d status feed(s) stopped",
+                            name, closed, feeds)
         gone = self.registry.expire()
         if gone:
             log.info("site(s) silent for over %.1fs dropped: %s", self.registry.timeout, ", ".join(gone))
