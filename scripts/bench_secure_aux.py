@@ -155,9 +155,9 @@ def label(payload: str) -> str:
 #: The steps of a secure round trip's sealing, in order, and who does them.
 STEPS = {
     "seal_request": "job: seal_request (payload encrypted once, its key sealed per site)",
-    "job_digest": "job: reply_context of the ciphertext (sha256)",
+    "job_context": "job: reply_context of the request (its nonce and tag)",
     "open_request": "site: open_request (one site; the sites run in parallel)",
-    "site_digest": "site: reply_context of the ciphertext (sha256)",
+    "site_context": "site: reply_context of the request (its nonce and tag)",
     "seal_reply": "site: seal_reply",
     "open_replies": "job: open_reply of every site's reply",
 }
@@ -188,10 +188,10 @@ def crypto_floor(sites: int, shareable: Shareable, iters: int, warmup: int = 3) 
     for i in range(warmup + iters):
         took.clear()
         blob, keys = timed("seal_request", lambda: S.seal_request(frames, job_secret, site_publics, context=context))
-        replied_to = timed("job_digest", lambda: S.reply_context(blob))
+        replied_to = timed("job_context", lambda: S.reply_context(blob))
         opened = timed("open_request", lambda: S.open_request([blob], keys[first], site_secrets[first], job_public,
                                                               context=context))
-        site_context = timed("site_digest", lambda: S.reply_context(blob))
+        site_context = timed("site_context", lambda: S.reply_context(blob))
         replies = {first: timed("seal_reply", lambda: S.seal_reply(answers[first], site_secrets[first], job_public,
                                                                    context=site_context))}
         # The other sites seal their replies while the first one does: not on the critical path.

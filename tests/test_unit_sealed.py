@@ -232,3 +232,12 @@ def test_a_job_process_loads_neither_pynacl_nor_the_kit_modules_at_start():
             f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_reply_is_bound_to_its_requests_nonce_and_tag_whatever_carries_it(job, sites):
+    from flrunner.security.sealed import REQUEST_ID_BYTES
+
+    blob, _ = seal_request([b"x" * 100_000], job.secret, {"site-1": sites["site-1"].public})
+    context = reply_context(blob)
+    assert context == reply_context(zmq.Frame(blob)) == reply_context(bytearray(blob))
+    assert context.endswith(blob[:REQUEST_ID_BYTES]) and len(context) < 64  # the head only, not the 100 kB
