@@ -22,31 +22,81 @@ answers an admin ping (on a fresh connection too) and lets a new site log in and
 a plain job must complete and the running "victim" job must be untouched. Prints how many inputs
 each socket got and what came back; exits 1 if the parent stopped serving at any point.
 
-Usage: python scripts/fuzz_parent.py [--count 50000] [--seconds 600] [--seed 0] [--check-every 2500]
+With ``--kit`` it fuzzes the surfaces added for security instead, against a parent started with
+a kit (``flrunner provision --site s1 --site s2 --admin a1``, then ``flrunner parent --kit DIR/parent
+--admin tcp://... --jobs tcp://...``):
+
+- the sites socket over CURVE with site s1's real key: the malformed inputs above, logins as
+  another name, oversized fields, and s1's aux requests to a job it has an app in, with garbage
+  in ``sealed_key``, a ``sender_key`` (a job's field), and sealed with s1's real key but wrong in
+  one way each (direction, topic, job, key sizes, tampered bytes, frames); valid sealed requests
+  too, whose sealed replies must open. A well-behaved s1 session on another connection runs that
+  job's app and must never be disturbed;
+- the remote admin socket over CURVE with admin a1's key: the malformed inputs above, and submits
+  that must all be refused: garbage uploads (random, truncated, '..', absolute paths, links,
+  devices, huge declared sizes, many members, garbage job files) and folders named by path;
+- the tcp jobs socket over CURVE with random client keys: hellos with wrong secrets (for running
+  jobs, with their real pids), sealing keys of wrong sizes and types, every op before a hello;
+- strangers that must get no answer at all: no CURVE, a wrong server key, a key not on the
+  allowlist or of the other role, raw TCP bytes.
+
+Every ``--check-every`` inputs per socket the parent must still serve: alive, the local and a
+fresh remote admin answer, the real site agent s2 is still in the session it started with, s1's
+session and two running jobs are untouched, and no upload is left in ``<workspace>/uploads``.
+Then three targeted probes (uploads that inflate to gigabytes; an upload of many empty files; a
+job folder whose meta.json nests 600 levels), and at the end a real job uploaded by the remote
+admin, with an app on s2, must complete. The submit queue, audit.log (an entry for every answered
+submit and abort, no fuzzed submit accepted) and the folders an upload could escape to are
+checked too. Prints the inputs per socket and kind, the replies, what was wrong with any of them,
+the targeted probes' figures, and the ERROR lines and tracebacks of parent.log; exits 1 on any
+problem.
+
+Usage: python scripts/fuzz_parent.py [--kit] [--quick] [--count 50000] [--seconds 600] [--seed 0]
+                                     [--check-every 2500] [--keep]
 Deterministic for a given --seed (the inputs; reply counts depend on timing). Every process it
-starts is ended before it exits.
+starts is ended before it exits (each in its own process group; job processes by a sweep of the
+temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import gzip
+import io
+import itertools
 import json
+import os
 import random
+import re
 import shutil
+import signal
+import socket
+import statistics
 import sys
+import tarfile
 import tempfile
+import threading
 import time
+import uuid
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgpack
 import zmq
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.secret import SecretBox
 
 import benchlib as B
 from flrunner import protocol as P
 from flrunner.admin import AdminClient
-from flrunner.errors import FlrunnerError
+from flrunner.errors import BadRequest, FlrunnerError
+from flrunner.payload import decode_shareable, encode_shareable
+from flrunner.security import sealed
+from flrunner.security.kit import load_kit
+from flrunner.shareable import ReturnCode, Shareable
 from flrunner.wire import Message, decode, encode, next_id
 
 SOCKETS = ("sites", "jobs", "admin")
@@ -93,8 +143,10 @@ def packed(header: dict) -> bytes:
 class Inputs:
     """The malformed inputs for one socket, drawn from a seeded generator."""
 
-    def __init__(self, socket_name: str, table: P.OpTable, rnd: random.Random, tokens: Callable[[], dict]) -> None:
+    def __init__(self, socket_name: str, table: P.OpTable, rnd: random.Random, tokens: Callable[[], dict],
+                 max_frame: int | None = None) -> None:
         self.socket_name = socket_name
+        self.max_frame = max_frame
         self.ops = [op for op in table if not (socket_name == "admin" and op.name in ADMIN_UNSAFE)]
         self.all_ops = list(table)
         self.rnd = rnd
@@ -219,7 +271,7 @@ class Inputs:
         return self._msg(op.name, body)
 
     def oversized(self) -> list[bytes]:
-        limit = (1 << 20) if self.socket_name == "admin" else (16 << 20)
+        limit = self.max_frame or ((1 << 20) if self.socket_name == "admin" else (16 << 20))
         return self._msg("ping", {"pad": "x" * (limit + 1024)})
 
     def stolen_token(self) -> list[bytes]:
@@ -335,8 +387,9 @@ class JobSocketFuzzer(Controller):
 '''
 
 
-def make_job(root: Path, name: str, server_workflow: dict, site_app: bool, custom: dict[str, str]) -> Path:
-    """A job folder: a server app with one workflow and, optionally, an empty site app for fuzz-site."""
+def make_job(root: Path, name: str, server_workflow: dict, site_app: bool, custom: dict[str, str],
+             sites: Sequence[str] = ("fuzz-site",)) -> Path:
+    """A job folder: a server app with one workflow and, optionally, an empty site app for ``sites``."""
     job = root / name
     (job / "app_server" / "config").mkdir(parents=True)
     (job / "app_server" / "custom").mkdir()
@@ -349,7 +402,7 @@ def make_job(root: Path, name: str, server_workflow: dict, site_app: bool, custo
         (job / "app_site" / "config").mkdir(parents=True)
         (job / "app_site" / "config" / "config_fed_client.json").write_text(json.dumps(
             {"format_version": 2, "components": [], "executors": []}))
-        deploy_map["app_site"] = ["fuzz-site"]
+        deploy_map["app_site"] = list(sites)
     (job / "meta.json").write_text(json.dumps({"name": name, "deploy_map": deploy_map}))
     return job
 
@@ -394,14 +447,38 @@ class World:
 
 # --- the run --------------------------------------------------------------------------------------
 
-class Peer:
-    """A raw DEALER on one socket that sends inputs and tallies what comes back."""
+#: Checks a reply to one input; returns what is wrong with it, or None.
+Check = Callable[[Message], Optional[str]]
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+
+class Peer:
+    """A raw DEALER on one socket that sends inputs and tallies what comes back.
+
+    Args:
+        ctx: the ZeroMQ context.
+        endpoint: the socket to fuzz.
+        curve: ``(public key, secret key, server key)`` to connect as a CURVE client, or None.
+        forbid_ok: every ``OK`` reply is a problem (a peer that never authenticated).
+
+    A reply to an input sent with `expect` is checked when it is drained; whatever is wrong goes
+    to ``problems`` (counted by text). So does any ``ERROR`` reply: the parent's code for an
+    exception nobody named, which malformed input should never cause.
+    """
+
+    #: Inputs whose replies are still awaited; beyond this the oldest are forgotten.
+    MAX_EXPECTED = 20_000
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, curve: tuple[bytes, bytes, bytes] | None = None,
+                 forbid_ok: bool = False) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
+        self.curve = curve
+        self.forbid_ok = forbid_ok
         self.replies: collections.Counter = collections.Counter()
         self.undecodable = 0
+        self.expected: dict[int, tuple[str, Check]] = {}
+        self.answered: collections.Counter = collections.Counter()
+        self.problems: collections.Counter = collections.Counter()
         self._open()
 
     def _open(self) -> None:
@@ -409,10 +486,18 @@ class Peer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDTIMEO, 10_000)  # a parent that stops reading fails the run, never hangs it
         self.sock.setsockopt(zmq.SNDHWM, 200)
+        if self.curve is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = self.curve
         self.sock.connect(self.endpoint)
 
     def send(self, frames: list[bytes]) -> None:
         self.sock.send_multipart(frames)
+
+    def expect(self, mid: int, kind: str, check: Check) -> None:
+        """Check the reply to message ``mid`` (an input of ``kind``) when it comes."""
+        if len(self.expected) >= self.MAX_EXPECTED:
+            del self.expected[next(iter(self.expected))]
+        self.expected[mid] = (kind, check)
 
     def drain(self) -> None:
         while self.sock.poll(0):
@@ -423,10 +508,37 @@ class Peer:
                 self.undecodable += 1
                 continue
             self.replies[msg.rc or msg.op] += 1
+            if not msg.is_reply or msg.rc == P.Rc.RATE_LIMITED:
+                continue
+            expected = self.expected.pop(msg.re, None)
+            if expected is not None:
+                kind, check = expected
+                self.answered[kind] += 1
+                problem = check(msg)
+                if problem:
+                    self.problems[f"{kind}: {problem}"] += 1
+            elif msg.rc == P.Rc.ERROR:
+                self.problems[f"'{msg.op[:40]}' answered ERROR: {reason_of(msg)}"] += 1
+            elif self.forbid_ok and msg.rc == P.Rc.OK:
+                self.problems[f"'{msg.op[:40]}' answered OK to a peer that never said a valid hello"] += 1
 
-    def reopen(self) -> None:
+    def reopen(self, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
+        """A new connection (with new CURVE keys if given): replies to the old one are not awaited."""
         self.sock.close(0)
+        self.expected.clear()
+        if curve is not None:
+            self.curve = curve
         self._open()
+
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def reason_of(msg: Message, limit: int = 160) -> str:
+    """The reason an error reply gives, short, with job ids replaced (so equal problems count together)."""
+    reason = msg.body.get("reason") if isinstance(msg.body, dict) else None
+    text = reason if isinstance(reason, str) else str(msg.body)[:limit]
+    return _UUID_RE.sub("<job id>", text)[:limit]
 
 
 def request(sock: zmq.Socket, op: str, body: dict, timeout: float = 10.0) -> Message:
@@ -441,16 +553,8 @@ def request(sock: zmq.Socket, op: str, body: dict, timeout: float = 10.0) -> Mes
     raise TimeoutError(f"no reply to '{op}' within {timeout}s")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=50_000,
-                    help="inputs in all (split over the three sockets and the in-job fuzzer)")
-    ap.add_argument("--seconds", type=float, default=600.0, help="stop sending after this long")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--check-every", type=int, default=2500, help="inputs per socket between serving checks")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, workspace)")
-    args = ap.parse_args()
-
+def run_plain(args: argparse.Namespace) -> int:
+    """Fuzz a parent without a kit (plaintext sockets, ipc jobs socket); 0 if it served throughout."""
     rnd = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="flrunner-fuzz-"))
     world = World(root)
@@ -649,6 +753,1342 @@ def main() -> int:
         return 1
     print("OK: the parent kept serving; a plain job completed; the victim job was untouched; no process left")
     return 0
+
+
+# --- provisioned mode (--kit): the surfaces added for security --------------------------------------------
+
+#: The participants of the run's project. s1's key fuzzes the sites socket (and, on a connection of
+#: its own, answers as a well-behaved s1 that runs an app of the "s1-job"); s2 is a real site
+#: agent that must stay logged in throughout; a1's key fuzzes the remote admin socket.
+FUZZ_SITE, GOOD_SITE, FUZZ_ADMIN = "s1", "s2", "a1"
+KIT_SURFACES = ("sites", "jobs", "remote-admin")
+#: Messages and bytes a second the fuzzer sends each socket (None: no limit): under the parent's
+#: per-peer limits (2000 messages/s on sites, 500/s and 8 MiB/s on admin), so inputs are served
+#: rather than dropped by the rate limiter.
+PACE: dict[str, tuple[float | None, float | None]] = {
+    "sites": (1500.0, 40 * B.MB), "jobs": (None, 256 * B.MB), "remote-admin": (400.0, 6 * B.MB)}
+#: Where an escaped upload member would land: any file by this name under the run's folder fails the run.
+ESCAPE_MARK = "ESCAPED-BY-FUZZ"
+#: The topic of s1's aux requests to its job (the job's engine has no handler: it answers TOPIC_UNKNOWN).
+AUX_TOPIC = "fuzz"
+
+
+class Pacer:
+    """A token bucket on the sender's side: ``rate`` messages and ``byte_rate`` bytes a second
+    (None: unlimited), with bursts of half a second's worth."""
+
+    def __init__(self, rate: float | None, byte_rate: float | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.byte_rate, self.clock = rate, byte_rate, clock
+        self.messages = (rate or 0.0) / 2
+        self.bytes = (byte_rate or 0.0) / 2
+        self.last = clock()
+
+    def ready(self) -> bool:
+        now = self.clock()
+        elapsed, self.last = now - self.last, now
+        if self.rate:
+            self.messages = min(self.rate / 2, self.messages + elapsed * self.rate)
+        if self.byte_rate:
+            self.bytes = min(self.byte_rate / 2, self.bytes + elapsed * self.byte_rate)
+        return (not self.rate or self.messages >= 1) and (not self.byte_rate or self.bytes >= 0)
+
+    def spend(self, size: int) -> None:
+        self.messages -= 1
+        self.bytes -= size
+
+
+@dataclass
+class Probe:
+    """One input: its kind, its frames, and (if its reply is checked) its message id and the check."""
+
+    kind: str
+    frames: list[bytes]
+    mid: int | None = None
+    check: Check | None = None
+
+
+def probe(kind: str, op: str, body: Any, frames: Sequence[bytes] = (), check: Check | None = None) -> Probe:
+    """A well-framed message (header packed as given, bytes as msgpack bin) followed by raw ``frames``."""
+    mid = next_id()
+    return Probe(kind, [packed({"v": 1, "op": op, "id": mid, "b": body}), *frames], mid, check)
+
+
+def expect_rc(*allowed: str) -> Check:
+    """The reply's code must be one of ``allowed``."""
+    def check(msg: Message) -> str | None:
+        return None if msg.rc in allowed else f"answered {msg.rc}, expected {'/'.join(allowed)} ({reason_of(msg)})"
+    return check
+
+
+def refused(msg: Message) -> str | None:
+    """The input must not be accepted."""
+    return f"accepted: {str(msg.body)[:160]}" if msg.rc == P.Rc.OK else None
+
+
+def flip(data: bytes, rnd: random.Random) -> bytes:
+    """``data`` with one bit flipped."""
+    i = rnd.randrange(len(data))
+    return data[:i] + bytes([data[i] ^ (1 << rnd.randrange(8))]) + data[i + 1:]
+
+
+# --- s1's well-behaved session -----------------------------------------------------------------------
+
+class SiteResponder(threading.Thread):
+    """Site s1's well-behaved session, on its own connection with s1's kit: it logs in, heartbeats,
+    reserves resources and "starts" a job's site app when asked (without running it), answers aux
+    requests, and keeps the job keys it is sent. A session the fuzzing disturbed shows as
+    ``logins`` above 1 (it logs in again when the parent forgets it).
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, kit: Any) -> None:
+        super().__init__(name="s1-session", daemon=True)
+        self.ctx, self.endpoint, self.kit = ctx, endpoint, kit
+        self.token: str | None = None
+        self.logins = 0
+        self.heartbeats_refused = 0
+        self.job_keys: dict[str, bytes] = {}
+        self.pushes: collections.Counter = collections.Counter()
+        self.logged_in = threading.Event()
+        self.error: str | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+    def run(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = (
+            self.kit.public_key, self.kit.secret_key, self.kit.parent_public_key)
+        sock.connect(self.endpoint)
+        interval, next_beat, login_sent = 5.0, 0.0, float("-inf")
+        try:
+            while not self._stop_event.is_set():
+                now = time.monotonic()
+                if self.token is None and now - login_sent > 5.0:
+                    login_sent = now
+                    body = {"name": FUZZ_SITE, "pid": os.getpid(), "jobs": list(self.job_keys),
+                            "resources": {"num_cpus": 4, "mem_gb": 4.0, "num_gpus": 0}}
+                    self._send(sock, Message("login", body, id=next_id()))
+                elif self.token is not None and now >= next_beat:
+                    next_beat = now + interval
+                    self._send(sock, Message("heartbeat", {"token": self.token}, id=next_id()))
+                if not sock.poll(100):
+                    continue
+                msg = decode(sock.recv_multipart())
+                if msg.is_reply:
+                    if msg.op == "login" and msg.rc == P.Rc.OK:
+                        self.token, self.logins = msg.body["token"], self.logins + 1
+                        interval = float(msg.body.get("heartbeat_interval", 5.0))
+                        next_beat = time.monotonic() + interval
+                        self.job_keys.update(msg.body.get("job_keys") or {})
+                        self.logged_in.set()
+                    elif msg.op == "heartbeat" and msg.rc != P.Rc.OK:
+                        self.heartbeats_refused += 1
+                        self.token, login_sent = None, float("-inf")
+                    continue
+                self._serve_push(sock, msg)
+        except Exception as exc:  # reported by the serving checks
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            sock.close(0)
+
+    def _serve_push(self, sock: zmq.Socket, msg: Message) -> None:
+        self.pushes[msg.op] += 1
+        body = msg.body
+        if msg.op == "job_key":
+            self.job_keys[body["job_id"]] = body["key"]
+        elif msg.op == "check_resources":
+            self._send(sock, Message(msg.op, {"token": f"r-{FUZZ_SITE}", "reason": None}, re=msg.id, rc=P.Rc.OK))
+        elif msg.op == "start_job":
+            if body.get("job_key"):
+                self.job_keys[body["job_id"]] = body["job_key"]
+            self._send(sock, Message(msg.op, {"started": True}, re=msg.id, rc=P.Rc.OK))
+        elif msg.op == "aux":
+            if not body.get("fire_and_forget"):
+                self._send(sock, Message(msg.op, {}, re=msg.id, rc=P.Rc.OK,
+                                         frames=encode_shareable(Shareable({"site": FUZZ_SITE}))))
+        elif msg.op not in ("stop_job", "cancel_resources"):
+            self._send(sock, Message(msg.op, {"reason": f"unknown op {msg.op}"}, re=msg.id, rc=P.Rc.BAD_REQUEST))
+
+    @staticmethod
+    def _send(sock: zmq.Socket, msg: Message) -> None:
+        try:
+            sock.send_multipart(encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+
+# --- the sites socket, as s1 ------------------------------------------------------------------------
+
+class Sealer:
+    """s1's secure aux requests to its job's engine, sealed with s1's real key: valid ones (their
+    sealed replies must open, with the engine's TOPIC_UNKNOWN inside) and ones that are wrong in
+    one way each (the engine must refuse them with BAD_REQUEST and serve on)."""
+
+    TAMPERED = ("wrong direction", "other topic", "other job", "short data key", "long data key", "not a list",
+                "empty list", "items not bytes", "too many frames inside", "ciphertext flipped", "sealed key flipped",
+                "two frames", "no frame", "sealed by another key")
+
+    def __init__(self, secret_key: bytes, rnd: random.Random) -> None:
+        self.secret = sealed.key_from_z85(secret_key)
+        self.rnd = rnd
+        self.variants = itertools.cycle(("valid", "garbage payload", *self.TAMPERED))
+
+    def next(self, job_id: str, job_key: bytes, other_job: str) -> tuple[str, list[bytes], bytes, Check]:
+        """(variant, frames, sealed key, check of the reply) of the next variant."""
+        variant = next(self.variants)
+        payload = [bytes(f) for f in encode_shareable(Shareable({"probe": self.rnd.randrange(1 << 30)}))]
+        context = sealed.site_request_context(job_id, AUX_TOPIC)
+        if variant in ("valid", "garbage payload"):
+            frames = payload if variant == "valid" else [self.rnd.randbytes(self.rnd.randrange(1, 300))]
+            blob, keys = sealed.seal_request(frames, self.secret, {"job": job_key}, context=context)
+            want = ReturnCode.TOPIC_UNKNOWN if variant == "valid" else None
+            return variant, [blob], keys["job"], self._opens(blob, job_key, want)
+        data_key = self.rnd.randbytes(SecretBox.KEY_SIZE)
+        box = Box(PrivateKey(self.secret), PublicKey(job_key))
+
+        def blob_of(items: list) -> bytes:
+            return bytes(SecretBox(data_key).encrypt(msgpack.packb(items, use_bin_type=True)))
+
+        blob, key = blob_of([context, *payload]), bytes(box.encrypt(data_key))
+        frames = [blob]
+        if variant == "wrong direction":
+            frames = [blob_of([sealed.request_context(job_id, AUX_TOPIC), *payload])]
+        elif variant == "other topic":
+            frames = [blob_of([sealed.site_request_context(job_id, AUX_TOPIC + "-other"), *payload])]
+        elif variant == "other job":
+            frames = [blob_of([sealed.site_request_context(other_job, AUX_TOPIC), *payload])]
+        elif variant == "short data key":
+            key = bytes(box.encrypt(data_key[:self.rnd.choice([0, 5, 31])]))
+        elif variant == "long data key":
+            key = bytes(box.encrypt(data_key + data_key))
+        elif variant == "not a list":
+            frames = [bytes(SecretBox(data_key).encrypt(self.rnd.choice(
+                [self.rnd.randbytes(64), msgpack.packb({"a": 1}), msgpack.packb("x"), b""])))]
+        elif variant == "empty list":
+            frames = [blob_of([])]
+        elif variant == "items not bytes":
+            frames = [blob_of([context, "text", 5, None])]
+        elif variant == "too many frames inside":
+            frames = [blob_of([context] + [b"x"] * (sealed.MAX_FRAMES + 2))]
+        elif variant == "ciphertext flipped":
+            frames = [flip(blob, self.rnd)]
+        elif variant == "sealed key flipped":
+            key = flip(key, self.rnd)
+        elif variant == "two frames":
+            frames = [blob, blob]
+        elif variant == "no frame":
+            frames = []
+        elif variant == "sealed by another key":
+            key = bytes(Box(PrivateKey.generate(), PublicKey(job_key)).encrypt(data_key))
+        return variant, frames, key, expect_rc(P.Rc.BAD_REQUEST)
+
+    def _opens(self, blob: bytes, job_key: bytes, want: str | None) -> Check:
+        """The reply is OK and sealed for s1 by the job's key, for this very request; with ``want``,
+        the engine's return code inside is that one (else any code but OK)."""
+        def check(msg: Message) -> str | None:
+            if msg.rc != P.Rc.OK:
+                return f"answered {msg.rc} ({reason_of(msg)})"
+            try:
+                frames = sealed.open_reply(msg.frames, self.secret, job_key, context=sealed.reply_context(blob))
+                rc = decode_shareable(frames).get_return_code()
+            except FlrunnerError as exc:
+                return f"the sealed reply does not open: {exc}"
+            if (want is not None and rc != want) or (want is None and rc == ReturnCode.OK):
+                return f"the engine's sealed reply says {rc}"
+            return None
+        return check
+
+
+class SiteInputs:
+    """The sites socket's own inputs, from a connection with s1's real key; the aux ones use the
+    token of s1's well-behaved session (never in a well-formed heartbeat or logout, which would
+    move or end that session)."""
+
+    def __init__(self, rnd: random.Random, session: SiteResponder, jobs: dict[str, str], sealer: Sealer) -> None:
+        self.rnd = rnd
+        self.session = session
+        self.jobs = jobs
+        self.sealer = sealer
+        self.i = 0
+        self._wrong_aux = itertools.cycle([(name, v) for name, f in P.SITE_AUX.fields.items() if name != "token"
+                                           for v in wrong_values(f)])
+        self.kinds: list[Callable[[], Probe]] = [
+            self.login_as_another, self.oversized_field, self.aux_sealed_key, self.aux_sealed, self.aux_sender_key,
+            self.aux_wrong_type, self.aux_elsewhere, self.aux_sealed, self.aux_plain_garbage]
+
+    def next(self) -> Probe:
+        self.i += 1
+        return self.kinds[self.i % len(self.kinds)]()
+
+    @property
+    def token(self) -> str:
+        return self.session.token or "no-session"
+
+    def _aux(self, job_id: str, **fields: Any) -> dict:
+        return {"token": self.token, "job_id": job_id, "topic": AUX_TOPIC, "timeout": 5.0, **fields}
+
+    def login_as_another(self) -> Probe:
+        name = self.rnd.choice([GOOD_SITE, FUZZ_ADMIN, "parent", "server", "@ALL", "S1", "s1 ", " s1", "s1\x00",
+                                "s1/..", "x" * 128, "é", f"fuzz-{self.rnd.randrange(1 << 20)}"])
+        body: dict[str, Any] = {"name": name}
+        if self.rnd.random() < 0.5:
+            body.update(pid=self.rnd.randrange(1, 1 << 22), resources={"num_cpus": 1}, jobs=list(self.jobs.values()))
+        return probe("login as another name", "login", body, check=expect_rc(P.Rc.UNAUTHORIZED))
+
+    def oversized_field(self) -> Probe:
+        op, name, limit = self.rnd.choice([("login", "name", 128), ("login", "jobs", 10_000),
+                                           ("heartbeat", "token", 128), ("logout", "token", 128), ("aux", "token", 128),
+                                           ("aux", "job_id", 128), ("aux", "topic", 256), ("aux", "sealed_key", 128)])
+        # (A list over the decoder's 1,000,000 items is undecodable, and dropped unanswered.)
+        size = limit + self.rnd.choice([1, 2, limit] if name == "jobs" else [1, 2, limit, 100 * limit])
+        value: Any = "x" * size
+        if name == "jobs":
+            value = ["j"] * size
+        elif name == "sealed_key":
+            value = self.rnd.randbytes(size)
+        body = {"login": {"name": FUZZ_SITE}, "heartbeat": {"token": "unused"}, "logout": {"token": "unused"},
+                "aux": self._aux(self.jobs["s1-job"])}[op]
+        body[name] = value
+        # The token is checked before the body (an oversized one is simply unknown).
+        rc = P.Rc.UNAUTHORIZED if name == "token" else P.Rc.BAD_REQUEST
+        return probe(f"oversized field ({op}.{name})", op, body, check=expect_rc(rc))
+
+    def aux_sealed_key(self) -> Probe:
+        """Garbage in 'sealed_key': refused by the parent (type, size), or by the job's engine."""
+        where = self.rnd.choices(["s1-job", "victim", "none"], [7, 2, 1])[0]
+        job_id = self.jobs.get(where, f"no-such-job-{self.rnd.randrange(1000)}")
+        key: Any = self.rnd.choice([self.rnd.randbytes(self.rnd.choice([0, 1, 24, 40, 71, 72, 73, 100, 128])),
+                                    self.rnd.randbytes(self.rnd.choice([129, 500, 4096])),
+                                    "k" * 72, 72, [b"k"], {"k": b"k"}, True, 1.5])
+        frames = [self.rnd.randbytes(self.rnd.randrange(0, 200)) for _ in range(self.rnd.randrange(0, 3))]
+        if not isinstance(key, bytes) or len(key) > 128:
+            rc = P.Rc.BAD_REQUEST  # by the parent
+        else:
+            rc = {"s1-job": P.Rc.BAD_REQUEST, "victim": P.Rc.UNAUTHORIZED, "none": P.Rc.NOT_FOUND}[where]
+            if where == "s1-job" and self.rnd.random() < 0.1:  # refused by the engine, which answers nothing
+                return probe("aux: garbage sealed_key, fire and forget", "aux",
+                             self._aux(job_id, sealed_key=key, fire_and_forget=True), frames)
+        return probe("aux: garbage sealed_key", "aux", self._aux(job_id, sealed_key=key), frames, expect_rc(rc))
+
+    def aux_sealed(self) -> Probe:
+        """A request sealed with s1's real key for its job's key, valid or wrong in one way."""
+        job_key = self.session.job_keys.get(self.jobs["s1-job"])
+        if job_key is None:
+            return self.aux_sealed_key()
+        variant, frames, key, check = self.sealer.next(self.jobs["s1-job"], job_key, self.jobs["victim"])
+        return probe(f"aux: sealed, {variant}", "aux", self._aux(self.jobs["s1-job"], sealed_key=key), frames, check)
+
+    def aux_sender_key(self) -> Probe:
+        """'sender_key' belongs to a job's aux request, not to a site's."""
+        body = self._aux(self.jobs["s1-job"], sender_key=self.rnd.randbytes(self.rnd.choice([32, 0, 200])))
+        if self.rnd.random() < 0.5:
+            body["sealed_key"] = self.rnd.randbytes(72)
+        return probe("aux: sender_key", "aux", body, [self.rnd.randbytes(64)], expect_rc(P.Rc.BAD_REQUEST))
+
+    def aux_wrong_type(self) -> Probe:
+        name, value = next(self._wrong_aux)
+        body = self._aux(self.jobs["s1-job"])
+        body[name] = value
+        return probe("aux: field of a wrong type", "aux", body, [b"x"], expect_rc(P.Rc.BAD_REQUEST))
+
+    def aux_elsewhere(self) -> Probe:
+        """A job s1 has no app in, or no job at all."""
+        job_id, rc = self.rnd.choice([(self.jobs["victim"], P.Rc.UNAUTHORIZED), ("", P.Rc.NOT_FOUND),
+                                      ("no-such-job", P.Rc.NOT_FOUND), ("../" + self.jobs["s1-job"], P.Rc.NOT_FOUND)])
+        return probe("aux: a job it is not in", "aux", self._aux(job_id), [self.rnd.randbytes(32)], expect_rc(rc))
+
+    def aux_plain_garbage(self) -> Probe:
+        """A plain request with garbage frames: the engine answers (with a failure inside), never ERROR."""
+        frames = [self.rnd.randbytes(self.rnd.randrange(0, 300)) for _ in range(self.rnd.randrange(0, 4))]
+        return probe("aux: plain, garbage payload", "aux", self._aux(self.jobs["s1-job"]), frames,
+                     expect_rc(P.Rc.OK, P.Rc.BAD_REQUEST))
+
+
+# --- the tcp jobs socket, with random client keys ------------------------------------------------------
+
+class JobInputs:
+    """The jobs socket's own inputs, from a peer with a random CURVE key that never knows a job's
+    secret: hellos with wrong secrets (for running jobs, with their real pids), sealing keys of
+    every wrong size and type, garbage hellos, and every other op before a hello."""
+
+    def __init__(self, rnd: random.Random, jobs: dict[str, str], pids: dict[str, int]) -> None:
+        self.rnd = rnd
+        self.jobs = jobs
+        self.pids = pids
+        self.i = 0
+        self._before = itertools.cycle(self._before_hello_bodies())
+        self.kinds: list[Callable[[], Probe]] = [self.wrong_secret, self.sealing_key_size, self.sealing_key_type,
+                                                 self.before_hello, self.garbage_hello, self.before_hello]
+
+    def next(self) -> Probe:
+        self.i += 1
+        return self.kinds[self.i % len(self.kinds)]()
+
+    def _job(self) -> tuple[str, int]:
+        name = self.rnd.choice(["victim", "s1-job", "victim", "s1-job", "none"])
+        job_id = self.jobs.get(name, str(uuid.UUID(int=self.rnd.getrandbits(128))))
+        return job_id, self.pids.get(name, self.rnd.randrange(1, 1 << 22))
+
+    def _secret(self) -> str:
+        return self.rnd.choice([self.rnd.randbytes(32).hex()[:43], "", "x" * 256, "\x00" * 43, "secret"])
+
+    def wrong_secret(self) -> Probe:
+        job_id, pid = self._job()
+        body: dict[str, Any] = {"job_id": job_id, "secret": self._secret(), "pid": pid}
+        if self.rnd.random() < 0.5:
+            body["sealing_key"] = self.rnd.randbytes(32)
+        return probe("hello: wrong secret", "hello", body, check=expect_rc(P.Rc.UNAUTHORIZED))
+
+    def sealing_key_size(self) -> Probe:
+        job_id, pid = self._job()
+        size = self.rnd.choice([0, 1, 16, 31, 33, 40, 64, 72, 128, 129, 1000, 70_000])
+        return probe("hello: sealing_key of a wrong size", "hello", {
+            "job_id": job_id, "secret": self._secret(), "pid": pid, "sealing_key": self.rnd.randbytes(size)},
+            check=expect_rc(P.Rc.BAD_REQUEST))
+
+    def sealing_key_type(self) -> Probe:
+        job_id, pid = self._job()
+        key = self.rnd.choice(["k" * 40, "k" * 32, 32, 1.5, True, [self.rnd.randbytes(32)], {"k": b"k"}])
+        return probe("hello: sealing_key of a wrong type", "hello", {
+            "job_id": job_id, "secret": self._secret(), "pid": pid, "sealing_key": key},
+            check=expect_rc(P.Rc.BAD_REQUEST))
+
+    def garbage_hello(self) -> Probe:
+        body = {name: self.rnd.choice(POOL) for name in P.HELLO.fields if self.rnd.random() < 0.8}
+        if self.rnd.random() < 0.3:
+            body[self.rnd.choice(["token", "job", "", "secret "])] = self.rnd.choice(POOL)
+        return probe("hello: garbage", "hello", body, check=refused)
+
+    def _before_hello_bodies(self) -> list[tuple[str, dict]]:
+        victim = self.jobs["victim"]
+        return [("sync_clients", {}), ("sync_clients", {"since": 0}),
+                ("run_status", {"status": "FINISHED:COMPLETED", "progress": {"round": 1}, "error": None}),
+                ("heartbeat", {}),
+                ("aux", {"targets": [FUZZ_SITE, GOOD_SITE], "topic": AUX_TOPIC, "timeout": 1.0}),
+                ("aux", {"topic": AUX_TOPIC, "timeout": 1.0, "sealed": {FUZZ_SITE: bytes(72)},
+                         "sender_key": bytes(32)}),
+                ("aux", {"topic": AUX_TOPIC, "timeout": 1.0, "fire_and_forget": True}),
+                ("check_resources", {"resource_reqs": {FUZZ_SITE: {"num_cpus": 1}}}),
+                ("cancel_resources", {"tokens": {FUZZ_SITE: f"r-{FUZZ_SITE}"}}),
+                ("start_client_job", {"sites": [FUZZ_SITE, GOOD_SITE], "tokens": {FUZZ_SITE: "r"}}),
+                ("run_status", {"status": "FINISHED:ABORTED", "error": f"forged for {victim}"})]
+
+    def before_hello(self) -> Probe:
+        op, body = next(self._before)
+        # Refused before anything is done, so even a fire-and-forget aux is answered.
+        return probe(f"before hello: {op}", op, body, [b"payload"] if op == "aux" else (), expect_rc(P.Rc.UNAUTHORIZED))
+
+
+# --- the remote admin socket, as a1 ----------------------------------------------------------------------
+
+def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, linkname: str = "",
+           size: int | None = None) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o644
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    if kind == tarfile.REGTYPE:
+        info.size = len(data) if size is None else size
+        return info, data
+    return info, None
+
+
+def tar_gz(entries: Sequence[tuple[tarfile.TarInfo, bytes | None]], level: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=level, format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def tar_block(info: tarfile.TarInfo, data: bytes | None) -> bytes:
+    """One member as tar bytes: its header, then its data padded to a whole block."""
+    data = data or b""
+    return info.tobuf(tarfile.PAX_FORMAT) + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def _header_valid(block: bytes) -> bool:
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        return True
+    except tarfile.HeaderError:
+        return False
+
+
+def empty_members(count: int) -> bytes:
+    """A tar.gz of ``count`` empty files (about 6 bytes each once compressed): nothing to unpack,
+    by the unpacked-size cap, which counts bytes only."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    parts = [comp.compress(tarfile.TarInfo(f"e/{i}").tobuf(tarfile.USTAR_FORMAT)) for i in range(count)]
+    return b"".join(parts) + comp.compress(bytes(2 * tarfile.BLOCKSIZE)) + comp.flush()
+
+
+def folder_entries(folder: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The files of a job folder, as upload members (without meta.json: a caller adds its own)."""
+    return [member(str(p.relative_to(folder)), p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "meta.json"]
+
+
+def zeros_bomb(members: int, member_size: int = 200 * B.MB) -> bytes:
+    """A tar.gz of ``members`` files of zeros, each under the unpacked-size cap, all of them over it:
+    a few hundred KiB that inflate to ``members * member_size`` bytes. The gzip stream is built of
+    concatenated gzip members (which readers take as one stream), so the zeros compress once."""
+    zeros = gzip.compress(bytes(member_size), 9)
+    parts = []
+    for i in range(members):
+        info = tarfile.TarInfo(f"zeros-{i}")
+        info.size = member_size
+        parts += [gzip.compress(info.tobuf(tarfile.PAX_FORMAT)), zeros]
+    parts.append(gzip.compress(bytes(1024)))
+    return b"".join(parts)
+
+
+class AdminInputs:
+    """The remote admin socket's own inputs (a1's key): submits of uploads that must all be refused
+    (garbage, truncated, paths leaving the folder, links, devices, huge declared sizes, many members,
+    garbage job files) and submits naming folders on the parent's machine."""
+
+    def __init__(self, rnd: random.Random, good_job: Path, root: Path, many: int) -> None:
+        self.rnd = rnd
+        self.good_job = good_job
+        self.root = root
+        self.i = 0
+        self.meta = json.loads((good_job / "meta.json").read_text())
+        self.files = folder_entries(good_job)
+        self.good = tar_gz([member("meta.json", json.dumps(self.meta).encode()), *self.files])
+        # Costly to build: once.
+        self.many = tar_gz([member(f"many/{i // 100}/f{i}", b"x") for i in range(many)] + self.files)
+        kinds = [self.random_bytes, self.gzip_garbage, self.truncated, self.dot_dot, self.absolute, self.symlink,
+                 self.hard_link, self.special_file, self.huge_declared, self.corrupt_header, self.garbage_meta,
+                 self.garbage_config, self.conflicting, self.extra_frames, self.empty_upload, self.upload_and_job_dir,
+                 self.remote_job_dir, self.deep_folders, self.abort_unknown, self.status_unknown]
+        self.kinds: list[Callable[[], Probe]] = kinds * 4 + [self.many_members]
+
+    def next(self) -> Probe:
+        self.i += 1
+        return self.kinds[self.i % len(self.kinds)]()
+
+    def _submit(self, kind: str, frames: list[bytes], **body: Any) -> Probe:
+        body.setdefault("name", self.rnd.choice(["fuzz", "../../fuzz", "x" * 256, "", "é" * 80, "a\x00b"]))
+        return probe(f"submit: {kind}", "submit", body, frames, expect_rc(P.Rc.BAD_REQUEST))
+
+    def _with(self, *extra: tuple[tarfile.TarInfo, bytes | None], meta: bool = True) -> bytes:
+        head = [member("meta.json", json.dumps(self.meta).encode())] if meta else []
+        entries = [*head, *self.files, *extra]
+        self.rnd.shuffle(entries)
+        return tar_gz(entries)
+
+    def _escapee(self) -> str:
+        return f"{ESCAPE_MARK}-{self.rnd.randrange(1 << 30)}"
+
+    def random_bytes(self) -> Probe:
+        return self._submit("random bytes", [self.rnd.randbytes(self.rnd.choice([1, 10, 512, 65536]))])
+
+    def gzip_garbage(self) -> Probe:
+        return self._submit("gzip of garbage", [gzip.compress(self.rnd.randbytes(self.rnd.randrange(1, 4096)))])
+
+    def truncated(self) -> Probe:
+        # Not within the last 100 bytes: they hold the tar's zero padding and the gzip trailer, and
+        # tarfile reads the members without them (the CRC is never checked; the content is whole).
+        return self._submit("truncated tar.gz", [self.good[:self.rnd.randrange(1, len(self.good) - 100)]])
+
+    def dot_dot(self) -> Probe:
+        name = self.rnd.choice([f"../{self._escapee()}", f"app_server/../../{self._escapee()}",
+                                f"a/b/../../../{self._escapee()}", f"{'../' * 12}tmp/{self._escapee()}", ".."])
+        kind = tarfile.DIRTYPE if name == ".." or self.rnd.random() < 0.2 else tarfile.REGTYPE
+        return self._submit("member with '..'", [self._with(member(name, b"escaped", kind))])
+
+    def absolute(self) -> Probe:
+        name = self.rnd.choice([f"{self.root}/{self._escapee()}", f"//{self.root}/{self._escapee()}",
+                                f"/./{self.root}/./{self._escapee()}", f"/{self._escapee()}"])
+        return self._submit("absolute path", [self._with(member(name, b"escaped"))])
+
+    def symlink(self) -> Probe:
+        target = self.rnd.choice(["/etc/passwd", "../../..", str(self.root), "meta.json", "/"])
+        link = member("app_server/custom/link", kind=tarfile.SYMTYPE, linkname=target)
+        extra = [link]
+        if self.rnd.random() < 0.5:  # and a file written through the link
+            extra.append(member(f"app_server/custom/link/{self._escapee()}", b"x"))
+        return self._submit("symlink", [self._with(*extra)])
+
+    def hard_link(self) -> Probe:
+        target = self.rnd.choice(["/etc/passwd", "meta.json", f"../../{self._escapee()}"])
+        return self._submit("hard link", [self._with(member("app_server/custom/hard", kind=tarfile.LNKTYPE,
+                                                            linkname=target))])
+
+    def special_file(self) -> Probe:
+        kind = self.rnd.choice([tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+        return self._submit("device or fifo", [self._with(member("app_server/custom/dev", kind=kind))])
+
+    def huge_declared(self) -> Probe:
+        """A member whose header declares far more bytes than the upload holds."""
+        size = self.rnd.choice([(256 << 20) + 1, 1 << 33, 1 << 40, 10 ** 15])
+        info, _ = member("app_server/custom/huge.bin", size=size)
+        data = tar_block(*member("meta.json", json.dumps(self.meta).encode())) + info.tobuf(tarfile.PAX_FORMAT)
+        data += self.rnd.randbytes(self.rnd.choice([0, 10, 512, 4096]))
+        return self._submit("huge declared size", [gzip.compress(data, 1)])
+
+    def corrupt_header(self) -> Probe:
+        raw = bytearray(gzip.decompress(self._with()))
+        at = self.rnd.choice([0, 100, 124, 148, 156, 257, 345])  # name, mode, size, checksum, type, magic, prefix
+        for k in range(self.rnd.randrange(1, 12)):
+            raw[at + k] = self.rnd.randrange(256)
+        # The checksum is a plain sum of the header's bytes, which a random change may leave as it
+        # was (a renamed member, still a valid job): change one byte more until tarfile refuses it.
+        while _header_valid(bytes(raw[:tarfile.BLOCKSIZE])):
+            raw[at] = (raw[at] + 1) % 256
+        return self._submit("corrupt tar header", [gzip.compress(bytes(raw), 1)])
+
+    def many_members(self) -> Probe:
+        return self._submit("many members", [self.many])
+
+    def deep_folders(self) -> Probe:
+        depth = self.rnd.choice([100, 1000, 2100])  # the last one is over PATH_MAX
+        return self._submit("deeply nested folders", [self._with(member("d/" * depth + "f", b"x"), meta=False)])
+
+    def garbage_meta(self) -> Probe:
+        text: bytes = self.rnd.choice([
+            self.rnd.randbytes(200), b"", b"[]", b"null", b"\"meta\"", b"{\"name\": 5}",
+            b"[" * 100_000 + b"]" * 100_000, b"{\"name\": \"x\", \"deploy_map\": " + b"9" * 5000 + b"}",
+            json.dumps({**self.meta, "deploy_map": []}).encode(),
+            json.dumps({**self.meta, "deploy_map": {"../app_server": ["server"]}}).encode(),
+            json.dumps({**self.meta, "deploy_map": {"app_server": ["server"], "app_server2": ["server"]}}).encode(),
+            json.dumps({**self.meta, "min_clients": -1}).encode(),
+            json.dumps({**self.meta, "name": "x" * 200}).encode(),
+            b" " * (5 << 20)])
+        return self._submit("garbage meta.json", [tar_gz([member("meta.json", text), *self.files])])
+
+    def garbage_config(self) -> Probe:
+        cfg = "app_server/config/config_fed_server.json"
+        text: bytes = self.rnd.choice([
+            self.rnd.randbytes(100), b"{", b"{\"format_version\": 3, \"workflows\": []}", b"{\"workflows\": []}",
+            b"{\"workflows\": [{\"id\": 1}]}", b"{\"workflows\": NaN}", b"{" * 60_000,
+            b"{\"workflows\": [{\"id\": \"w\", \"path\": \"nodots\"}]}",
+            b"{\"workflows\": [{\"id\": \"w\", \"path\": \"../../x.y\"}]}"])
+        files = [e for e in self.files if e[0].name != cfg]
+        return self._submit("garbage server config", [tar_gz([member("meta.json", json.dumps(self.meta).encode()),
+                                                               member(cfg, text), *files])])
+
+    def conflicting(self) -> Probe:
+        a, b = self.rnd.choice([("app_server", "app_server/config/x.json"), ("meta.json/x", "meta.json"),
+                                ("app_server/custom", "app_server/custom/fuzz_sleep.py")])
+        return self._submit("conflicting members", [tar_gz([member(a, b"file"), member(b, b"file"), *self.files])])
+
+    def extra_frames(self) -> Probe:
+        """The first frame is the upload: garbage first, a valid folder after it."""
+        return self._submit("garbage upload, then a valid one", [self.rnd.randbytes(100), self.good])
+
+    def empty_upload(self) -> Probe:
+        return self._submit("empty upload frame", [b""])
+
+    def upload_and_job_dir(self) -> Probe:
+        return self._submit("upload and job_dir", [self.good], job_dir=str(self.good_job))
+
+    def _unknown_job(self) -> str:
+        return self.rnd.choice([str(uuid.UUID(int=self.rnd.getrandbits(128))), "", "../jobs", "*", "%", "x" * 128])
+
+    def abort_unknown(self) -> Probe:
+        return probe("abort: unknown job", "abort", {"job_id": self._unknown_job(), "reason": "fuzz"},
+                     check=expect_rc(P.Rc.NOT_FOUND))
+
+    def status_unknown(self) -> Probe:
+        return probe("status: unknown job", "status", {"job_id": self._unknown_job()}, check=expect_rc(P.Rc.NOT_FOUND))
+
+    def remote_job_dir(self) -> Probe:
+        """A folder on the parent's machine, named by a remote admin: always refused, even a valid one."""
+        job_dir = self.rnd.choice([str(self.good_job), str(self.good_job), "/etc", "/", "../../etc", "job", ""])
+        return probe("submit: job_dir (remote)", "submit", {"job_dir": job_dir}, check=expect_rc(P.Rc.BAD_REQUEST))
+
+
+# --- connections that must get no answer ---------------------------------------------------------------
+
+def zmtp_greeting(mechanism: bytes) -> bytes:
+    """A ZMTP 3.0 greeting (signature, version, mechanism, as-server, filler)."""
+    return b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\0") + b"\x00" + bytes(31)
+
+
+def zmtp_frame(data: bytes, command: bool = False) -> bytes:
+    flags = 0x04 if command else 0x00
+    if len(data) < 256:
+        return bytes([flags, len(data)]) + data
+    return bytes([flags | 0x02]) + len(data).to_bytes(8, "big") + data
+
+
+def zmtp_command(name: bytes, body: bytes) -> bytes:
+    return zmtp_frame(bytes([len(name)]) + name + body, command=True)
+
+
+def tcp_address(endpoint: str) -> tuple[str, int]:
+    host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+class Strangers:
+    """Peers the parent must not answer: no CURVE, a wrong server key, a key that is not on the
+    allowlist (or has the other role), and raw TCP bytes that are not a CURVE handshake.
+
+    Each round opens them all at once, sends each a well-formed request, waits ``wait`` seconds
+    for anything to come back, and closes them.
+    """
+
+    def __init__(self, ctx: zmq.Context, info: dict, kits: dict[str, Any], rnd: random.Random) -> None:
+        self.ctx, self.info, self.kits, self.rnd = ctx, info, kits, rnd
+        self.sent: collections.Counter = collections.Counter()
+        self.answered: collections.Counter = collections.Counter()
+
+    def _variants(self) -> list[tuple[str, str, tuple[bytes, bytes, bytes] | None, str, dict]]:
+        s1, a1 = self.kits[FUZZ_SITE], self.kits[FUZZ_ADMIN]
+        server = s1.parent_public_key
+        stranger_pub, stranger_sec = zmq.curve_keypair()
+        wrong_server, _ = zmq.curve_keypair()
+        sites, admin, jobs = self.info["sites"], self.info["remote_admin"], self.info["jobs"]
+        login = {"name": FUZZ_SITE}
+        hello = {"job_id": "x", "secret": "x", "pid": 1}
+        return [
+            ("sites: no CURVE", sites, None, "login", login),
+            ("sites: s1's key, wrong server key", sites, (s1.public_key, s1.secret_key, wrong_server), "login", login),
+            ("sites: key not on the allowlist", sites, (stranger_pub, stranger_sec, server), "login", login),
+            ("sites: admin a1's key", sites, (a1.public_key, a1.secret_key, server), "login", {"name": FUZZ_ADMIN}),
+            ("remote-admin: no CURVE", admin, None, "ping", {}),
+            ("remote-admin: a1's key, wrong server key", admin, (a1.public_key, a1.secret_key, wrong_server),
+             "ping", {}),
+            ("remote-admin: key not on the allowlist", admin, (stranger_pub, stranger_sec, server), "ping", {}),
+            ("remote-admin: site s1's key", admin, (s1.public_key, s1.secret_key, server), "ping", {}),
+            ("jobs: no CURVE", jobs, None, "hello", hello),
+            ("jobs: wrong server key", jobs, (stranger_pub, stranger_sec, wrong_server), "heartbeat", {}),
+        ]
+
+    def _raw(self, endpoint: str) -> list[tuple[str, bytes]]:
+        ping = packed({"v": 1, "op": "ping", "id": next_id(), "b": {}})
+        null = zmtp_greeting(b"NULL") + zmtp_command(
+            b"READY", bytes([11]) + b"Socket-Type" + (6).to_bytes(4, "big") + b"DEALER") + zmtp_frame(ping)
+        return [("raw bytes", self.rnd.randbytes(self.rnd.randrange(1, 2000))),
+                ("ZMTP NULL handshake and a message", null),
+                ("CURVE greeting, garbage HELLO",
+                 zmtp_greeting(b"CURVE") + zmtp_command(b"HELLO", self.rnd.randbytes(194))),
+                ("CURVE greeting, truncated", zmtp_greeting(b"CURVE")[:self.rnd.randrange(1, 64)])]
+
+    def round(self, wait: float = 1.0) -> None:
+        socks: list[tuple[str, zmq.Socket]] = []
+        raws: list[tuple[str, socket.socket]] = []
+        try:
+            for kind, endpoint, curve, op, body in self._variants():
+                sock = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                if curve is not None:
+                    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
+                sock.connect(endpoint)
+                sock.send_multipart(encode(Message(op, body, id=next_id())), zmq.NOBLOCK)
+                socks.append((kind, sock))
+                self.sent[kind] += 1
+            for name in KIT_SURFACES:
+                endpoint = self.info["remote_admin" if name == "remote-admin" else name]
+                for what, data in self._raw(endpoint):
+                    raw = socket.create_connection(tcp_address(endpoint), timeout=2)
+                    raws.append((f"{name}: {what}", raw))
+                    self.sent[f"{name}: {what}"] += 1
+                    try:
+                        raw.sendall(data)
+                    except OSError:  # libzmq may close at the first wrong byte, while the rest is sent
+                        pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                for kind, sock in socks:
+                    if sock.poll(0):
+                        sock.recv_multipart()
+                        self.answered[kind] += 1
+                time.sleep(0.02)
+            for kind, raw in raws:
+                raw.setblocking(False)
+                got = b""
+                try:
+                    while chunk := raw.recv(65536):
+                        got += chunk
+                except (BlockingIOError, ConnectionError):
+                    pass
+                # The parent's greeting (64 bytes) and handshake errors may come; a header of ours may not.
+                if b"\xa2re" in got[64:] or b"\xa1b" in got[64:]:
+                    self.answered[kind] += 1
+        finally:
+            for _, sock in socks:
+                sock.close(0)
+            for _, raw in raws:
+                raw.close()
+
+
+# --- fuzzing one socket ------------------------------------------------------------------------------
+
+class Surface:
+    """One socket under fuzzing: its peer, the generic malformed inputs and its own, alternately.
+
+    Args:
+        name: the socket's name in the report.
+        peer: the connection the inputs go through.
+        generic: the malformed inputs of any socket (`Inputs`).
+        own: the next of the socket's own inputs.
+        rekey: new CURVE keys for the peer, every `REKEY_EVERY` inputs (None: the same keys throughout).
+        window: checked inputs that may await their replies at once. The remote admin socket's
+            submits are unpacked one at a time, off the parent's loop, behind a queue with no
+            bound; without a window the fuzzer would measure that queue, not the parent.
+    """
+
+    REKEY_EVERY = 400
+
+    def __init__(self, name: str, peer: Peer, generic: Inputs, own: Callable[[], Probe],
+                 rekey: Callable[[], tuple[bytes, bytes, bytes]] | None = None, window: int = 2000) -> None:
+        self.name, self.peer, self.generic, self.own, self.rekey = name, peer, generic, own, rekey
+        self.window = window
+        self.sent: collections.Counter = collections.Counter()
+        self.n = 0
+
+    def ready(self) -> bool:
+        """Whether fewer than ``window`` checked inputs await their replies (draining them first)."""
+        if len(self.peer.expected) >= self.window:
+            self.peer.drain()
+        return len(self.peer.expected) < self.window
+
+    def send_next(self) -> int:
+        """Send the next input; return its size in bytes (0 for one the parent's libzmq drops unread)."""
+        n, self.n = self.n, self.n + 1
+        if n % 2 == 0:
+            kind, frames = self.generic.next(n // 2)
+            item = Probe(kind, frames)
+        else:
+            item = self.own()
+        if item.kind == "oversized frame":
+            self.settle(5.0)  # libzmq drops a peer that sends over MAXMSGSIZE: first get what is owed
+        self.peer.send(item.frames)
+        self.sent[item.kind] += 1
+        if item.check is not None and item.mid is not None:
+            self.peer.expect(item.mid, item.kind, item.check)
+        if item.kind == "oversized frame":
+            self.peer.reopen()
+            return 0
+        if self.rekey is not None and n % self.REKEY_EVERY == self.REKEY_EVERY - 1:
+            # Closing discards what is still queued: wait until the inputs so far were answered
+            # (the last one is checked, and a peer's messages arrive in order).
+            self.settle(5.0)
+            self.peer.reopen(self.rekey())
+            self.sent["(a new connection with a new key)"] += 1
+        if n % 64 == 0:
+            self.peer.drain()
+        return sum(len(f) for f in item.frames)
+
+    def settle(self, timeout: float) -> None:
+        """Drain replies until every checked input was answered, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.peer.drain()
+            if not self.peer.expected or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+
+
+# --- the provisioned world ----------------------------------------------------------------------------
+
+class KitWorld:
+    """A provisioned project (s1, s2, a1) and a parent started with its kit, serving CURVE on the
+    sites, remote admin and tcp jobs sockets, with a real site agent as s2; in a temporary folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.project = root / "project"
+        self.ws = root / "ws"
+        self.procs = B.Processes(root)
+        self.parent: B.ParentProc | None = None
+        self.kits: dict[str, Any] = {}
+
+    def start(self) -> dict:
+        prov = self.procs.spawn(["-m", "flrunner", "provision", "--out", str(self.project), "--site", FUZZ_SITE,
+                                 "--site", GOOD_SITE, "--admin", FUZZ_ADMIN], "provision")
+        if prov.wait(60) != 0:
+            raise RuntimeError(f"flrunner provision failed:\n{self.procs.output('provision')}")
+        self.kits = {name: load_kit(self.project / name) for name in (FUZZ_SITE, GOOD_SITE, FUZZ_ADMIN)}
+        self.parent = B.ParentProc(self.procs, self.ws, "parent", [
+            "--kit", str(self.project / "parent"), "--admin", "tcp://127.0.0.1:*", "--jobs", "tcp://127.0.0.1:*",
+            "--site-timeout", "30"], abort_grace=1, log_level=None, admin_timeout=10)
+        self.info = self.parent.info
+        self.site = self.procs.spawn(["-m", "flrunner", "site", "--kit", str(self.project / GOOD_SITE),
+                                      "--server", self.info["sites"]], f"site-{GOOD_SITE}")
+        return self.info
+
+    def remote_admin(self, timeout: float = 10.0) -> AdminClient:
+        return AdminClient.with_kit(self.project / FUZZ_ADMIN, self.info["remote_admin"], timeout=timeout)
+
+    def staging_left(self) -> list[str]:
+        uploads = self.ws / "uploads"
+        return sorted(p.name for p in uploads.iterdir()) if uploads.is_dir() else []
+
+    def escaped(self) -> list[str]:
+        """Files an upload put outside its staging folder (found anywhere under the run's folder or /)."""
+        found = list(self.root.rglob(f"{ESCAPE_MARK}-*"))
+        for folder in (Path("/"), Path("/tmp")):
+            found += folder.glob(f"{ESCAPE_MARK}-*")
+        return [str(p) for p in found]
+
+    def stop(self) -> list[str]:
+        return self.procs.end_all(grace=20, sweeps=25)
+
+
+def _tidy(text: str, limit: int = 200) -> str:
+    """A log message to count and print: job ids and upload names elided, control characters escaped."""
+    text = _UUID_RE.sub("<job id>", re.sub(r"upload '.*' (failed|by)", r"upload '<name>' \1", text))[:limit]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def log_problems(path: Path) -> tuple[int, int, collections.Counter]:
+    """(ERROR lines, tracebacks, {what: count}) of a log: each ERROR line's message (job ids elided)
+    with the exception that ends the traceback following it, if any."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0, 0, collections.Counter()
+    errors, tracebacks, found = 0, 0, collections.Counter()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            tracebacks += 1
+        if " ERROR " not in line:
+            continue
+        errors += 1
+        what = _tidy(line.split(" ERROR ", 1)[1])
+        if i + 1 < len(lines) and lines[i + 1].startswith("Traceback"):
+            j = i + 2
+            while j < len(lines) and (not lines[j] or lines[j].startswith((" ", "Traceback", "During", "The above"))):
+                j += 1
+            if j < len(lines):
+                what += " -> " + _tidy(lines[j])
+        found[what] += 1
+    return errors, tracebacks, found
+
+
+def probe_bombs(world: KitWorld, sizes: tuple[int, int]) -> tuple[str, str | None]:
+    """Two uploads of zeros in members under the unpacked-size cap, all of them over it: if the time
+    to refuse them grows with what they inflate to, the cap does not bound the work."""
+    took = []
+    with world.remote_admin(timeout=300) as admin:
+        for members in sizes:
+            bomb = zeros_bomb(members)
+            t0 = time.monotonic()
+            try:
+                admin.submit_upload(bomb, "zeros")
+                return "decompression bombs: accepted", f"an upload inflating to {members * 200} MiB was accepted"
+            except FlrunnerError:
+                took.append((len(bomb), members * 200, time.monotonic() - t0))
+    line = "decompression bombs refused: " + ", ".join(f"{packed_size >> 10} KiB -> {mib} MiB in {t:.2f}s"
+                                                        for packed_size, mib, t in took)
+    (small_size, small_mib, small_t), (big_size, big_mib, big_t) = took
+    if big_t > 0.5 and big_t > 1.5 * small_t:
+        per_mib = big_t / (big_size / B.MB)
+        return line, (f"{line}: the time grows with the inflated size, so the unpacked-size cap (checked after "
+                      f"tarfile.getmembers() inflated the whole stream) does not bound the work: about "
+                      f"{per_mib * 64:.0f}s of the single submit worker per 64 MiB upload (the remote admin's "
+                      f"limit), during which every submit, local ones too, waits")
+    return line, None
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of a process so far (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def probe_members(world: KitWorld, count: int) -> tuple[str, str | None]:
+    """An upload of ``count`` empty files: the unpacked-size cap counts bytes, so nothing bounds how
+    many files the parent lists (all in memory) and creates before it finds no meta.json."""
+    upload = empty_members(count)
+    peak = peak_rss_mb(world.parent.pid)
+    with world.remote_admin(timeout=600) as admin:
+        t0 = time.monotonic()
+        try:
+            admin.submit_upload(upload, "members")
+            return f"{count} empty members: accepted", f"an upload of {count} empty files and no meta.json was accepted"
+        except FlrunnerError as exc:
+            took, reason = time.monotonic() - t0, str(exc)[:100]
+    grew = peak_rss_mb(world.parent.pid) - peak
+    line = (f"{count} empty members ({len(upload) >> 10} KiB upload): refused after {took:.1f}s, the parent's peak "
+            f"memory grew {grew:.0f} MiB ({reason})")
+    per_upload = 64 * B.MB / len(upload)
+    if took > 1.0 and "meta.json" in reason:
+        return line, (f"{line}: every member was listed and created before the folder was found invalid; a 64 MiB "
+                      f"upload holds ~{count * per_upload / 1e6:.0f} million such members: "
+                      f"~{took * per_upload / 60:.0f} min of the submit worker, as many files in the workspace, "
+                      f"and ~{grew * per_upload / 1024:.1f} GiB of parent memory for the member list")
+    return line, None
+
+
+def probe_deep_meta(world: KitWorld, root: Path) -> tuple[str, str | None]:
+    """A valid job folder whose meta.json nests 600 levels (JSON reads it; the wire carries 512)."""
+    deep = make_job(root, "deep-meta", {"id": "wf", "path": "fuzz_sleep.Sleep", "args": {"seconds": 0}},
+                    False, {"fuzz_sleep.py": SLEEP_WF})
+    meta = json.loads((deep / "meta.json").read_text())
+    (deep / "meta.json").write_text(json.dumps(meta)[:-1] + ', "extra": ' + "[" * 600 + "]" * 600 + "}")
+    with world.remote_admin() as admin:
+        try:
+            job_id = admin.submit(deep)
+        except FlrunnerError as exc:
+            return f"a meta.json nested 600 levels: refused at submit ({str(exc)[:120]})", None
+        job = wait_job(admin, job_id, lambda j: j["status"].startswith("FINISHED"), 60)
+    line = f"a meta.json nested 600 levels: accepted, then {job['status']} ({job['history'][-1]['reason'][:120]})"
+    if job["status"] == "FINISHED:COMPLETED":
+        return line, None
+    return line, (f"a job folder whose meta.json nests 600 levels (over the wire's 512) was accepted at submit, then "
+                  f"ended {job['status']}: {job['history'][-1]['reason'][:200]}")
+
+
+#: The folders the run itself uploads; an accepted submit of anything else is a problem.
+OWN_UPLOADS = frozenset({"victim", "s1-job", "plain", "deep-meta"})
+
+
+def audit_problems(ws: Path, answered: collections.Counter) -> tuple[str, list[str]]:
+    """What audit.log says of the remote admin's commands: every line is JSON, every submit and
+    abort the fuzzer was answered is there, and no submit was accepted but the run's own uploads."""
+    entries, bad = [], 0
+    try:
+        lines = (ws / "audit.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            bad += 1
+    mine = [e for e in entries if isinstance(e, dict) and e.get("who") == FUZZ_ADMIN]
+    by_op = collections.Counter(e.get("op") for e in mine)
+    accepted = [e for e in mine if e.get("op") == "submit" and e.get("result") == "OK"]
+    foreign = [e for e in accepted if e.get("args", {}).get("name") not in OWN_UPLOADS]
+    aborted = [e for e in mine if e.get("op") == "abort" and e.get("result") == "OK"]
+    want = {op: sum(n for kind, n in answered.items() if kind.startswith(f"{op}:")) for op in ("submit", "abort")}
+    summary = (f"audit.log: {len(entries)} entries, {bad} not JSON; by {FUZZ_ADMIN}: {by_op['submit']} submits "
+               f"({len(accepted)} accepted, all the run's own: {not foreign}), {by_op['abort']} aborts "
+               f"({len(aborted)} done)")
+    problems = []
+    if bad:
+        problems.append(f"audit.log: {bad} line(s) are not JSON")
+    for op, n in want.items():
+        if by_op[op] < n:
+            problems.append(f"audit.log: {by_op[op]} {op} entries by {FUZZ_ADMIN}, but {n} {op}s were answered")
+    if foreign:
+        problems.append(f"audit.log: {len(foreign)} fuzzed submit(s) accepted: {[e.get('args') for e in foreign][:3]}")
+    if aborted:
+        problems.append(f"audit.log: {FUZZ_ADMIN}'s fuzzing aborted {len(aborted)} job(s)")
+    return summary, problems
+
+
+def wait_job(admin: AdminClient, job_id: str, done: Callable[[dict], bool], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = admin.status(job_id)
+        if done(job) or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
+def print_kit_report(args: argparse.Namespace, elapsed: float, surfaces: dict[str, Surface],
+                     strangers: Strangers | None, session: SiteResponder | None, checks: int,
+                     log_summary: tuple[int, int, collections.Counter], job_logs: collections.Counter,
+                     notes: list[str]) -> None:
+    print(f"fuzzed the provisioned surfaces of a live parent for {elapsed:.1f}s with seed {args.seed}")
+    print(f"{'surface':<16}{'inputs':>8}{'checked':>9}{'unanswered':>11}  replies (by code)")
+    for name, s in surfaces.items():
+        print(f"{name:<16}{sum(s.sent.values()):>8}{sum(s.peer.answered.values()):>9}{len(s.peer.expected):>11}  "
+              f"{json.dumps(dict(s.peer.replies), sort_keys=True)}")
+    if strangers is not None:
+        print(f"{'strangers':<16}{sum(strangers.sent.values()):>8}  answered: {sum(strangers.answered.values())}")
+    for name, s in surfaces.items():
+        print(f"{name} inputs by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(s.sent.items())))
+        waiting = collections.Counter(kind for kind, _ in s.peer.expected.values())
+        if waiting:
+            print(f"{name} inputs still unanswered at the end, by kind: {json.dumps(dict(waiting), sort_keys=True)}")
+    if strangers is not None:
+        print("strangers by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(strangers.sent.items())))
+    print(f"serving checks: {checks} (parent alive, local and fresh remote admin ping, a real job uploaded by the "
+          f"remote admin completes, {GOOD_SITE} in its first session, {FUZZ_SITE}'s session and both jobs "
+          f"undisturbed, no staging folder left)")
+    if session is not None:
+        print(f"{FUZZ_SITE}'s well-behaved session: {session.logins} login(s), pushes "
+              f"{json.dumps(dict(session.pushes), sort_keys=True)}")
+    if "sites" in surfaces:
+        answered = surfaces["sites"].peer.answered
+        valid = answered["aux: sealed, valid"] + answered["aux: sealed, garbage payload"]
+        tampered = sum(n for kind, n in answered.items() if kind.startswith("aux: sealed, ")) - valid
+        print(f"secure aux from {FUZZ_SITE} to its job's engine: {valid} sealed requests answered with sealed replies "
+              f"(checked to open), {tampered} tampered ones answered (checked to be refused)")
+    for note in notes:
+        print(note)
+    errors, tracebacks, found = log_summary
+    print(f"parent.log: {errors} ERROR line(s), {tracebacks} traceback(s)")
+    for what, n in found.most_common(15):
+        print(f"  {n:>6} x {what}")
+    if job_logs:
+        print("job logs (ERROR lines):")
+        for what, n in job_logs.most_common(10):
+            print(f"  {n:>6} x {what}")
+
+
+def run_kit(args: argparse.Namespace) -> int:
+    """Fuzz the provisioned surfaces of a live parent; print the tallies; 0 if it served throughout."""
+    rnd = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="flrunner-fuzz-kit-"))
+    world = KitWorld(root)
+    ctx = zmq.Context()
+    failures: list[str] = []
+    findings: list[str] = []
+    surfaces: dict[str, Surface] = {}
+    strangers: Strangers | None = None
+    session: SiteResponder | None = None
+    remote: AdminClient | None = None
+    checks = 0
+    start = time.monotonic()
+    log_summary: tuple[int, int, collections.Counter] = (0, 0, collections.Counter())
+    notes: list[str] = []
+    queue_waits: list[float] = []
+    real_jobs: list[str] = []
+    try:
+        info = world.start()
+        local = world.parent.admin
+        remote = world.remote_admin()
+        s2 = B.wait_until(lambda: next((c for c in local.clients() if c["name"] == GOOD_SITE), None), 30,
+                          f"site {GOOD_SITE} to log in")
+        session = SiteResponder(ctx, info["sites"], world.kits[FUZZ_SITE])
+        session.start()
+        if not session.logged_in.wait(30):
+            raise RuntimeError(f"{FUZZ_SITE}'s session did not log in: {session.error}")
+
+        # Two jobs that must stay untouched, both uploaded by the remote admin: the victim, with an
+        # app on s2 (so s1 may not address it), and the s1-job, with an app on s1 (where s1's aux
+        # requests go).
+        sleeper = {"fuzz_sleep.py": SLEEP_WF}
+        jobs = {"victim": remote.submit(make_job(root, "victim", {"id": "wf", "path": "fuzz_sleep.Sleep",
+                                                                   "args": {"seconds": 3600}}, True, sleeper,
+                                                 sites=[GOOD_SITE])),
+                "s1-job": remote.submit(make_job(root, "s1-job", {"id": "wf", "path": "fuzz_sleep.Sleep",
+                                                                   "args": {"seconds": 3600}}, True, sleeper,
+                                                 sites=[FUZZ_SITE]))}
+        for name, job_id in jobs.items():
+            job = wait_job(local, job_id, lambda j: j["status"] == "RUNNING" or j["status"].startswith("FINISHED"), 60)
+            if job["status"] != "RUNNING":
+                raise RuntimeError(f"the {name} job did not start: {job['status']} {job['history'][-1]}")
+        B.wait_until(lambda: jobs["s1-job"] in session.job_keys, 30, "the s1-job's key to reach s1")
+        baseline = {name: len(local.status(job_id)["history"]) for name, job_id in jobs.items()}
+        running = {j["job_id"]: j["pid"] for j in local.ps()["jobs"]}
+        pids = {name: running[job_id] for name, job_id in jobs.items()}
+        good_job = make_job(root, "plain", {"id": "wf", "path": "fuzz_sleep.Sleep", "args": {"seconds": 0}}, True,
+                            sleeper, sites=[GOOD_SITE])
+
+        s1, a1 = world.kits[FUZZ_SITE], world.kits[FUZZ_ADMIN]
+        server_key = s1.parent_public_key
+        fake_tokens = lambda: {"fuzz-a": "not-a-token", "victim": jobs["victim"]}  # noqa: E731
+
+        def generic(name: str, table: P.OpTable, max_frame: int | None = None) -> Inputs:
+            gen = Inputs(name, table, random.Random(rnd.random()), fake_tokens, max_frame)
+            gen.kinds = [k for k in gen.kinds if k[0] != "another site's token"]
+            return gen
+
+        def new_job_key() -> tuple[bytes, bytes, bytes]:
+            public, secret = zmq.curve_keypair()
+            return public, secret, server_key
+
+        surfaces = {
+            "sites": Surface("sites", Peer(ctx, info["sites"], (s1.public_key, s1.secret_key, server_key)),
+                             generic("sites", P.SITE_OPS),
+                             SiteInputs(random.Random(rnd.random()), session, jobs,
+                                        Sealer(s1.secret_key, random.Random(rnd.random()))).next),
+            "jobs": Surface("jobs", Peer(ctx, info["jobs"], new_job_key(), forbid_ok=True),
+                            generic("jobs", P.JOB_OPS), JobInputs(random.Random(rnd.random()), jobs, pids).next,
+                            rekey=new_job_key),
+            "remote-admin": Surface("remote-admin", Peer(ctx, info["remote_admin"], (a1.public_key, a1.secret_key,
+                                                                                      server_key)),
+                                    generic("admin", P.ADMIN_OPS, max_frame=64 * B.MB),
+                                    AdminInputs(random.Random(rnd.random()), good_job, root, many=1000).next,
+                                    window=24),
+        }
+        strangers = Strangers(ctx, info, world.kits, random.Random(rnd.random()))
+
+        def serving(where: str, final: bool = False) -> bool:
+            """The parent still serves: alive, local and (fresh) remote admin answer, a real job
+            uploaded by the remote admin (with an app on s2) completes, s2 is still in the session
+            it started with, s1's session and both jobs are undisturbed, no upload is left in staging."""
+            nonlocal checks
+            checks += 1
+            try:
+                if world.parent.proc.poll() is not None:
+                    raise RuntimeError(f"the parent exited with {world.parent.proc.returncode}")
+                if local.ping()["pid"] != world.parent.pid:
+                    raise RuntimeError("the local admin ping was answered by another process")
+                with world.remote_admin(timeout=300 if final else 120) as fresh:
+                    if fresh.ping()["pid"] != world.parent.pid:
+                        raise RuntimeError("the remote admin ping was answered by another process")
+                    # An empty upload is refused by the submit worker: its answer comes after every
+                    # submit queued before it.
+                    t0 = time.monotonic()
+                    try:
+                        fresh.call("submit", frames=[b""], name="queue-probe")
+                        raise RuntimeError("an empty upload was accepted")
+                    except BadRequest:
+                        queue_waits.append(time.monotonic() - t0)
+                    real_job = fresh.submit(good_job)
+                job = wait_job(local, real_job, lambda j: j["status"].startswith("FINISHED"), 90)
+                if job["status"] != "FINISHED:COMPLETED":
+                    raise RuntimeError(f"a real job uploaded by the remote admin ended {job['status']}: "
+                                       f"{job['history'][-1]['reason'][:300]}")
+                real_jobs.append(real_job)
+                clients = {c["name"]: c for c in local.clients()}
+                if GOOD_SITE not in clients:
+                    raise RuntimeError(f"the real site {GOOD_SITE} is no longer logged in")
+                if clients[GOOD_SITE]["login_time"] != s2["login_time"]:
+                    raise RuntimeError(f"the real site {GOOD_SITE} had to log in again")
+                if session.error or session.logins != 1 or FUZZ_SITE not in clients:
+                    raise RuntimeError(f"{FUZZ_SITE}'s well-behaved session was disturbed: {session.logins} logins, "
+                                       f"{session.heartbeats_refused} heartbeats refused, error {session.error}")
+                for name, job_id in jobs.items():
+                    job = local.status(job_id)
+                    if job["status"] != "RUNNING" or len(job["history"]) != baseline[name]:
+                        raise RuntimeError(f"the {name} job was disturbed: {job['status']}, "
+                                           f"{job['history'][baseline[name]:]}")
+                # Submits are unpacked one at a time off the loop: give the queue time to drain.
+                if world.staging_left():
+                    B.wait_until(lambda: not world.staging_left(), 120 if final else 60,
+                                 "the uploads' staging folders to be removed")
+                return True
+            except Exception as exc:
+                failures.append(f"{where}: the parent did not keep serving: {type(exc).__name__}: {exc}")
+                return False
+
+        # The rounds: the three sockets in turn, each at its pace; every check_every inputs per
+        # socket a round of strangers, then the serving checks.
+        per_surface = args.count // len(surfaces)
+        order = list(surfaces.values())
+        pacers = {s.name: Pacer(*PACE[s.name]) for s in order}
+        ok, sent, next_check = True, 0, args.check_every * len(order)
+        while ok and any(s.n < per_surface for s in order) and time.monotonic() - start < args.seconds:
+            progressed = False
+            for surface in order:
+                if surface.n >= per_surface or not surface.ready() or not pacers[surface.name].ready():
+                    continue
+                try:
+                    size = surface.send_next()
+                except zmq.Again:
+                    failures.append(f"{surface.name}: the parent stopped reading (send timed out at input {surface.n})")
+                    ok = False
+                    break
+                pacers[surface.name].spend(size)
+                progressed, sent = True, sent + 1
+            if not progressed:
+                for surface in order:
+                    surface.peer.drain()
+                time.sleep(0.002)
+            if ok and sent >= next_check:
+                next_check += args.check_every * len(order)
+                strangers.round()
+                ok = serving(f"after {sent} inputs")
+        for surface in order:
+            surface.settle(10.0)
+        if ok:
+            strangers.round()
+            ok = serving(f"after {sent} inputs (all sent)")
+
+        # Targeted probes: uploads that inflate to gigabytes, and a valid job folder with a
+        # meta.json nested deeper than a message may be.
+        if ok:
+            for line, finding in (probe_bombs(world, (2, 5) if args.quick else (2, 10)),
+                                  probe_members(world, 5000 if args.quick else 50_000),
+                                  probe_deep_meta(world, root)):
+                notes.append(line)
+                if finding:
+                    findings.append(finding)
+
+        # The end: the serving checks once more; the two jobs were untouched until now and end when
+        # aborted; nothing was left in staging or written outside it.
+        if ok and serving("at the end", final=True):
+            for name, job_id in jobs.items():
+                local.abort(job_id, "fuzzing is over")
+                job = wait_job(local, job_id, lambda j: j["status"].startswith("FINISHED"), 30)
+                if job["status"] != "FINISHED:ABORTED":
+                    failures.append(f"the {name} job, aborted after fuzzing, ended {job['status']}")
+        escaped = world.escaped()
+        if escaped:
+            failures.append(f"upload members were written outside the staging folder: {escaped[:5]}")
+        if world.staging_left():
+            failures.append(f"staging folders left in {world.ws / 'uploads'}: {world.staging_left()[:5]}")
+    except Exception as exc:  # a parent that stops answering surfaces here: report it, then clean up
+        failures.append(f"the run stopped: {type(exc).__name__}: {exc}")
+    finally:
+        if remote is not None:
+            remote.close()
+        if world.parent is not None:
+            world.parent.admin.close()
+        for surface in surfaces.values():
+            surface.peer.sock.close(0)
+        if session is not None:
+            session.stop()
+        ctx.term()
+        world.stop()
+        left = B.processes_under(root)
+        if left:
+            failures.append(f"processes left behind: {[p.pid for p in left]}")
+        log_summary = log_problems(world.ws / "parent.log")
+        job_logs = collections.Counter()
+        for log in sorted(world.ws.glob("jobs/*/log.txt")):
+            job_logs.update(log_problems(log)[2])
+        notes.append(f"real jobs uploaded by the remote admin at the serving checks: {len(real_jobs)} completed")
+        if queue_waits:
+            notes.append(f"submit queue at the serving checks: an empty upload was answered within "
+                         f"{max(queue_waits):.2f}s (median {statistics.median(queue_waits):.2f}s)")
+        if "remote-admin" in surfaces:
+            audit_summary, audit_issues = audit_problems(world.ws, surfaces["remote-admin"].peer.answered)
+            notes.append(audit_summary)
+            failures += audit_issues
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print_kit_report(args, time.monotonic() - start, surfaces, strangers, session, checks, log_summary, job_logs, notes)
+    problems = [f"{name}: {what} (x{n})" for name, s in surfaces.items() for what, n in s.peer.problems.most_common()]
+    if strangers is not None:
+        problems += [f"strangers: {kind} was answered (x{n})" for kind, n in strangers.answered.items()]
+    errors, tracebacks, _ = log_summary
+    if errors or tracebacks:
+        problems.append(f"parent.log: {errors} ERROR line(s), {tracebacks} traceback(s)")
+    if failures or findings or problems:
+        print("FAILED:")
+        for f in failures + findings + problems:
+            print(f"  - {f}")
+        return 1
+    print("OK: the parent kept serving every check; a real job completed; no upload escaped or stayed in staging; "
+          "no process left")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kit", action="store_true",
+                    help="provisioned mode: fuzz the CURVE sites, remote admin and tcp jobs sockets of a parent "
+                         "started with a kit (see the module's docstring)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a short run (under a minute): --count 3000 --check-every 500 --seconds 30 unless given")
+    ap.add_argument("--count", type=int, default=None,
+                    help="inputs in all (default 50000; plain mode: split over the three sockets and the in-job "
+                         "fuzzer; --kit: over the three provisioned sockets, besides the strangers and probes)")
+    ap.add_argument("--seconds", type=float, default=None, help="stop sending after this long (default 600)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check-every", type=int, default=None,
+                    help="inputs per socket between serving checks (default 2500)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, workspace)")
+    args = ap.parse_args()
+    quick = {"count": 3000, "seconds": 30.0, "check_every": 500}
+    full = {"count": 50_000, "seconds": 600.0, "check_every": 2500}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    # A SIGTERM unwinds like an error, so every process started is ended on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return run_kit(args) if args.kit else run_plain(args)
 
 
 if __name__ == "__main__":
