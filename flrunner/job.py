@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JobFolderError
+from .protocol import MAX_FIELD_DEPTH, deeper_than
 
 META_FILE = "meta.json"
 SERVER_CONFIG = "config/config_fed_server.json"
@@ -142,6 +143,8 @@ def _read_json(folder: Path, rel: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JobFolderError(rel, None, f"is not valid JSON ({exc})") from None
+    except (RecursionError, ValueError) as exc:  # nested too deep for the parser; an integer too long
+        raise JobFolderError(rel, None, f"cannot be read as JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -259,6 +262,8 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
     meta = _read_json(root, META_FILE)
     if not isinstance(meta, dict):
         raise JobFolderError(META_FILE, None, f"must hold a JSON object, got {type(meta).__name__}")
+    if deeper_than(meta, MAX_FIELD_DEPTH):  # meta travels in messages, whose fields nest at most that deep
+        raise JobFolderError(META_FILE, None, f"nests deeper than {MAX_FIELD_DEPTH} levels")
     name = meta.get("name")
     if not isinstance(name, str) or not name.strip():
         raise JobFolderError(META_FILE, "name", f"must be a non-empty string, got {name!r}")

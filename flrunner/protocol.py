@@ -38,7 +38,7 @@ MAX_FIELD_DEPTH = 64
 _SCALARS = frozenset((type(None), bool, int, float, str, bytes))
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
+def deeper_than(value: Any, limit: int) -> bool:
     """Whether lists/maps in ``value`` nest more than ``limit`` levels (iterative: no recursion)."""
     stack = [(value, 1)]
     while stack:
@@ -73,7 +73,7 @@ class Field:
             raise BadRequest(f"op '{op}': field '{name}' must be {self._names()}, got {type(value).__name__}")
         if self.max_len is not None and hasattr(value, "__len__") and len(value) > self.max_len:
             raise BadRequest(f"op '{op}': field '{name}' is longer than {self.max_len}")
-        if isinstance(value, (dict, list)) and _deeper_than(value, self.max_depth):
+        if isinstance(value, (dict, list)) and deeper_than(value, self.max_depth):
             raise BadRequest(f"op '{op}': field '{name}' is nested deeper than {self.max_depth} levels")
         if self.values is not None and isinstance(value, dict):
             for key, item in value.items():

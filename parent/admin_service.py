@@ -31,6 +31,9 @@ from .router import Request, RouterEndpoint
 
 log = logging.getLogger(__name__)
 
+#: Submissions read and copied off the loop at once (one worker); beyond it a submit is refused
+#: for now, so a burst of uploads cannot queue without bound (each holding its bytes in memory).
+MAX_PREPARING = 8
 #: Connections remembered per remote admin (to close when it is revoked); older ones are forgotten.
 MAX_TRACKED = 64
 #: Admin ops that change something (or could): written to the audit log. (``submit`` answers
@@ -59,6 +62,7 @@ class AdminService:
         #: Remote admin name -> {peer identity: its connection}, the latest few, to close when revoked.
         self._connections: dict[str, dict[bytes, Connection]] = {}
         self.ready = False
+        self._preparing = 0
         self._self_ps = psutil.Process()
         self._self_ps.cpu_percent(None)
         self.audit_path = os.path.join(workspace, "audit.log")
@@ -137,9 +141,12 @@ class AdminService:
             raise Conflict("the parent is shutting down and accepts no new jobs")
         if self.manager.reconciling:
             raise NotReady("the parent is re-adopting jobs left running by its predecessor; submit again shortly")
+        if self._preparing >= MAX_PREPARING:
+            raise NotReady(f"{self._preparing} submissions are being read already; submit again shortly")
         what = job_dir or f"upload '{req.args['name'] or 'job'}'"
 
         def done(prepared: Any, exc: BaseException | None) -> None:
+            self._preparing -= 1
             try:
                 if exc is not None:
                     raise exc
@@ -157,6 +164,7 @@ class AdminService:
             ep.reply(req.identity, req.msg, {"job_id": rec.job_id, "job": rec.to_dict()})
 
         # Reading and copying the folder happens off the loop; the reply follows when it is done.
+        self._preparing += 1
         if upload is None:
             self.offload.run(lambda: self.manager.prepare(job_dir), done)
         else:

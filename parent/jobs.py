@@ -14,10 +14,8 @@ import os
 import secrets
 import shutil
 import signal
-import tarfile
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -189,7 +187,7 @@ class JobManager:
         try:
             try:
                 extract_bundle(bundle, staging, self.config.max_upload_unpacked)
-            except (ValueError, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            except (ValueError, OSError) as exc:
                 raise BadRequest(f"op 'submit': the uploaded job folder cannot be unpacked: {exc}") from None
             return self.prepare(staging, origin)
         finally:

@@ -63,3 +63,50 @@ def test_unpacking_refuses_a_bundle_that_unpacks_too_large(tmp_path):
         extract_bundle(bundle, str(tmp_path / "out"), max_bytes=1000)
     extract_bundle(bundle, str(tmp_path / "out2"), max_bytes=1200)
     assert (tmp_path / "out2" / "b.bin").stat().st_size == 600
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_all_of_it(tmp_path, monkeypatch):
+    import gzip
+
+    inflated = []
+
+    class CountingGzip(gzip.GzipFile):  # records how far decompression went
+        def read(self, *args):
+            data = super().read(*args)
+            inflated.append(self.tell())
+            return data
+
+        def readinto(self, buf):
+            n = super().readinto(buf)
+            inflated.append(self.tell())
+            return n
+
+    monkeypatch.setattr("flrunner.bundles.gzip.GzipFile", CountingGzip)
+    # A pax record of 64 MiB (~64 kB packed) before a tiny file: tarfile would read it whole.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as t:
+        info = entry("tiny.txt")
+        info.pax_headers = {"comment": "A" * (64 << 20)}
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"x"))
+    bomb = buf.getvalue()
+    assert len(bomb) < 1 << 20
+    with pytest.raises(ValueError, match="unpacks to more than"):
+        extract_bundle(bomb, str(tmp_path / "out"), max_bytes=1 << 20, max_entries=16)
+    assert max(inflated, default=0) < 2 << 20  # stopped near the 1 MiB cap, not after 200 MiB
+    assert not (tmp_path / "out" / "zeros.bin").exists()
+
+
+def test_too_many_entries_or_too_deep_a_path_is_refused(tmp_path):
+    many = tar(*[(entry(f"f{i}"), b"") for i in range(50)])
+    with pytest.raises(ValueError, match="more than 20 entries"):
+        extract_bundle(many, str(tmp_path / "a"), max_entries=20)
+    deep = tar((entry("d/" * 1000 + "f"), b"x"))
+    with pytest.raises(ValueError, match="nested deeper than 64 folders"):
+        extract_bundle(deep, str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("data", [b"", b"not gzip at all", tar((entry("a.txt"), os.urandom(10_000)))[:200]])
+def test_what_is_not_a_tar_gz_is_refused_as_such(tmp_path, data):
+    with pytest.raises(ValueError, match="not a valid tar.gz"):
+        extract_bundle(data, str(tmp_path / "out"))

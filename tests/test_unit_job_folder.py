@@ -165,6 +165,30 @@ def test_invalid_json_meta(tmp_path, raw):
     assert "meta.json" in str(ei.value) and "not valid JSON" in str(ei.value)
 
 
+@pytest.mark.parametrize("raw, words", [
+    ("[" * 100_000 + "]" * 100_000, "RecursionError"),  # too deep for the JSON parser
+    ('{"name": ' + "9" * 5000 + "}", "ValueError"),  # an integer too long to convert
+])
+def test_json_the_parser_cannot_take_is_a_job_folder_error_not_a_crash(tmp_path, raw, words):
+    root = write_job(tmp_path / "job", server_cfg=valid_server_config())
+    (root / META).write_text(raw)
+    with pytest.raises(JobFolderError, match=f"cannot be read as JSON \\({words}") as ei:
+        load_job_folder(root)
+    assert ei.value.file == META
+
+
+def test_meta_nested_deeper_than_a_message_field_may_be_is_refused(tmp_path):
+    meta = valid_meta()
+    deep: Any = 1
+    for _ in range(100):
+        deep = {"d": deep}
+    meta["extra"] = deep
+    root = write_job(tmp_path / "job", meta, valid_server_config())
+    with pytest.raises(JobFolderError, match="nests deeper than 64 levels") as ei:
+        load_job_folder(root)
+    assert ei.value.file == META
+
+
 def test_meta_not_an_object(tmp_path):
     root = write_job(tmp_path / "job", [valid_meta()], valid_server_config())
     with pytest.raises(JobFolderError) as ei:
