@@ -27,6 +27,7 @@ from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
 from flrunner.link import Link
+from flrunner.logthrottle import LogThrottle
 
 
 def _sealed():
@@ -38,6 +39,8 @@ def _sealed():
     return sealed
 
 log = logging.getLogger(__name__)
+#: A site sending requests that do not open must not fill the job's log.
+_refusals = LogThrottle(log)
 
 SERVER_IDENTITY = "server"
 
@@ -416,7 +419,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         try:
             frames, site_key = self._open_site_request(msg)
         except SealedError as exc:
-            log.warning("a secure request of site %s for '%s' was refused: %s", body["site"], body["topic"], exc)
+            _refusals.warning("a secure request of site %s for '%s' was refused: %s", body["site"], body["topic"], exc)
             if not body.get("fire_and_forget") and self.link is not None:
                 self.link.reply(msg, {"reason": f"the job's engine cannot open the secure request of site "
                                                 f"'{body['site']}': {exc}"}, rc=exc.rc)

@@ -9,13 +9,13 @@ socket's `OpTable`; an unknown op, a bad field, or an undecodable frame is answe
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
 
 from flrunner.errors import EncodeError, FlrunnerError, FrameError
+from flrunner.logthrottle import LogThrottle
 from flrunner.protocol import Op, OpTable, Rc
 from flrunner.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
 
@@ -89,9 +89,7 @@ class RouterEndpoint:
         self.curve = False
         #: Per-peer limits on messages and bytes a second (None: unlimited).
         self.limiter: RateLimiter | None = None
-        self._log_window = 0.0
-        self._log_count = 0
-        self._log_suppressed = 0
+        self._log = LogThrottle(log, f"{name} socket: ", LOG_BURST)
         self.endpoint = ""
 
     def bind(self, endpoint: str) -> str:
@@ -237,17 +235,7 @@ class RouterEndpoint:
     def _warn(self, fmt: str, *args: Any, level: int = logging.WARNING) -> None:
         """Log a peer's bad input, at most `LOG_BURST` lines per second per socket, so a flooding
         peer cannot fill the disk; the number of lines held back is logged with the next one."""
-        now = time.monotonic()
-        if now - self._log_window >= 1.0:
-            if self._log_suppressed:
-                log.warning("%s socket: %d similar message(s) not logged in the last second",
-                            self.name, self._log_suppressed)
-            self._log_window, self._log_count, self._log_suppressed = now, 0, 0
-        if self._log_count >= LOG_BURST:
-            self._log_suppressed += 1
-            return
-        self._log_count += 1
-        log.log(level, "%s socket: " + fmt, self.name, *args)
+        self._log.log(level, fmt, *args)
 
     def close(self) -> None:
         self.sock.close(0)

@@ -26,6 +26,7 @@ from flrunner import protocol as P
 from flrunner.bundles import extract_bundle
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
 from flrunner.link import Link
+from flrunner.logthrottle import LogThrottle
 from flrunner.payload import decode_shareable, encode_shareable, failure_reply
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import key_from_z85, open_request, reply_context, request_context, seal_reply
@@ -73,6 +74,8 @@ class SiteAgent:
         #: The kit's secret key, which opens secure aux requests and seals this site's own (None:
         #: this site cannot).
         self.sealing_key: bytes | None = key_from_z85(kit.secret_key) if kit is not None else None
+        #: Requests that do not open (from a parent or a job gone wrong) must not fill the site's log.
+        self._refusals = LogThrottle(log)
         configure: Callable[[Any], None] | None = None
         if kit is not None:  # a provisioned site: CURVE with its own keys, trusting only the parent's
             from flrunner.security.gate import make_curve_client
@@ -185,8 +188,8 @@ class SiteAgent:
             frames = self._open(msg, args)
             request = decode_shareable(frames)
         except SealedError as exc:
-            log.warning("site %s: job %s: a secure request for '%s' was refused: %s", self.name, args["job_id"],
-                        args["topic"], exc)
+            self._refusals.warning("site %s: job %s: a secure request for '%s' was refused: %s", self.name,
+                                   args["job_id"], args["topic"], exc)
             if not args["fire_and_forget"]:
                 self.link.reply(msg, {"reason": f"site {self.name} cannot open the secure request: {exc}"},
                                 rc=exc.rc)
