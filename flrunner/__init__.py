@@ -7,7 +7,7 @@ the engine spec (`ServerEngineSpec`), the types its methods use, the embedding h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .client import Client
 from .component import Controller, FLComponent, Widget
@@ -17,6 +17,7 @@ from .events import EventType
 from .fl_context import FLContext, FLContextKey, FLContextManager
 from .fl_signal import Signal
 from .job import Job, load_job_folder
+from .lazy import lazy_attributes
 from .shareable import ReturnCode, Shareable, make_reply
 from .snapshot import RunSnapshot
 from .spec import EngineSpec, ServerEngineSpec
@@ -35,15 +36,7 @@ _LAZY = {"AdminClient": "admin", "StatusFeed": "admin", "FLRunner": "embed", "fo
          "follow_jobs": "embed"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flrunner' has no attribute '{name}'")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "AdminClient", "BadRequest", "Client", "Conflict", "Controller", "EngineSpec", "EventType", "FLComponent",

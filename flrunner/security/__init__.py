@@ -9,8 +9,7 @@ The layout and file formats are documented in `flrunner.security.kit`.
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..lazy import lazy_attributes
 from .errors import (InsecurePermissions, InvalidEndpoint, InvalidName, KitError, ParticipantExists, SecurityError,
                      UnknownParticipant)
 
@@ -21,15 +20,7 @@ _LAZY = {**dict.fromkeys(("DEFAULT_ENDPOINT", "PARENT", "Kit", "Participant", "R
          **dict.fromkeys(("Report", "Status", "provision", "revoke"), "provisioning")}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flrunner.security' has no attribute '{name}'")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
