@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -24,10 +23,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flrunner.examples import example_job
 from flrunner.snapshot import RunSnapshot
 
 from .conftest import wait_for
+from .test_fedavg import job_copy
 
 TICKER = "job_components_faults.Ticker"
 
@@ -417,18 +416,7 @@ def test_parent_shutdown_kills_the_detached_grandchildren_of_every_job(start_par
 
 def fedavg_job(tmp: Path, name: str, train_timeout: float = 30.0, **meta) -> Path:
     """The FedAvg example: 10 rounds, each site waiting 0.5s per round, extra ``meta``."""
-    folder = tmp / name
-    shutil.copytree(example_job("fedavg"), folder)
-    server_args = {"num_rounds": 10, "train_timeout": train_timeout}
-    for config, path, args in (("config_fed_server.json", ("workflows", 0, "args"), server_args),
-                               ("config_fed_client.json", ("executors", 0, "executor", "args"), {"delay": 0.5})):
-        cfg_path = folder / "app" / "config" / config
-        cfg = json.loads(cfg_path.read_text())
-        target = cfg
-        for key in path:
-            target = target[key]
-        target.update(args)
-        cfg_path.write_text(json.dumps(cfg))
+    folder = job_copy(tmp, name, {"num_rounds": 10, "train_timeout": train_timeout}, {"delay": 0.5})
     meta_path = folder / "meta.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **meta}))
     return folder
