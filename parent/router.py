@@ -33,19 +33,27 @@ class Request:
 
     Attributes:
         user_id: the name the ZAP handler bound to the peer's CURVE key (None without CURVE).
-        source_fd: the file descriptor of the connection the request came in on (CURVE sockets
-            only; see `parent.connections`).
+        frame: the first frame as received (CURVE sockets only), for `source_fd`.
     """
 
     identity: bytes
     msg: Message
     args: dict
     user_id: str | None = None
-    source_fd: int | None = None
+    frame: object | None = None
 
     @property
     def op(self) -> str:
         return self.msg.op
+
+    @property
+    def source_fd(self) -> int | None:
+        """The file descriptor of the connection the request came in on (CURVE sockets only; see
+        `parent.connections`). Asked for by the few handlers that need it, not for every message."""
+        try:
+            return self.frame.get(zmq.SRCFD)  # type: ignore[union-attr]
+        except Exception:
+            return None
 
 
 #: A handler gets the request and returns the reply body (and optional raw frames), or None to
@@ -154,7 +162,7 @@ class RouterEndpoint:
             else:
                 self.dropped += 1
             return
-        user_id, source_fd = _source(body_frames[0]) if self.curve else (None, None)
+        user_id = _user_id(body_frames[0]) if self.curve else None
         try:
             op = self.ops.get(msg.op)
             if self.authorize is not None:
@@ -163,7 +171,7 @@ class RouterEndpoint:
             handler = self.handlers.get(op.name)
             if handler is None:
                 raise FlrunnerError(f"op '{op.name}' is not implemented yet")
-            result = handler(Request(identity, msg, args, user_id, source_fd))
+            result = handler(Request(identity, msg, args, user_id, body_frames[0] if self.curve else None))
         except FlrunnerError as exc:
             self.errors += 1
             self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
@@ -241,14 +249,9 @@ class RouterEndpoint:
         self.sock.close(0)
 
 
-def _source(frame: object) -> tuple[str | None, int | None]:
-    """The ZAP User-Id and the file descriptor of the connection a frame came in on (CURVE sockets)."""
+def _user_id(frame: object) -> str | None:
+    """The ZAP User-Id of the connection a frame came in on (CURVE sockets only)."""
     try:
-        user_id = frame.get("User-Id") or None  # type: ignore[attr-defined]
+        return frame.get("User-Id") or None  # type: ignore[attr-defined]
     except Exception:
-        user_id = None
-    try:
-        fd = frame.get(zmq.SRCFD)  # type: ignore[attr-defined]
-    except Exception:
-        fd = None
-    return user_id, fd
+        return None
