@@ -199,7 +199,10 @@ class StatusFeed:
         while True:
             now = time.monotonic()
             if now >= self._renew_at:
-                self._client.send("ping")
+                try:
+                    self._client.send("ping", timeout=0)
+                except RequestTimeout:
+                    pass  # no connection now; the renewal is tried again a third of a ttl later
                 self._renew_at = now + self.ttl / 3
             wait = self._renew_at - now
             if deadline is not None:
@@ -220,7 +223,9 @@ class StatusFeed:
 
     def close(self) -> None:
         try:
-            self._client.send("unsubscribe")
+            self._client.send("unsubscribe", timeout=0)
+        except RequestTimeout:
+            pass  # not connected: the parent drops the subscription when its ttl runs out
         finally:
             self._client.close()
 

@@ -50,10 +50,25 @@ class DealerClient:
         self.on_push = on_push
         self.bad_frames = 0
 
-    def send(self, op: str, body: dict | None = None, frames: list | None = None, mid: int | None = None) -> int:
+    def send(self, op: str, body: dict | None = None, frames: list | None = None, mid: int | None = None,
+             timeout: float = 10.0) -> int:
+        """Queue one message; return its id.
+
+        A DEALER holds messages only for a peer it has a connection to, and while it has none (the
+        parent is gone, or refused this client's CURVE key) a plain send would block for good.
+
+        Raises:
+            RequestTimeout: no connection took the message within ``timeout`` seconds.
+        """
         mid = mid if mid is not None else next_id()
-        self.sock.send_multipart(encode(Message(op, body or {}, id=mid, frames=list(frames or []))), copy=False)
-        return mid
+        parts = encode(Message(op, body or {}, id=mid, frames=list(frames or [])))
+        if self.sock.poll(int(max(timeout, 0) * 1000), zmq.POLLOUT):
+            try:
+                self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return mid
+            except zmq.Again:
+                pass
+        raise RequestTimeout(f"could not send '{op}' to {self.endpoint} within {timeout:g}s: no connection to it")
 
     def request(self, op: str, body: dict | None = None, timeout: float = 10.0,
                 frames: list | None = None) -> Message:
@@ -63,8 +78,8 @@ class DealerClient:
             RequestTimeout: no reply within ``timeout`` seconds.
             FlrunnerError: the peer replied with an error code (subclass chosen by the code).
         """
-        mid = self.send(op, body, frames)
         deadline = time.monotonic() + timeout
+        mid = self.send(op, body, frames, timeout=timeout)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
