@@ -488,16 +488,7 @@ class Bench:
             with parent.feed() as feed:
                 t0 = time.perf_counter()
                 ids = [parent.admin.submit(sleeper) for _ in range(100)]
-                waiting = set(ids)
-                deadline = time.monotonic() + 300
-                while waiting:
-                    ev = feed.next(max(0.0, deadline - time.monotonic()))
-                    if ev is None:
-                        raise TimeoutError(f"{len(waiting)} of 100 jobs not RUNNING after 300 s")
-                    if ev["job_id"] in waiting and ev["status"] == "RUNNING":
-                        waiting.discard(ev["job_id"])
-                    elif ev["job_id"] in waiting and ev["status"].startswith("FINISHED:"):
-                        raise RuntimeError(f"a job ended {ev['status']} before running: {ev.get('error')}")
+                _wait_on_feed(feed, ids, _running, "RUNNING")
                 start_ms = (time.perf_counter() - t0) * 1000
                 self.add("start_100_jobs", "ms", [start_ms], f"start_100_{launcher}",
                          f"{launcher} launcher; first submit -> 100th RUNNING")
@@ -511,14 +502,7 @@ class Bench:
                 t0 = time.perf_counter()
                 for job_id in ids:
                     parent.admin.abort(job_id, "bench done")
-                waiting = set(ids)
-                deadline = time.monotonic() + 300
-                while waiting:
-                    ev = feed.next(max(0.0, deadline - time.monotonic()))
-                    if ev is None:
-                        raise TimeoutError(f"{len(waiting)} of 100 jobs not ended 300 s after their abort")
-                    if ev["job_id"] in waiting and ev["status"].startswith("FINISHED:"):
-                        waiting.discard(ev["job_id"])
+                _wait_on_feed(feed, ids, lambda ev: ev["status"].startswith("FINISHED:"), "ended after their abort")
                 abort_ms = (time.perf_counter() - t0) * 1000
             time.sleep(0.5)
             idle = _admin_times(parent, r.admin)
@@ -642,6 +626,25 @@ def _admin_times(parent: B.ParentProc, n: int) -> list[float]:
         out.append((time.perf_counter() - t0) * 1000)
         time.sleep(0.002)
     return out
+
+
+def _wait_on_feed(feed: Any, ids: list[str], reached: Callable[[dict], bool], what: str,
+                  timeout: float = 300.0) -> None:
+    """Read the status feed until ``reached`` has accepted an event of every job in ``ids``."""
+    waiting = set(ids)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        ev = feed.next(max(0.0, deadline - time.monotonic()))
+        if ev is None:
+            raise TimeoutError(f"{len(waiting)} of {len(ids)} jobs not {what} within {timeout:g} s")
+        if ev["job_id"] in waiting and reached(ev):
+            waiting.discard(ev["job_id"])
+
+
+def _running(ev: dict) -> bool:
+    if ev["status"].startswith("FINISHED:"):
+        raise RuntimeError(f"a job ended {ev['status']} before running: {ev.get('error')}")
+    return ev["status"] == "RUNNING"
 
 
 def _exit_recorded(feed: Any, job_id: str, timeout: float = 30.0) -> None:
