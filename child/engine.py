@@ -7,12 +7,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from flrunner.client import PUBLIC_KEY_PROP, Client
 from flrunner.component import Widget
 from flrunner.engine_base import EngineBase
-from flrunner.errors import BadRequest, EncodeError, FlrunnerError, RequestTimeout, Unauthorized, error_for_rc
+from flrunner.errors import BadRequest, EncodeError, FlrunnerError, NotReady, RequestTimeout, error_for_rc
 from flrunner.fl_context import FLContext
 from flrunner.job import Job
 from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
@@ -26,8 +26,10 @@ from flrunner.status import RunStatus, clip_error, progress_problem
 from flrunner.wire import Message
 from flrunner.workspace import Workspace
 
-from flrunner.link import Link
 from flrunner.logthrottle import LogThrottle
+
+if TYPE_CHECKING:
+    from .session import ParentSession
 
 
 def _sealed():
@@ -58,20 +60,16 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         link: the connection to the parent; None for an engine used without a parent (unit tests).
     """
 
-    def __init__(self, job_id: str, workspace: Workspace, link: Link | None = None) -> None:
+    def __init__(self, job_id: str, workspace: Workspace, link: ParentSession | None = None) -> None:
         super().__init__(SERVER_IDENTITY, job_id, workspace)
         self.link = link
         self.run_status: RunStatus = RunStatus.RUNNING
         self.exe_error: str | None = None
         self.progress: Any = None
-        #: Seconds one `update_job_run_status` attempt waits for the parent to make it durable.
-        self.status_timeout = 5.0
-        #: Seconds `update_job_run_status` keeps retrying while the parent is away.
+        #: Seconds one `update_job_run_status` attempt waits for a serving parent to make it durable.
+        self.status_timeout = 30.0
+        #: Seconds `update_job_run_status` keeps trying while the parent cannot store it.
         self.status_patience = 30.0
-        #: Bumped each time a new parent re-adopts this job (see `child.session`).
-        self.parent_epoch = 0
-        #: True from a refused heartbeat (a new parent) until the re-adoption is done.
-        self._readopting = False
         self.widgets: dict[str, Widget] = {}
         self._aux_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aux")
         self._clients: dict[str, Client] = {}
@@ -181,22 +179,31 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         self.progress = progress
 
     def update_job_run_status(self):
-        """Push run status, progress and execution error; returns the status the parent stored."""
+        """Push run status, progress and execution error; returns the status the parent stored.
+
+        Acknowledged only once the parent has made it durable. A parent being replaced is waited
+        for (`child.session.ParentSession.request`); a parent whose store cannot be written now
+        (a full disk) keeps nothing and says so: the update is sent again, with back-off, for up
+        to ``status_patience`` seconds.
+
+        Raises:
+            NotReady: the parent could not store it within ``status_patience``.
+            FlrunnerError: the parent refused it (e.g. the job already ended).
+        """
         body = {"status": self.run_status.value, "progress": self.progress, "error": clip_error(self.exe_error)}
         if self.link is None:
             return self.run_status.value
-        # While the parent is away (restarting), keep trying: the update is delivered to the
-        # parent that re-adopts this job, or fails once `status_patience` is spent.
         deadline = time.monotonic() + self.status_patience
+        pause = 0.2
         while True:
-            left = deadline - time.monotonic()
             try:
-                return self.link.request("run_status", body, timeout=max(0.1, min(self.status_timeout, left))
-                                         ).body.get("status")
-            except (RequestTimeout, Unauthorized):
-                if time.monotonic() >= deadline:
+                return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")
+            except (RequestTimeout, NotReady) as exc:
+                if time.monotonic() + pause >= deadline:
                     raise
-                time.sleep(0.2)
+                log.warning("status update not stored yet (%s); sending it again in %.1fs", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def on_push(self, msg: Message) -> None:
         """A message the parent pushed (on the link's I/O thread: quick, or handed to a thread)."""
@@ -263,21 +270,30 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         deadline = time.monotonic() + timeout
         replies: dict[str, Shareable] = {}
         planned: list[str] | None = None
+        aborted = lambda: self.abort_signal.triggered  # noqa: E731
+        parent_trouble = False
         # A parent that restarts while this request is out never answers it (the sites answer the
-        # dead one): once this job is re-adopted, the sites that have not answered are asked again,
-        # within what is left of the timeout.
+        # dead one), and a new parent refuses it until this job has said hello again: once the
+        # job is re-adopted, the sites that have not answered are asked again, within what is
+        # left of the timeout (`ParentSession`).
         while True:
-            epoch = self.parent_epoch
-            moved = lambda: self.abort_signal.triggered or self.parent_epoch != epoch  # noqa: E731
+            epoch = link.epoch
+            moved = lambda: aborted() or link.epoch != epoch  # noqa: E731
             call = link.call("aux", body, frames)
+            answers: list[Message] = []
             try:
                 if not call.wait(1, max(0.0, deadline - time.monotonic()), moved):
-                    if self._wait_for_new_parent(epoch, deadline):
+                    parent_trouble = parent_trouble or link.epoch != epoch or link.parent_unreachable()
+                    if link.wait_readopted(epoch, deadline, aborted):
                         continue
                     break
                 plan = call.replies[0]
-                if plan.rc == Rc.UNAUTHORIZED and self._wait_for_new_parent(epoch, deadline):
-                    continue  # reached a restarted parent before this job said hello again
+                if plan.rc == Rc.UNAUTHORIZED:  # a restarted parent, before this job said hello again
+                    parent_trouble = True
+                    link.parent_forgot_us()
+                    if link.wait_readopted(epoch, deadline, aborted):
+                        continue
+                    break
                 if plan.rc != Rc.OK:
                     raise error_for_rc(plan.rc or Rc.ERROR, str(plan.body.get("reason", plan.rc)))
                 asked = list(plan.body.get("targets") or [])
@@ -291,12 +307,20 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                     replies[m.body["site"]] = (reply_from(m) if site_keys is None
                                                else self._open_reply(m, site_keys, replied_to))
             missing = [n for n in asked if n not in replies]
-            if not missing or not self._wait_for_new_parent(epoch, deadline):
+            if not missing:
+                break
+            parent_trouble = parent_trouble or link.epoch != epoch or link.parent_unreachable()
+            if not link.wait_readopted(epoch, deadline, aborted):
                 break
             body = {**body, "targets": missing}
         for name in planned if planned is not None else (names or []):
             if self.abort_signal.triggered:
                 replies.setdefault(name, make_reply(ReturnCode.TASK_ABORTED, {REASON_HEADER: "the job was aborted"}))
+            elif parent_trouble:
+                # NVIDIA FLARE's answer for an exchange that failed on the way.
+                replies.setdefault(name, failure_reply(Rc.UNAVAILABLE, (
+                    f"no reply from site '{name}' within {timeout:g}s: the parent was restarted or unreachable "
+                    f"while the request was out")))
             replies.setdefault(name, failure_reply(Rc.TIMEOUT, f"site '{name}' did not answer within {timeout:g}s"))
         return replies
 
@@ -356,15 +380,6 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             return failure_reply(Rc.BAD_REQUEST, f"the secure reply of site '{site}' cannot be opened: {exc}")
         return reply_from(replace(msg, frames=frames))
 
-    def _wait_for_new_parent(self, epoch: int, deadline: float) -> bool:
-        """Whether this job has been (or is, before ``deadline``) re-adopted by a new parent since ``epoch``."""
-        while self.parent_epoch == epoch and not self.abort_signal.triggered:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._readopting:
-                return False
-            self.abort_signal.wait(min(left, 0.05))
-        return self.parent_epoch != epoch and not self.abort_signal.triggered
-
     def check_client_resources(self, job: Job, resource_reqs: Dict[str, dict], fl_ctx: FLContext
                                ) -> Dict[str, Tuple[bool, Optional[str]]]:
         """Ask each site whether its requirements fit, reserving them: {site: (is_enough, token)}."""
@@ -405,7 +420,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             names.append(name)
         return names
 
-    def _require_link(self) -> Link:
+    def _require_link(self) -> ParentSession:
         if self.link is None:
             raise NotAvailableYet("this engine has no connection to a parent")
         return self.link

@@ -14,7 +14,7 @@ import sys
 
 import setproctitle
 
-from flrunner.errors import FlrunnerError, RequestTimeout
+from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
 from flrunner.wire import unpack
 from flrunner.workspace import Workspace
 
@@ -107,8 +107,8 @@ def report_final(engine: ServerEngine) -> int:
         try:
             engine.update_job_run_status()
             return EXIT_OK
-        except RequestTimeout:
-            log.error("the parent never acknowledged the final status %s", engine.run_status.value)
+        except (RequestTimeout, ParentUnavailable) as exc:
+            log.error("the parent never acknowledged the final status %s: %s", engine.run_status.value, exc)
             return EXIT_PARENT_LOST
         except FlrunnerError as exc:
             if engine.progress is not None:

@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .errors import FrameError, RequestTimeout, error_for_rc
 from .protocol import Rc
@@ -83,13 +84,20 @@ class Link:
             unreachable they are dropped and their requests time out, instead of piling up and
             all arriving at once when it is back (what a site wants; a job process sends its
             hello before the connection completes, so it keeps the default).
+        on_reconnected: called on the I/O thread when the connection to the parent is made again
+            after it was lost (a restarted parent bound the endpoint again, or a network path came
+            back). The parent then knows this peer under a new routing identity: whatever
+            authenticated the old connection must be done again. Seen through a socket monitor,
+            so it comes within ZeroMQ's reconnect interval, not at the next heartbeat.
+        reconnect_interval: seconds between ZeroMQ's attempts to reconnect (ZMQ_RECONNECT_IVL).
     """
 
     def __init__(self, endpoint: str, on_push: Callable[[Message], None], heartbeat_interval: float = 2.0,
                  parent_loss_timeout: float = 20.0, on_parent_lost: Callable[[], None] | None = None,
                  heartbeat_body: Callable[[], dict] | None = None, immediate: bool = False,
                  on_heartbeat_refused: Callable[[Message], None] | None = None,
-                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
+                 configure: Callable[[zmq.Socket], None] | None = None,
+                 on_reconnected: Callable[[], None] | None = None, reconnect_interval: float = 0.1) -> None:
         self.endpoint = endpoint
         self.on_push = on_push
         self.heartbeat_interval = heartbeat_interval
@@ -99,6 +107,9 @@ class Link:
         self.immediate = immediate
         self.on_heartbeat_refused = on_heartbeat_refused
         self.configure = configure
+        self.on_reconnected = on_reconnected
+        self.reconnect_interval = reconnect_interval
+        self._was_disconnected = False
         self._heartbeat_id: int | None = None
         self.dropped = 0
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -175,12 +186,17 @@ class Link:
         sock.setsockopt(zmq.LINGER, 2000)  # let a last message out when closing
         if self.immediate:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, max(1, int(self.reconnect_interval * 1000)))
         if self.configure is not None:
             self.configure(sock)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) \
+            if self.on_reconnected is not None else None
         sock.connect(self.endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake.fileno(), zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         last_beat = time.monotonic()
         try:
             while not self._closing.is_set():
@@ -190,6 +206,8 @@ class Link:
                 for what, _ in poller.poll(timeout * 1000):
                     if what == self._wake.fileno():
                         self._wake.drain()
+                    elif what is monitor:
+                        self._connection_events(monitor)
                     else:
                         self._receive(sock)
                 self._send_outbox(sock)
@@ -206,9 +224,29 @@ class Link:
                             self.on_parent_lost()
             self._send_outbox(sock)
         finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
             sock.close()
             ctx.term()
             self._wake.close()
+
+    def _connection_events(self, monitor: zmq.Socket) -> None:
+        """Connection events of the socket: a connection made after one was lost is a reconnection."""
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._was_disconnected = True
+            elif event["event"] == zmq.EVENT_CONNECTED and self._was_disconnected:
+                self._was_disconnected = False
+                log.info("connected to the parent again (%s)", self.endpoint)
+                try:
+                    self.on_reconnected()  # type: ignore[misc]
+                except Exception:
+                    log.exception("handling the reconnection failed")
 
     def _send_outbox(self, sock: zmq.Socket) -> None:
         while True:

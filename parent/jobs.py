@@ -233,7 +233,7 @@ class JobManager:
             "workspace": self.ws.get_root_dir(), "heartbeat_interval": self.config.child_heartbeat_interval,
             "parent_loss_timeout": self.config.parent_loss_timeout, "log_level": self.config.log_level,
             "orphan_grace": self.config.abort_grace + self.config.term_grace, "resume": resume,
-            "reconnect_grace": self.config.reconnect_grace,
+            "reconnect_grace": self.config.reconnect_grace, "parent_pid": os.getpid(),
         }
         if self.jobs_server_key is not None:
             bootstrap["server_key"] = self.jobs_server_key
@@ -275,7 +275,7 @@ class JobManager:
         """
         job = self.running.get(job_id)
         if job is None or not hmac.compare_digest(job.secret_hash, hash_secret(secret)):
-            raise Unauthorized("hello refused: unknown job id or wrong secret")
+            self._refuse_hello(job_id, secret)
         # A sanity check only (the peer states its own pid): the secret is the proof of identity.
         if pid != job.proc.pid:
             raise Unauthorized(f"hello refused: pid {pid} is not the job's process")
@@ -308,6 +308,19 @@ class JobManager:
         if job.abort_reason is not None:
             self.hooks.push_to_child(identity, "abort", {"reason": job.abort_reason})
         return rec
+
+    def _refuse_hello(self, job_id: str, secret: str) -> None:
+        """Why a hello is refused. A job process whose final status reached the previous parent
+        (which died before answering) is told its job has ended, so it exits at once rather than
+        wait out its reconnect grace; anyone else learns nothing about the job."""
+        try:
+            rec = self.store.get(job_id, with_history=False)
+        except NotFound:
+            rec = None
+        if rec is not None and rec.status.is_final and rec.secret_hash \
+                and hmac.compare_digest(rec.secret_hash, hash_secret(secret)):
+            raise Conflict(f"hello refused: job {job_id} already ended {rec.status.value}")
+        raise Unauthorized("hello refused: unknown job id or wrong secret")
 
     def check_heartbeats(self) -> None:
         """Abort (with escalation) every job process silent for longer than ``hung_timeout``.

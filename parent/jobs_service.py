@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest
@@ -42,7 +43,7 @@ class JobsService:
             raise BadRequest(f"op 'hello': field 'sealing_key' must be a {KEY_BYTES}-byte public key, "
                              f"got {len(key)} bytes")
         rec = self.manager.hello(req.identity, req.args["job_id"], req.args["secret"], req.args["pid"], key)
-        return {"status": rec.status.value, "name": rec.name, "meta": rec.meta}
+        return {"status": rec.status.value, "name": rec.name, "meta": rec.meta, "parent_pid": os.getpid()}
 
     def sync_clients(self, req: Request) -> dict:
         job = self.manager.job_for(req.identity)

@@ -158,7 +158,7 @@ class FreezeParentBeforeFinalStatus(FLComponent):
     def handle_event(self, event_type, fl_ctx):
         if event_type != EventType.END_RUN:
             return
-        link = fl_ctx.get_engine().link
+        link = fl_ctx.get_engine().link.link  # the session's Link, under the calls that survive restarts
         marker = os.path.join(_run_dir(fl_ctx), self.marker)
         send = link._send
 
