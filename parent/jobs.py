@@ -116,8 +116,8 @@ class JobManager:
         except OSError:  # it exited just now
             self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, "lost while the parent was down")
             return
-        job = RunningJob(rec.job_id, rec.name, proc, rec.secret_hash or "", time.monotonic(),
-                         last_heard=time.monotonic(), job=job_from_meta(rec.job_id, rec.meta), sites=set(rec.sites),
+        job = RunningJob(rec.job_id, rec.name, proc, rec.secret_hash or "", self.timers.clock(),
+                         last_heard=self.timers.clock(), job=job_from_meta(rec.job_id, rec.meta), sites=set(rec.sites),
                          adopting=True)
         self.running[rec.job_id] = job
         self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(rec.job_id))
@@ -251,7 +251,7 @@ class JobManager:
             if sites:
                 self.site_jobs.stop(job_id, sorted(sites), "the job process could not be started")
             return None
-        job = RunningJob(job_id, rec.name, proc, hash_secret(secret), time.monotonic(), last_heard=time.monotonic(),
+        job = RunningJob(job_id, rec.name, proc, hash_secret(secret), self.timers.clock(), last_heard=self.timers.clock(),
                          job=job_from_meta(job_id, rec.meta), sites=set(sites))
         self.running[job_id] = job
         self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(job_id))
@@ -282,7 +282,7 @@ class JobManager:
         if job.identity is not None and job.identity != identity:
             self.by_identity.pop(job.identity, None)
         job.identity = identity
-        job.last_heard = time.monotonic()
+        job.last_heard = self.timers.clock()
         self.by_identity[identity] = job_id
         job.sealing_key = sealing_key
         if sealing_key is not None and job.sites:
@@ -327,7 +327,7 @@ class JobManager:
 
         Called from the parent's housekeeping tick: O(running jobs) once a second, not per message.
         """
-        now = time.monotonic()
+        now = self.timers.clock()
         for job in list(self.running.values()):
             silent = now - job.last_heard
             if job.identity is None or job.abort_reason is not None or silent <= self.config.hung_timeout:
@@ -356,7 +356,7 @@ class JobManager:
         job = self.running.get(job_id) if job_id else None
         if job is None:
             raise Unauthorized("this peer has not said hello with a valid job secret")
-        job.last_heard = time.monotonic()
+        job.last_heard = self.timers.clock()
         return job
 
     def sealing_key(self, job_id: str) -> bytes | None:
@@ -396,6 +396,9 @@ class JobManager:
         reason = "reported by the job process"
         if error:
             reason += f": {error.splitlines()[-1][:500] if error.strip() else error}"
+        elif wanted is RunStatus.FINISHED_ABORTED and job.hung:
+            # Aborted because it stopped heartbeating: that is how it ends, whatever it says.
+            wanted, reason = RunStatus.FINISHED_ABNORMAL, f"{job.abort_reason}; it then stopped on the abort"
         elif wanted is RunStatus.FINISHED_ABORTED and job.abort_reason:
             reason = f"aborted: {job.abort_reason}"
         rec = self._transition(job.job_id, wanted, reason, **fields)

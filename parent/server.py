@@ -46,7 +46,7 @@ from .router import RouterEndpoint
 from .site_gateway import SiteGateway, SiteJobs
 from .sites_service import SitesService
 from .supervision import RunningJob
-from .timers import Timers
+from .timers import StallClock, Timers
 
 log = logging.getLogger("parent")
 
@@ -61,7 +61,9 @@ class Parent:
     def __init__(self, config: ParentConfig) -> None:
         self.config = config
         self.ws = Workspace(config.workspace)
-        self.timers = Timers()
+        #: The loop's clock: monotonic, without the time the parent itself was stalled.
+        self.clock = StallClock()
+        self.timers = Timers(self.clock)
         self.ctx: zmq.Context | None = None
         self.poller = zmq.Poller()
         self._fd_callbacks: dict[int, Callable[[], None]] = {}
@@ -104,7 +106,7 @@ class Parent:
         cfg = self.config
         self.ctx = zmq.Context()
         self.store = JobStore(self.ws.get_job_store_path())
-        self.registry = SiteRegistry(cfg.site_timeout)
+        self.registry = SiteRegistry(cfg.site_timeout, clock=self.clock)
         self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
         self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
@@ -140,7 +142,8 @@ class Parent:
         self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
                                   endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
-                                          self.stop, self.ws.get_root_dir(), self.offload, remote=self.remote_admin)
+                                          self.stop, self.ws.get_root_dir(), self.offload, clock=self.clock,
+                                          remote=self.remote_admin)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4),
                                           runs_job=lambda job_id: job_id in self.manager.running,
@@ -301,6 +304,7 @@ class Parent:
 
     def _loop(self) -> None:
         sockets = {endpoint.sock: endpoint for endpoint in self._endpoints()}
+        stalled = self.clock.stalled
         while True:
             if self._stop_reason is not None and not self._stopping:
                 self._stopping = True
@@ -311,7 +315,15 @@ class Parent:
             if self._stopping and not self.manager.running:
                 return
             timeout = self.timers.timeout(cap=self.config.housekeeping_interval)
-            for what, _ in self.poller.poll(timeout * 1000):
+            self.clock.sleeping(timeout)
+            ready = self.poller.poll(timeout * 1000)
+            self.clock()  # a stall that struck during the poll is taken out before anything reads the clock
+            if self.clock.stalled > stalled + 0.01:
+                log.warning("the parent was stalled for %.1fs (paused, frozen, or blocked); peers are not held "
+                            "responsible: their liveness windows and every timer are extended by as much",
+                            self.clock.stalled - stalled)
+                stalled = self.clock.stalled
+            for what, _ in ready:
                 endpoint = sockets.get(what)
                 if endpoint is not None:
                     endpoint.process_ready()

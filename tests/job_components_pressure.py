@@ -42,3 +42,25 @@ class CallsThroughRestarts(Controller):
             engine.update_job_run_status()
             abort_signal.wait(self.interval)
         _write(fl_ctx, "calls.json", {"round": n, "rcs": dict(rcs)})
+
+
+class RunUntilGo(Controller):
+    """Reports ``{"beat": n}`` as progress every ``interval`` s until ``go`` exists in the run dir
+    (then completes), or until aborted."""
+
+    def __init__(self, interval=0.2, seconds=120.0):
+        super().__init__()
+        self.interval = interval
+        self.seconds = seconds
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        go = os.path.join(_run_dir(fl_ctx), "go")
+        end = time.time() + self.seconds
+        n = 0
+        while not os.path.exists(go) and time.time() < end:
+            n += 1
+            engine.set_run_progress({"beat": n})
+            engine.update_job_run_status()
+            if abort_signal.wait(self.interval):
+                return

@@ -76,3 +76,58 @@ def test_engine_calls_in_flight_survive_kill9_of_the_parent_under_the_supervisor
     assert set(calls["rcs"]) <= {"OK", "COMMUNICATION_ERROR"}, calls
     assert calls["rcs"]["OK"] >= calls["round"] - 10, calls
     assert progress(job)["round"] == calls["round"]
+
+
+# --- a paused parent ----------------------------------------------------------------------------
+
+RUN_UNTIL_GO = "job_components_pressure.RunUntilGo"
+
+
+@pytest.mark.timeout(90)
+def test_a_paused_parent_keeps_its_healthy_jobs_and_its_sites(start_parent, start_site, make_job):
+    """SIGSTOP of the parent for several times every liveness limit (hung jobs, silent sites, a
+    job's wait for a lost parent), then SIGCONT: no job is taken for hung, no site is dropped, and
+    the jobs complete."""
+    parent = start_parent("--hung-timeout", "2", "--site-timeout", "2", "--reconnect-grace", "2",
+                          "--abort-grace", "1", "--term-grace", "1")
+    for name in ("site-1", "site-2"):
+        start_site(parent, name)
+    ids = [parent.admin.submit(make_job([("wf", RUN_UNTIL_GO, {})])) for _ in range(3)]
+    for job_id in ids:
+        parent.wait_status(job_id, lambda j: progress(j).get("beat", 0) >= 2)
+
+    os.kill(parent.pid, signal.SIGSTOP)
+    try:
+        time.sleep(7)  # the pause under test (a VM freeze, a debugger): nothing to wait on
+    finally:
+        os.kill(parent.pid, signal.SIGCONT)
+    beats = {i: progress(parent.admin.status(i))["beat"] for i in ids}
+    # Several hung-timeouts of listening time later, everything is still there.
+    for job_id in ids:
+        job = parent.wait_status(job_id, lambda j: j["status"] != "RUNNING"
+                                 or progress(j).get("beat", 0) >= beats[job_id] + 15, timeout=20)
+        assert job["status"] == "RUNNING", job["history"]
+        assert not [h for h in job["history"] if "abort" in h["reason"] or "hung" in h["reason"]], job["history"]
+    assert sorted(c["name"] for c in parent.admin.clients()) == ["site-1", "site-2"]
+    log = (parent.workspace / "parent.log").read_text()
+    assert "silent for over" not in log and "the parent was stalled for" in log
+
+    for job_id in ids:
+        (parent.workspace / "jobs" / job_id / "go").touch()
+    for job_id in ids:
+        assert parent.wait_final(job_id)["status"] == "FINISHED:COMPLETED"
+
+
+@pytest.mark.timeout(60)
+def test_a_job_aborted_for_hanging_ends_abnormal_even_if_it_then_reports_aborted(start_parent, make_job):
+    parent = start_parent("--hung-timeout", "2", "--abort-grace", "10", "--term-grace", "1")
+    job_id = parent.admin.submit(make_job([("wf", RUN_UNTIL_GO, {})]))
+    pid = parent.wait_status(job_id, lambda j: progress(j).get("beat", 0) >= 1)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        parent.wait_status(job_id, lambda j: any("abort requested: hung" in h["reason"] for h in j["history"]))
+    finally:
+        os.kill(pid, signal.SIGCONT)  # it wakes to the abort request and stops on it, reporting ABORTED
+    job = parent.wait_final(job_id)
+    assert job["status"] == "FINISHED:ABNORMAL", job["history"]
+    assert "hung: no heartbeat" in job["history"][-1]["reason"] and "stopped on the abort" in job["history"][-1]["reason"]
