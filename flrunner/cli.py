@@ -179,6 +179,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for key in ("job_id", "name", "status", "pid", "exit_code", "signal"):
         print(f"{key + ':':<11}{'-' if job.get(key) is None else job[key]}")
+    if job.get("store_error"):
+        print(f"{'stored:':<11}not yet: {job['store_error']} (the parent retries until the store takes it)")
     if job.get("progress") is not None:
         print(f"{'progress:':<11}{_progress(job['progress'])}")
     if job.get("error"):

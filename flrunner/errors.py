@@ -54,6 +54,11 @@ class NotReady(FlrunnerError):
     rc = "NOT_READY"
 
 
+class StoreUnavailable(NotReady):
+    """The job store cannot be written now (a full disk, a read-only file system, an I/O error);
+    nothing was written. The message names the store and the error."""
+
+
 class JobFolderError(BadRequest):
     """A job folder is invalid; the message names the file and the field."""
 

@@ -234,7 +234,7 @@ class AdminService:
         if (ep, req.identity) in self.subscribers:
             self.subscribers[(ep, req.identity)] = self.clock()
         return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready and not self.manager.reconciling,
-                "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE)}
+                "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE), "store_error": self.manager.store.error}
 
     def shutdown(self, req: Request) -> dict:
         self.request_stop("shutdown requested over the admin socket")

@@ -6,6 +6,11 @@ parent acknowledges a status change only after `transition` returned, i.e. after
 
 Monotonicity: `transition` checks the state machine of `flrunner.status` inside the same
 transaction that writes, so nothing ever leaves a ``FINISHED:*`` status.
+
+Failure: a write the file system refuses (a full disk, a read-only or failing file system)
+raises `StoreUnavailable` and writes nothing (the transaction is rolled back); the parent keeps
+what it could not store and writes it later (`parent.held_writes`). Every write takes the time
+of the event it records (``when``), so a write made late still tells when things happened.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-from flrunner.errors import FlrunnerError, IllegalTransition, NotFound
+from flrunner.errors import FlrunnerError, IllegalTransition, NotFound, StoreUnavailable
 from flrunner.status import RunStatus, can_move
 
 #: Bumped, with a step in `JobStore._migrate`, whenever the tables change.
@@ -74,6 +80,8 @@ class JobRecord:
     end_time: float | None = None
     sites: list[str] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    #: Why part of what this record shows is not stored yet (None: all of it is durable).
+    store_error: str | None = None
 
     def to_dict(self, with_history: bool = False) -> dict:
         d = {
@@ -81,6 +89,7 @@ class JobRecord:
             "submit_time": self.submit_time, "end_time": self.end_time, "job_dir": self.job_dir,
             "pid": self.pid, "exit_code": self.exit_code, "signal": self.signal,
             "progress": self.progress, "error": self.error, "sites": list(self.sites),
+            "store_error": self.store_error,
         }
         if with_history:
             d["history"] = list(self.history)
@@ -119,6 +128,16 @@ class JobStore:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction; a write the file system refuses raises `StoreUnavailable`."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                yield
+        except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error, locked
+            raise StoreUnavailable(f"the job store {self.path} cannot be written: {exc}") from None
+
     def _row(self, row: tuple) -> JobRecord:
         d = dict(zip(_COLUMNS, row))
         d["status"] = RunStatus(d["status"])
@@ -130,8 +149,7 @@ class JobStore:
     def add(self, job_id: str, name: str, job_dir: str, meta: dict, secret_hash: str | None = None,
             reason: str = "submitted") -> JobRecord:
         now = self.clock()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._writing():
             self.db.execute(
                 "INSERT INTO jobs (job_id, name, status, submit_time, job_dir, meta, secret_hash) VALUES (?,?,?,?,?,?,?)",
                 (job_id, name, RunStatus.SUBMITTED.value, now, job_dir, json.dumps(meta), secret_hash))
@@ -157,19 +175,21 @@ class JobStore:
             args = tuple(wanted)
         return [self._row(r) for r in self.db.execute(sql + " ORDER BY submit_time, rowid", args)]
 
-    def transition(self, job_id: str, status: RunStatus, reason: str, **fields: Any) -> JobRecord:
-        """Move a job to ``status`` and record why, durably, in one transaction.
+    def transition(self, job_id: str, status: RunStatus, reason: str, when: float | None = None,
+                   **fields: Any) -> JobRecord:
+        """Move a job to ``status`` and record why (and ``when``, default now), durably, in one
+        transaction.
 
         Raises:
             IllegalTransition: the state machine does not allow the move (nothing is written).
             NotFound: no such job.
+            StoreUnavailable: the write was refused (nothing is written).
         """
         bad = set(fields) - _UPDATABLE
         if bad:
             raise ValueError(f"cannot update column(s) {sorted(bad)}")
-        now = self.clock()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        now = self.clock() if when is None else when
+        with self._writing():
             current = self._status_of(job_id)
             if not can_move(current, status):
                 raise IllegalTransition(job_id, current.value, status.value)
@@ -189,15 +209,14 @@ class JobStore:
         enc = self._encode(fields)
         if not enc:
             return
-        with self.db:
+        with self._writing():
             self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in enc)} WHERE job_id=? AND status NOT LIKE 'FINISHED:%'",
                             (*enc.values(), job_id))
 
-    def add_history(self, job_id: str, reason: str) -> None:
+    def add_history(self, job_id: str, reason: str, when: float | None = None) -> None:
         """A history entry that does not change the status (e.g. an abort request)."""
-        now = self.clock()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        now = self.clock() if when is None else when
+        with self._writing():
             self._append_history(job_id, self._status_of(job_id), now, reason)
 
     def _status_of(self, job_id: str) -> RunStatus:
@@ -220,5 +239,5 @@ class JobStore:
 
     def record_exit(self, job_id: str, exit_code: int | None, signal: int | None) -> None:
         """Record how a job's process exited, also after the job reached its final status."""
-        with self.db:
+        with self._writing():
             self.db.execute("UPDATE jobs SET exit_code=?, signal=? WHERE job_id=?", (exit_code, signal, job_id))

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from flrunner.bundles import extract_bundle
-from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, Unauthorized
+from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, StoreUnavailable, Unauthorized
 from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus, clip_error, progress_problem
 from flrunner.workspace import Workspace
 
 from .cleanup import kill_stragglers
 from .config import ParentConfig
-from .job_store import JobRecord, JobStore
+from .held_writes import HeldWrites
+from .job_store import JobRecord
 from .launcher import Launcher, LaunchSpec
 from .recovery import AdoptedProcess, find_live_process
 from .registry import SiteRegistry
@@ -64,7 +65,7 @@ class ManagerHooks:
 class JobManager:
     """Owns every job's lifecycle in one parent."""
 
-    def __init__(self, config: ParentConfig, workspace: Workspace, store: JobStore, launcher: Launcher,
+    def __init__(self, config: ParentConfig, workspace: Workspace, store: HeldWrites, launcher: Launcher,
                  timers: Timers, hooks: ManagerHooks, endpoint: Callable[[], str], registry: SiteRegistry,
                  site_jobs: SiteJobs) -> None:
         self.config = config
@@ -200,7 +201,11 @@ class JobManager:
             if not self.accepting:
                 raise Conflict("the parent is shutting down and accepts no new jobs")
             raise Conflict(f"{self.config.max_queued_jobs} jobs are already waiting; submit later")
-        rec = self.store.add(job_id, jd.name, origin, jd.meta)
+        try:
+            rec = self.store.add(job_id, jd.name, origin, jd.meta)
+        except StoreUnavailable:
+            shutil.rmtree(self.ws.get_run_dir(job_id), ignore_errors=True)
+            raise
         log.info("job %s (%s) submitted from %s", job_id, jd.name, origin)
         self.hooks.on_change(rec)
         self.scheduler.add(job_id)
@@ -401,7 +406,18 @@ class JobManager:
             wanted, reason = RunStatus.FINISHED_ABNORMAL, f"{job.abort_reason}; it then stopped on the abort"
         elif wanted is RunStatus.FINISHED_ABORTED and job.abort_reason:
             reason = f"aborted: {job.abort_reason}"
-        rec = self._transition(job.job_id, wanted, reason, **fields)
+        try:
+            rec = self.store.transition(job.job_id, wanted, reason, hold=False, **fields)
+        except StoreUnavailable:
+            # Not acknowledged, so the job process sends it again. Should it give up (or die)
+            # first, its exit records this outcome, not "without a final status".
+            job.reported = (wanted, reason, fields)
+            raise
+        log.info("job %s: %s (%s)", job.job_id, wanted.value, reason)
+        if not wanted.is_final:
+            self.hooks.on_change(rec)
+        # A final status is announced once, when the process has exited and its exit code is
+        # recorded with it (`on_exit`), so watchers see the job's end one time, complete.
         if wanted.is_final and job.abort_reason is None:
             # The job process should exit right after this ack; if something keeps it alive
             # (a stray non-daemon thread, a hung exit handler) end its group after the graces.
@@ -459,8 +475,12 @@ class JobManager:
             self._restart(rec, job, how, restart)
             return
         if rec.status.is_final:
-            self.store.record_exit(job_id, exit_code, sig)
-            self.hooks.on_change(self.store.get(job_id, with_history=False))
+            done = self.store.record_exit(job_id, exit_code, sig)
+            if done.store_error is None:  # else announced once stored
+                self.hooks.on_change(done)
+        elif job.reported is not None:  # its final status reached us, but the store refused it then
+            status, reason, fields = job.reported
+            self._transition(job_id, status, reason, **{**fields, "exit_code": exit_code, "signal": sig})
         elif job.hung:
             self._transition(job_id, RunStatus.FINISHED_ABNORMAL, f"{job.abort_reason}; process {how}",
                              exit_code=exit_code, signal=sig)
@@ -507,8 +527,12 @@ class JobManager:
                 return
             job = self._start_process(current, old.sites, resume=True)
             if job is not None:
-                self.store.update(rec.job_id, pid=job.proc.pid, pid_create_time=job.proc.create_time,
-                                  secret_hash=job.secret_hash)
+                try:
+                    self.store.update(rec.job_id, pid=job.proc.pid, pid_create_time=job.proc.create_time,
+                                      secret_hash=job.secret_hash)
+                except StoreUnavailable as exc:  # a restarted parent then cannot re-adopt it: it ends ABNORMAL
+                    log.error("job %s: its new process %d is not recorded: %s", rec.job_id, job.proc.pid, exc)
+                    return
                 self.hooks.on_change(self.store.get(rec.job_id, with_history=False))
 
         # What the dead process left must be gone before the new one starts (both carry the job id).
@@ -543,10 +567,20 @@ class JobManager:
             raise
 
     def _transition(self, job_id: str, status: RunStatus, reason: str, **fields: Any) -> JobRecord:
+        """Move a job and announce it once it is durable (a transition the store refuses is held
+        and announced when it is stored, see `parent.held_writes`)."""
         rec = self.store.transition(job_id, status, reason, **fields)
-        log.info("job %s: %s (%s)", job_id, status.value, reason)
-        self.hooks.on_change(rec)
+        log.info("job %s: %s (%s)%s", job_id, status.value, reason,
+                 f"; not stored yet: {rec.store_error}" if rec.store_error else "")
+        if rec.store_error is None:
+            self.hooks.on_change(rec)
         return rec
+
+    def stored(self, rec: JobRecord) -> None:
+        """Held writes of a job were stored at last: announce its state, and schedule again."""
+        self.hooks.on_change(rec)
+        if not self.store.holding():
+            self.scheduler.kick(resources_changed=True)
 
 
 def job_from_meta(job_id: str, meta: dict) -> Job:

@@ -27,7 +27,7 @@ from flrunner.job import Job
 from flrunner.status import RunStatus
 
 from .config import ParentConfig
-from .job_store import JobStore
+from .held_writes import HeldWrites
 from .registry import SiteRegistry
 from .site_gateway import Results, SiteJobs
 from .timers import Timer, Timers
@@ -58,7 +58,7 @@ class Scheduler:
         job_of: the `Job` of a job id.
     """
 
-    def __init__(self, config: ParentConfig, store: JobStore, registry: SiteRegistry, site_jobs: SiteJobs,
+    def __init__(self, config: ParentConfig, store: HeldWrites, registry: SiteRegistry, site_jobs: SiteJobs,
                  timers: Timers, launch: Callable[[str, set[str]], None],
                  give_up: Callable[[str, RunStatus, str], None], running: Callable[[], int],
                  job_of: Callable[[str], Job]) -> None:
@@ -110,6 +110,10 @@ class Scheduler:
             self._kicking = False
 
     def _kick_once(self, resources_changed: bool) -> None:
+        if self.store.holding():
+            # The store refuses writes (a full disk): a job started now could not be recorded.
+            # Scheduling resumes once the held writes are stored (`JobManager.stored`).
+            return
         now = self.timers.clock()
         for w in list(self.waiting.values()):
             if self.running() + self._in_flight() >= self.config.max_concurrent_jobs:

@@ -34,6 +34,7 @@ from .aux_service import AuxService
 from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .errors import WorkspaceBusy
+from .held_writes import HeldWrites
 from .job_store import JobRecord, JobStore
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
@@ -106,6 +107,7 @@ class Parent:
         cfg = self.config
         self.ctx = zmq.Context()
         self.store = JobStore(self.ws.get_job_store_path())
+        self.held = HeldWrites(self.store, self.timers, on_stored=lambda rec: self.manager.stored(rec))
         self.registry = SiteRegistry(cfg.site_timeout, clock=self.clock)
         self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
@@ -139,7 +141,7 @@ class Parent:
         self.outstanding = Outstanding(self.timers)
         self.gateway = SiteGateway(self.sites, self.registry, self.outstanding)
         self.site_jobs = SiteJobs(self.gateway, self.ws, cfg.reservation_ttl, cfg.site_request_timeout)
-        self.manager = JobManager(cfg, self.ws, self.store, self.launcher, self.timers, hooks,
+        self.manager = JobManager(cfg, self.ws, self.held, self.launcher, self.timers, hooks,
                                   endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
                                           self.stop, self.ws.get_root_dir(), self.offload, clock=self.clock,

@@ -46,6 +46,8 @@ class RunningJob:
     readopted: bool = False
     #: Why the job is lost (it did not reconnect after a parent restart).
     lost_reason: str | None = None
+    #: A final status its process reported that the store refused then: (status, reason, fields).
+    reported: tuple | None = None
     #: The public key its process gave in its hello (its sites seal secure aux requests to it).
     sealing_key: bytes | None = None
     job: Job | None = None

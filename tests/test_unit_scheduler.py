@@ -17,6 +17,7 @@ from flrunner.errors import LaunchError
 from flrunner.status import RunStatus
 from flrunner.workspace import Workspace
 from parent.config import ParentConfig
+from parent.held_writes import HeldWrites
 from parent.job_store import JobStore
 from parent.jobs import JobManager, ManagerHooks, job_from_meta
 from parent.launcher import Launcher, LaunchSpec
@@ -112,7 +113,7 @@ class Harness:
         self.config = ParentConfig(workspace=str(tmp_path), **config)
         self.clock = FakeClock()
         self.timers = Timers(clock=self.clock)
-        self.store = JobStore(str(tmp_path / "jobs.db"))
+        self.store = HeldWrites(JobStore(str(tmp_path / "jobs.db")), self.timers, on_stored=lambda rec: None)
         self.registry = SiteRegistry(30.0, clock=self.clock)
         self.site_jobs = FakeSiteJobs(self.clock)
         self.running: dict[str, set[str]] = {}
@@ -125,7 +126,7 @@ class Harness:
             self.registry.login(s, s.encode())
 
     def close(self) -> None:
-        self.store.close()
+        self.store.store.close()
 
     # --- what JobManager does around the scheduler ---------------------------------------------------
     def _launch(self, job_id: str, sites: set[str]) -> None:
@@ -612,7 +613,7 @@ def test_a_launch_failure_stops_the_site_apps_the_scheduler_started(tmp_path: Pa
     ws.root.mkdir()
     clock = FakeClock()
     timers = Timers(clock=clock)
-    store = JobStore(ws.get_job_store_path())
+    store = HeldWrites(JobStore(ws.get_job_store_path()), timers, on_stored=lambda rec: None)
     registry = SiteRegistry(30.0, clock=clock)
     registry.login("s1", b"s1")
     site_jobs = FakeSiteJobs(clock)
@@ -629,4 +630,4 @@ def test_a_launch_failure_stops_the_site_apps_the_scheduler_started(tmp_path: Pa
         # The site apps the scheduler started (and the reservations they consumed) are given back.
         assert [stop[:2] for stop in site_jobs.stops] == [(job_id, ["s1"])]
     finally:
-        store.close()
+        store.store.close()
