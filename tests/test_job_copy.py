@@ -118,11 +118,11 @@ def test_a_folder_over_the_caps_is_refused_naming_the_cap_and_accepted_once_rais
     capped.stop()
 
     roomy = start_parent("--max-job-files", "20000", workspace=tmp / "ws2", name="roomy")
-    for job in (many, big):
-        job_id = roomy.admin.submit(job)
+    many_id, big_id = roomy.admin.submit(many), roomy.admin.submit(big)
+    for job_id in (many_id, big_id):
         assert roomy.wait_final(job_id, 30)["status"] == "FINISHED:COMPLETED"
-    assert len(list((roomy.workspace / "jobs" / job_id).iterdir())) > 0
-    assert len(os.listdir(roomy.workspace / "jobs" / roomy.admin.jobs()[0]["job_id"] / "job" / "data")) == 12_000
+    assert len(os.listdir(roomy.workspace / "jobs" / many_id / "job" / "data")) == 12_000
+    assert (roomy.workspace / "jobs" / big_id / "app_server" / "custom" / "weights.bin").stat().st_size == 100_000
 
 
 def test_a_full_disk_mid_copy_leaves_no_run_dir(small_disk, start_parent, make_job):
