@@ -37,6 +37,10 @@ def make_bundle(app_dir: str) -> bytes:
     return buf.getvalue()
 
 
+class BundleLimitError(ValueError):
+    """A bundle holds more entries or bytes than the caps it was unpacked with allow."""
+
+
 #: Most entries (files and folders) a bundle may hold: empty files cost no bytes, but each costs work.
 MAX_BUNDLE_ENTRIES = 10_000
 #: Most folder levels in an entry's path.
@@ -55,9 +59,10 @@ def extract_bundle(data: bytes, dest: str, max_bytes: int = MAX_BUNDLE_BYTES,
     inflating all of it), and entries are counted as they are read.
 
     Raises:
+        BundleLimitError: the bundle holds more than ``max_entries`` entries, or unpacks to more
+            than ``max_bytes`` (a `ValueError`).
         ValueError: the bundle is not a tar.gz, holds a link, a device, an absolute path, ``..``,
-            a path deeper than `MAX_PATH_DEPTH`, more than ``max_entries`` entries, or unpacks
-            to more than ``max_bytes``.
+            or a path deeper than `MAX_PATH_DEPTH`.
     """
     root = os.path.realpath(dest)
     os.makedirs(root, exist_ok=True)
@@ -75,7 +80,7 @@ def _checked_members(tar: tarfile.TarFile, root: str, max_bytes: int, max_entrie
     members, total = [], 0
     for m in tar:  # reads the headers, skipping the content
         if len(members) >= max_entries:
-            raise ValueError(f"bundle holds more than {max_entries} entries")
+            raise BundleLimitError(f"bundle holds more than {max_entries} entries")
         if not (m.isfile() or m.isdir()):
             raise ValueError(f"bundle entry '{m.name[:200]}' is not a regular file or folder")
         if m.name.count("/") >= MAX_PATH_DEPTH:
@@ -85,7 +90,7 @@ def _checked_members(tar: tarfile.TarFile, root: str, max_bytes: int, max_entrie
             raise ValueError(f"bundle entry '{m.name[:200]}' leaves the app folder")
         total += m.size
         if total > max_bytes:
-            raise ValueError(f"bundle unpacks to more than {max_bytes} bytes")
+            raise BundleLimitError(f"bundle unpacks to more than {max_bytes} bytes")
         members.append(m)
     return members
 
@@ -117,7 +122,7 @@ class _Capped(io.RawIOBase):
 
     def _check(self, position: int) -> None:
         if position > self.cap:
-            raise ValueError(f"bundle unpacks to more than {self.cap} bytes of tar data")
+            raise BundleLimitError(f"bundle unpacks to more than {self.cap} bytes of tar data")
 
     def read(self, n: int = -1) -> bytes:
         # Checked before reading: a forged header may ask for gigabytes in one read.

@@ -78,6 +78,28 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _positive_size(text: str) -> int:
+    """A positive size for argparse: bytes with an optional K, M or G suffix."""
+    try:
+        n = _size(text)
+        if n > 0:
+            return n
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected a positive size in bytes with an optional K, M or G suffix "
+                                     f"(e.g. 512M), got '{text}'")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+        if n > 0:
+            return n
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+
+
 def _byte_limit(text: str) -> tuple[int, int]:
     """``RATE,BURST``: bytes a second and bytes at once, e.g. ``64M,1G``."""
     try:
@@ -110,7 +132,8 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
                        launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
                        if args.launcher == "warm" else ProcessLauncher(), kit=args.kit, admin_endpoint=args.admin,
-                       jobs_endpoint=args.jobs)
+                       jobs_endpoint=args.jobs,
+                       max_job_files=args.max_job_files, max_job_bytes=args.max_job_bytes)
     Parent(cfg).run()
     return 0
 
@@ -349,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(f"--{who}-byte-limit", type=_byte_limit, default=default, metavar="RATE,BURST",
                         help=f"bytes a second one {who} connection may send on average, and at once; beyond it "
                              f"messages are dropped (K, M, G: KiB, MiB, GiB; default %(default)s)")
+    sp.add_argument("--max-job-files", type=_positive_int, default=10_000, metavar="N",
+                    help="the most files and folders a submitted job folder may hold (default %(default)s)")
+    sp.add_argument("--max-job-bytes", type=_positive_size, default="1G", metavar="SIZE",
+                    help="the most bytes a submitted job folder's files may add up to (K, M, G: KiB, MiB, GiB; "
+                         "default %(default)s)")
     sp.add_argument("--log-level", default="INFO")
     sp.set_defaults(func=cmd_parent)
 

@@ -29,6 +29,10 @@ class Workspace:
     def get_root_dir(self) -> str:
         return str(self.root)
 
+    def get_jobs_dir(self) -> str:
+        """The folder that holds every job's run dir."""
+        return str(self.root / "jobs")
+
     def get_run_dir(self, job_id: str) -> str:
         return str(self.root / "jobs" / job_id)
 

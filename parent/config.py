@@ -74,6 +74,10 @@ class ParentConfig:
         set_process_title: rename the process ``flrunner-parent: <workspace>`` (off when embedded).
         install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
         log_to_stderr: also log to stderr (the foreground CLI).
+        max_job_files: the most files and folders a submitted job folder may hold; a larger one
+            is refused at submit, before anything is copied (``parent.job_copy``).
+        max_job_bytes: the most bytes the files of a submitted job folder may add up to (symlinked
+            files included); a larger one is refused at submit, before anything is copied.
     """
 
     workspace: str
@@ -118,3 +122,5 @@ class ParentConfig:
     log_to_stderr: bool = False
     log_level: str = "INFO"
     on_started: Optional[Callable[[], None]] = field(default=None, repr=False)
+    max_job_files: int = 10_000
+    max_job_bytes: int = 1 << 30

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from flrunner.bundles import extract_bundle
+from flrunner.bundles import BundleLimitError, extract_bundle
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, StoreUnavailable, Unauthorized
 from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus, clip_error, progress_problem
@@ -28,6 +28,7 @@ from flrunner.workspace import Workspace
 from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .held_writes import HeldWrites
+from .job_copy import CopyLimits, copy_scanned, scan_job_folder
 from .job_store import JobRecord
 from .launcher import Launcher, LaunchSpec
 from .recovery import AdoptedProcess, find_live_process
@@ -89,6 +90,8 @@ class JobManager:
         self.escalation = KillEscalation(timers, config.abort_grace, config.term_grace)
         self.accepting = True
         self._serving = False
+        #: Run dirs of refused submissions that could not be removed at once (EMFILE): retried.
+        self._unremoved: set[str] = set()
 
     def start(self) -> None:
         """The parent serves: start scheduling (once re-adoption is settled)."""
@@ -109,6 +112,23 @@ class JobManager:
             self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
         for rec in self.store.list([RunStatus.SUBMITTED]):
             self.scheduler.add(rec.job_id)
+        self._remove_unrecorded_run_dirs()
+
+    def _remove_unrecorded_run_dirs(self) -> None:
+        """Remove what a crash in the middle of a `prepare` left: run dirs of jobs the store does not
+        know, and upload staging folders. Nothing is being prepared yet (the loop has not started)."""
+        known = {rec.job_id for rec in self.store.list()}
+        try:
+            entries = list(os.scandir(self.ws.get_jobs_dir()))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.name in known or not entry.is_dir(follow_symlinks=False):
+                continue
+            log.warning("removing run dir %s: job %s is not in the job store (left by a submission that did "
+                        "not complete)", entry.path, entry.name)
+            shutil.rmtree(entry.path, ignore_errors=True)
+        shutil.rmtree(os.path.join(self.ws.get_root_dir(), "uploads"), ignore_errors=True)
 
     def _adopt(self, rec: JobRecord) -> None:
         """Watch a job process left by an earlier parent and wait for it to say hello again."""
@@ -155,31 +175,61 @@ class JobManager:
         Returns the job id, the definition, and where the job came from (``origin``, else the
         folder's path) for the job store and the log.
 
+        The folder is scanned before anything is written (`parent.job_copy`: symlink and
+        special-file rules, the ``max_job_files`` and ``max_job_bytes`` caps), then copied as
+        scanned. Whatever fails once the run dir exists, the run dir is removed.
+
         Raises:
-            JobFolderError: the folder is invalid (the message names file and field).
+            JobFolderError: the folder is invalid (the message names file and field, or the path).
+            BadRequest: the folder is over a cap, or the copy failed (e.g. the disk is full).
         """
+        for left in list(self._unremoved):
+            self._remove_run_dir(left)
         jd = load_job_folder(job_dir)
+        scan = scan_job_folder(jd.folder, CopyLimits(self.config.max_job_files, self.config.max_job_bytes))
         job_id = str(uuid.uuid4())
         run_dir = self.ws.get_run_dir(job_id)
-        os.makedirs(run_dir)
         try:
-            shutil.copytree(jd.folder, self.ws.get_job_folder(job_id))
-            shutil.copytree(jd.folder / jd.server_app.name, self.ws.get_app_dir(job_id))
+            os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+            os.mkdir(run_dir)
         except OSError as exc:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise BadRequest(f"cannot copy job folder {job_dir}: {exc}") from None
+            raise BadRequest(f"cannot create the job's run dir in the workspace: {exc}") from None
+        try:
+            job_folder = self.ws.get_job_folder(job_id)
+            copy_scanned(scan, job_folder)
+            # The server app is copied from our copy, not from the submitter's folder, which may
+            # have changed since the scan.
+            copy_scanned(scan.subtree(jd.server_app.name, os.path.join(job_folder, jd.server_app.name)),
+                         self.ws.get_app_dir(job_id))
+        except BaseException:  # anything (a full disk, EMFILE, KeyboardInterrupt): no half-made run dir
+            self._remove_run_dir(run_dir)
+            raise
         return job_id, jd, origin or str(jd.folder.resolve())
+
+    def _remove_run_dir(self, run_dir: str) -> None:
+        """Remove the run dir of a refused submission, or remember to try again with the next one."""
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if os.path.lexists(run_dir):
+            # rmtree needs file descriptors too: out of them (EMFILE), it fails as the copy did.
+            if run_dir not in self._unremoved:
+                log.warning("cannot remove %s (left by a refused submission) yet; trying again with the next "
+                            "submission", run_dir)
+            self._unremoved.add(run_dir)
+        else:
+            self._unremoved.discard(run_dir)
 
     def prepare_upload(self, bundle: bytes, origin: str) -> tuple[str, JobDefinition, str]:
         """`prepare` a job folder uploaded as a tar.gz (remote admins do not share the parent's disk).
 
         The bundle is unpacked into a private staging folder of the workspace with the site
-        bundles' rules (plain files and folders only, nothing leaving the folder, a size cap), and
-        the staging folder is removed afterwards whatever happens.
+        bundles' rules (plain files and folders only, nothing leaving the folder) and the job
+        folder caps (``max_job_files`` entries, ``max_job_bytes`` and ``max_upload_unpacked``
+        bytes, checked before anything is written), and the staging folder is removed afterwards
+        whatever happens.
 
         Raises:
             BadRequest: the bundle is not a tar.gz, or holds a link, a device, a path leaving the
-                folder, or too many bytes.
+                folder, or more than the caps allow.
             JobFolderError: the unpacked folder is not a valid job.
         """
         uploads = os.path.join(self.ws.get_root_dir(), "uploads")
@@ -187,7 +237,13 @@ class JobManager:
         staging = os.path.join(uploads, uuid.uuid4().hex)
         try:
             try:
-                extract_bundle(bundle, staging, self.config.max_upload_unpacked)
+                extract_bundle(bundle, staging, min(self.config.max_upload_unpacked, self.config.max_job_bytes),
+                               self.config.max_job_files)
+            except BundleLimitError as exc:
+                raise BadRequest(f"op 'submit': the uploaded job folder is refused: {exc}; an upload may hold "
+                                 f"{self.config.max_job_files} files (raise with flrunner parent --max-job-files) of "
+                                 f"{self.config.max_job_bytes} bytes (--max-job-bytes; uploads also at most "
+                                 f"{self.config.max_upload_unpacked}, max_upload_unpacked)") from None
             except (ValueError, OSError) as exc:
                 raise BadRequest(f"op 'submit': the uploaded job folder cannot be unpacked: {exc}") from None
             return self.prepare(staging, origin)
@@ -204,7 +260,7 @@ class JobManager:
         try:
             rec = self.store.add(job_id, jd.name, origin, jd.meta)
         except StoreUnavailable:
-            shutil.rmtree(self.ws.get_run_dir(job_id), ignore_errors=True)
+            self._remove_run_dir(self.ws.get_run_dir(job_id))
             raise
         log.info("job %s (%s) submitted from %s", job_id, jd.name, origin)
         self.hooks.on_change(rec)
