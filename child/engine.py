@@ -182,28 +182,36 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         """Push run status, progress and execution error; returns the status the parent stored.
 
         Acknowledged only once the parent has made it durable. A parent being replaced is waited
-        for (`child.session.ParentSession.request`); a parent whose store cannot be written now
-        (a full disk) keeps nothing and says so: the update is sent again, with back-off, for up
-        to ``status_patience`` seconds.
+        for (`child.session.ParentSession.request`). A parent whose store cannot be written now (a
+        full disk) keeps nothing and says so: a final status is sent again, with back-off, for up
+        to ``status_patience`` seconds; a progress update is not (the next one carries the latest
+        progress), and None is returned for it.
 
         Raises:
-            NotReady: the parent could not store it within ``status_patience``.
+            NotReady: the parent could not store the final status within ``status_patience``.
             FlrunnerError: the parent refused it (e.g. the job already ended).
         """
         body = {"status": self.run_status.value, "progress": self.progress, "error": clip_error(self.exe_error)}
         if self.link is None:
             return self.run_status.value
+        final = self.run_status.is_final
         deadline = time.monotonic() + self.status_patience
         pause = 0.2
         while True:
             try:
                 return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")
-            except (RequestTimeout, NotReady) as exc:
+            except NotReady as exc:
+                if not final:
+                    _refusals.warning("progress not stored: %s", exc)
+                    return None
                 if time.monotonic() + pause >= deadline:
                     raise
-                log.warning("status update not stored yet (%s); sending it again in %.1fs", exc, pause)
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                log.warning("final status not stored yet (%s); sending it again in %.1fs", exc, pause)
+            except RequestTimeout:
+                if time.monotonic() + pause >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def on_push(self, msg: Message) -> None:
         """A message the parent pushed (on the link's I/O thread: quick, or handed to a thread)."""

@@ -15,6 +15,7 @@ import sys
 import setproctitle
 
 from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
+from flrunner.output_capture import OutputCapture
 from flrunner.wire import unpack
 from flrunner.workspace import Workspace
 
@@ -27,6 +28,9 @@ log = logging.getLogger("child")
 EXIT_OK = 0
 EXIT_BAD_BOOTSTRAP = 2
 EXIT_PARENT_REFUSED = 3
+
+#: A job's log rotates at this size unless the parent says otherwise (``--job-log-size``).
+DEFAULT_LOG_MAX_BYTES = 64 << 20
 
 _REQUIRED = {"job_id": str, "job_name": str, "secret": str, "endpoint": str, "workspace": str}
 
@@ -56,12 +60,28 @@ def main() -> int:
 
 
 def run_job(boot: dict) -> int:
-    """Run one job in this process, given its bootstrap (a warm launcher calls this after a fork)."""
+    """Run one job in this process, given its bootstrap (a warm launcher calls this after a fork).
+
+    Its output (and that of every process it starts) goes to its log through an `OutputCapture`,
+    which bounds the log's size (``log_max_bytes``, ``log_backups`` in the bootstrap).
+    """
+    workspace = Workspace(boot["workspace"])
+    capture = OutputCapture(workspace.get_app_log_file_path(boot["job_id"]),
+                            int(boot.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES)), int(boot.get("log_backups", 1)))
+    capture.start()
+    try:
+        return _run_job(boot, workspace)
+    finally:
+        logging.shutdown()
+        capture.stop()
+
+
+def _run_job(boot: dict, workspace: Workspace) -> int:
     job_id = boot["job_id"]
     setproctitle.setproctitle(f"flrunner-job: {job_id} {boot['job_name']}")
     logging.basicConfig(stream=sys.stderr, level=boot.get("log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = ServerEngine(job_id, Workspace(boot["workspace"]))
+    engine = ServerEngine(job_id, workspace)
     session = ParentSession(boot, engine)
 
     def on_sigterm(signum: int, frame: object) -> None:

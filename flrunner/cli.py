@@ -7,8 +7,10 @@ stderr with exit status 1 (2 for usage errors).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -133,7 +135,8 @@ def cmd_parent(args: argparse.Namespace) -> int:
                        launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
                        if args.launcher == "warm" else ProcessLauncher(), kit=args.kit, admin_endpoint=args.admin,
                        jobs_endpoint=args.jobs,
-                       max_job_files=args.max_job_files, max_job_bytes=args.max_job_bytes)
+                       max_job_files=args.max_job_files, max_job_bytes=args.max_job_bytes,
+                       job_log_max_bytes=args.job_log_size, job_log_backups=args.job_log_backups)
     Parent(cfg).run()
     return 0
 
@@ -276,7 +279,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     path = ws.get_app_log_file_path(job_id)
     if not os.path.exists(path):
         raise NotFound(f"no log for job '{args.job_id}' in {ws.get_root_dir()} ({path})")
-    with open(path, "rb") as f:
+    # Rotated parts first, oldest first (log.txt.N ... log.txt.1), then the current log.
+    rotated = sorted((p for p in glob.glob(glob.escape(path) + ".*") if p.rsplit(".", 1)[-1].isdigit()),
+                     key=lambda p: -int(p.rsplit(".", 1)[-1]))
+    for older in rotated:
+        with open(older, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+    f = open(path, "rb")
+    try:
         while True:
             chunk = f.read(65536)
             if chunk:
@@ -285,9 +295,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 continue
             if not args.follow or final:
                 return 0
+            try:
+                if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:  # rotated: read on in the new file
+                    f.close()
+                    f = open(path, "rb")
+                    continue
+            except FileNotFoundError:
+                pass
             time.sleep(0.2)
             with _admin(args) as admin:
                 final = admin.status(job_id)["status"].startswith("FINISHED:")
+    finally:
+        f.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -377,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-job-bytes", type=_positive_size, default="1G", metavar="SIZE",
                     help="the most bytes a submitted job folder's files may add up to (K, M, G: KiB, MiB, GiB; "
                          "default %(default)s)")
+    sp.add_argument("--job-log-size", type=_positive_size, default="64M", metavar="SIZE",
+                    help="a job's log (its output and its processes') is rotated at this size, so no job fills the "
+                         "disk (K, M, G; at least 64K; default %(default)s)")
+    sp.add_argument("--job-log-backups", type=int, default=1, metavar="N",
+                    help="rotated logs kept per job (log.txt.1 ... log.txt.N; default %(default)s)")
     sp.add_argument("--log-level", default="INFO")
     sp.set_defaults(func=cmd_parent)
 

@@ -78,6 +78,10 @@ class ParentConfig:
             is refused at submit, before anything is copied (``parent.job_copy``).
         max_job_bytes: the most bytes the files of a submitted job folder may add up to (symlinked
             files included); a larger one is refused at submit, before anything is copied.
+        job_log_max_bytes: a job's log (its output and that of every process it starts) is rotated
+            at this size (``log.txt`` -> ``log.txt.1``), so no job fills the workspace with output.
+        job_log_backups: rotated logs kept per job; a job's logs take at most
+            ``job_log_max_bytes * (job_log_backups + 1)``.
     """
 
     workspace: str
@@ -124,3 +128,5 @@ class ParentConfig:
     on_started: Optional[Callable[[], None]] = field(default=None, repr=False)
     max_job_files: int = 10_000
     max_job_bytes: int = 1 << 30
+    job_log_max_bytes: int = 64 << 20
+    job_log_backups: int = 1

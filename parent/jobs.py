@@ -295,6 +295,7 @@ class JobManager:
             "parent_loss_timeout": self.config.parent_loss_timeout, "log_level": self.config.log_level,
             "orphan_grace": self.config.abort_grace + self.config.term_grace, "resume": resume,
             "reconnect_grace": self.config.reconnect_grace, "parent_pid": os.getpid(),
+            "log_max_bytes": self.config.job_log_max_bytes, "log_backups": self.config.job_log_backups,
         }
         if self.jobs_server_key is not None:
             bootstrap["server_key"] = self.jobs_server_key

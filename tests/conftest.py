@@ -113,6 +113,30 @@ def tmp(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def mount_tmpfs(tmp: Path):
+    """``mount_tmpfs(name="disk", size="8m")`` -> a small tmpfs mounted at ``tmp/name``: a disk that
+    fills up. Tests run as root in CI; where the mount is refused the test is skipped with the
+    reason. Request this fixture before ``start_parent``/``procs``, so the processes are ended
+    before it is unmounted."""
+    mounted: list[Path] = []
+
+    def mount(name: str = "disk", size: str = "8m") -> Path:
+        mnt = tmp / name
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs for a full disk ({r.stderr.strip() or r.returncode}): needs root")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in reversed(mounted):
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # still busy: detach it now
+
+
+@pytest.fixture
 def procs(tmp: Path):
     """Start processes for a test; end them at teardown and fail if any process outlives it."""
     tracker = Procs(tmp)

@@ -64,3 +64,26 @@ class RunUntilGo(Controller):
             engine.update_job_run_status()
             if abort_signal.wait(self.interval):
                 return
+
+
+class Chatty(Controller):
+    """Writes ``mb`` megabytes of lines to stdout as fast as it can, half of them from a process it
+    starts (its output goes to the job's log too), then prints ``chatty done`` and completes."""
+
+    def __init__(self, mb=200):
+        super().__init__()
+        self.mb = mb
+
+    def control_flow(self, abort_signal, fl_ctx):
+        import subprocess
+        import sys
+
+        line = "x" * 1023 + "\n"
+        half = self.mb * 512  # lines of 1 KiB in half the megabytes
+        child = subprocess.Popen([sys.executable, "-c", f"import sys\nfor _ in range({half}): sys.stdout.write({line!r})"])
+        for _ in range(half):
+            sys.stdout.write(line)
+            if abort_signal.triggered:
+                break
+        child.wait()
+        print("chatty done", flush=True)

@@ -8,7 +8,6 @@ serving.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -47,19 +46,9 @@ def still_serves(parent: ParentHandle, make_job) -> str:
 
 
 @pytest.fixture
-def small_disk(tmp: Path):
-    """An 8 MiB tmpfs (tests run as root in CI); request it before ``start_parent`` so the parent
-    is stopped before it is unmounted."""
-    mnt = tmp / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs for a full disk ({r.stderr.strip() or r.returncode}): needs root")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # still busy: detach it now
+def small_disk(mount_tmpfs) -> Path:
+    """An 8 MiB tmpfs; request it before ``start_parent`` so the parent is stopped before it is unmounted."""
+    return mount_tmpfs("disk", "8m")
 
 
 def test_two_symlink_loops_are_refused_at_once_naming_the_link(parent, make_job):

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -131,3 +135,96 @@ def test_a_job_aborted_for_hanging_ends_abnormal_even_if_it_then_reports_aborted
     job = parent.wait_final(job_id)
     assert job["status"] == "FINISHED:ABNORMAL", job["history"]
     assert "hung: no heartbeat" in job["history"][-1]["reason"] and "stopped on the abort" in job["history"][-1]["reason"]
+
+
+# --- a job's output and a full disk ---------------------------------------------------------------
+
+CHATTY = "job_components_pressure.Chatty"
+
+
+def log_files(parent, job_id: str) -> dict[str, int]:
+    run_dir = parent.workspace / "jobs" / job_id
+    return {p.name: p.stat().st_size for p in run_dir.glob("log.txt*")}
+
+
+@pytest.mark.timeout(90)
+def test_a_job_log_is_rotated_at_its_cap_and_flrunner_logs_prints_its_end(start_parent, make_job):
+    parent = start_parent("--job-log-size", "1M", "--job-log-backups", "2")
+    job_id = parent.admin.submit(make_job([("wf", CHATTY, {"mb": 40})]))
+    job = parent.wait_final(job_id, timeout=60)
+    assert job["status"] == "FINISHED:COMPLETED", job["history"][-1]
+    sizes = log_files(parent, job_id)
+    assert set(sizes) == {"log.txt", "log.txt.1", "log.txt.2"}, sizes
+    assert all(size <= (1 << 20) + 65536 for size in sizes.values()), sizes
+    out = subprocess.run([sys.executable, "-m", "flrunner", "logs", job_id, "--workspace", str(parent.workspace)],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith(b"chatty done") or b"chatty done" in out.stdout[-4096:], out.stdout[-300:]
+    assert len(out.stdout) == sum(sizes.values())
+
+
+@pytest.mark.timeout(120)
+def test_one_job_writing_200mb_cannot_fill_a_64mb_workspace(mount_tmpfs, start_parent, make_job):
+    disk = mount_tmpfs("disk", "64m")
+    parent = start_parent("--job-log-size", "4M", "--job-log-backups", "1", workspace=disk / "ws")
+    calm = parent.admin.submit(make_job([("wf", RUN_UNTIL_GO, {})], name="calm"))
+    chatty = parent.admin.submit(make_job([("wf", CHATTY, {"mb": 200})], name="chatty"))
+    job = parent.wait_final(chatty, timeout=90)
+    assert job["status"] == "FINISHED:COMPLETED", job["history"][-1]
+    assert sum(log_files(parent, chatty).values()) <= 2 * (4 << 20) + 65536
+    assert shutil.disk_usage(disk).free > 32 << 20
+    (disk / "ws" / "jobs" / calm / "go").touch()
+    assert parent.wait_final(calm)["status"] == "FINISHED:COMPLETED"
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file; returns it."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: no write is left for close to fail on
+        for size in (1 << 20, 4096):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler
+
+
+@pytest.mark.timeout(120)
+def test_jobs_that_end_while_the_disk_is_full_end_with_their_real_status_once_it_is_freed(
+        mount_tmpfs, start_parent, make_job):
+    """With the workspace full, one job completes (its final status cannot be stored; it gives up
+    sending it after its grace and exits) and one is killed: both are shown with their real end at
+    once, never RUNNING, and are stored with it once space is freed; a third job, updating its
+    progress all along, runs on."""
+    disk = mount_tmpfs("disk", "32m")
+    parent = start_parent("--reconnect-grace", "3", workspace=disk / "ws")
+    done, killed, later = (parent.admin.submit(make_job([("wf", RUN_UNTIL_GO, {"interval": 0.5})], name=n))
+                           for n in ("done", "killed", "later"))
+    pids = {i: parent.wait_status(i, lambda j: progress(j).get("beat", 0) >= 1)["pid"] for i in (done, killed, later)}
+    with sqlite3.connect(disk / "ws" / "jobs.db") as db:  # no WAL space left to reuse: writes need new space
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        fill(disk)
+        (disk / "ws" / "jobs" / done / "go").touch()  # an empty file needs no data block
+        os.kill(pids[killed], signal.SIGKILL)
+        for job_id, status in ((done, "FINISHED:COMPLETED"), (killed, "FINISHED:ABNORMAL")):
+            job = wait_for(lambda: (j := parent.admin.status(job_id))["status"] == status and j, 30,
+                           f"job {job_id} shown {status}")
+            assert job["store_error"] and "full" in job["store_error"], job
+        assert parent.admin.ping()["store_error"]
+        assert parent.admin.status(later)["status"] == "RUNNING"
+    finally:
+        (disk / "filler").unlink(missing_ok=True)
+    for job_id, status, reason in ((done, "FINISHED:COMPLETED", "reported by the job process"),
+                                   (killed, "FINISHED:ABNORMAL", "killed by SIGKILL without a final status")):
+        job = parent.wait_status(job_id, lambda j: j["store_error"] is None, timeout=40)
+        assert job["status"] == status, job
+        assert reason in job["history"][-1]["reason"], job["history"]
+    with sqlite3.connect(disk / "ws" / "jobs.db") as db:
+        stored = dict(db.execute("SELECT job_id, status FROM jobs WHERE job_id IN (?, ?)", (done, killed)).fetchall())
+    assert stored == {done: "FINISHED:COMPLETED", killed: "FINISHED:ABNORMAL"}
+    beat = progress(parent.admin.status(later))["beat"]
+    parent.wait_status(later, lambda j: progress(j)["beat"] > beat + 2)
+    (disk / "ws" / "jobs" / later / "go").touch()
+    assert parent.wait_final(later)["status"] == "FINISHED:COMPLETED"
