@@ -187,8 +187,11 @@ CHILD_PUSHES = OpTable("child", ABORT, CLIENTS_CHANGED, CHILD_AUX)
 # --- site <-> parent (sites socket) ------------------------------------------------------------
 LOGIN = Op("login", "A site logs in with its name (and, later, credentials) and gets a token; it lists the "
            "jobs it runs, and is told which of them to stop (jobs this parent does not run) and the public keys "
-           "of the others' job processes ('job_keys').",
-           {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int), "jobs": opt(list, max_len=10_000)},
+           "of the others' job processes ('job_keys'). 'instance' is the agent process's random id: the same "
+           "instance logging in again resumes its session (same token); another agent, or one that sends no "
+           "instance, is refused (CONFLICT) while the name's session is alive.",
+           {"name": req(str, max_len=_ID), "resources": opt(dict), "pid": opt(int), "jobs": opt(list, max_len=10_000),
+            "instance": opt(str, max_len=64)},
            needs_auth=False)
 SITE_HEARTBEAT = Op("heartbeat", "A site is alive.", {"token": req(str, max_len=_ID)})
 LOGOUT = Op("logout", "A site leaves the registry.", {"token": req(str, max_len=_ID)})

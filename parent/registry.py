@@ -3,10 +3,15 @@
 Every login, logout and expiry bumps ``revision`` and appends the change to a bounded log, so a
 job process that synced at revision R can be sent just the changes since R. Sites are kept in
 last-heard order, so expiring silent sites costs O(expired), not O(sites).
+
+A name is held by one site agent at a time: the agent instance that logged in. The same agent
+logging in again (it thought the parent lost) resumes its session unchanged; another agent with
+that name is refused until the session ends (logout, or ``timeout`` of silence).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from flrunner.client import Client
-from flrunner.errors import Unauthorized
+from flrunner.errors import Conflict, Unauthorized
 
 ADDED = "add"
 REMOVED = "remove"
@@ -28,9 +33,17 @@ class SiteRecord:
     login_time: float
     last_seen: float
     props: dict = field(default_factory=dict)
+    #: The random id of the agent process that holds this session (None: an agent that sent none,
+    #: which no later login matches). Kept out of `to_client`: jobs and admins never see it.
+    instance: str | None = None
 
     def to_client(self) -> Client:
         return Client(self.name, self.token, self.login_time, self.props)
+
+    def held_by(self, instance: str | None) -> bool:
+        """Whether the agent ``instance`` holds this session (an agent without an id never does)."""
+        return instance is not None and self.instance is not None and \
+            secrets.compare_digest(instance.encode(), self.instance.encode())
 
 
 class SiteRegistry:
@@ -63,19 +76,50 @@ class SiteRegistry:
     def get(self, name: str) -> SiteRecord | None:
         return self._sites.get(name)
 
-    def login(self, name: str, identity: bytes, props: dict | None = None) -> SiteRecord:
-        """Register ``name`` with a fresh token; a site logging in again replaces its old session."""
+    def login(self, name: str, identity: bytes, props: dict | None = None,
+              instance: str | None = None) -> SiteRecord:
+        """Log ``name`` in from the agent ``instance``.
+
+        - Not logged in, or its session silent for longer than the timeout (not swept yet): a new
+          session with a fresh token (one revision: the stale session's removal, then the new one).
+        - Logged in from the same instance (it lost the parent for a while and logs in again): the
+          session is resumed as it was, same token and login time; only ``last_seen``, the
+          identity and the props are refreshed. No revision unless the props changed, and then
+          one ``ADDED`` change that replaces the site's entry (same token).
+        - Logged in from another instance, or either side sent none: refused.
+
+        Raises:
+            Conflict: another agent holds ``name`` and its session is alive.
+        """
+        now = self.clock()
+        props = dict(props or {})
+        old = self._sites.get(name)
+        if old is not None and now - old.last_seen <= self.timeout:
+            if not old.held_by(instance):
+                silent = now - old.last_seen
+                raise Conflict(f"site '{name}' is already logged in from another agent (pid "
+                               f"{old.props.get('pid', 'unknown')}, last seen {silent:.1f}s ago); stop that agent, "
+                               f"or wait up to {math.ceil(self.timeout - silent)}s for its session to expire")
+            return self._resume(old, identity, props, now)
         changes = []
-        old = self._sites.pop(name, None)
         if old is not None:
+            del self._sites[name]
             self._by_token.pop(old.token, None)
             changes.append({"op": REMOVED, "name": name})
-        now = self.clock()
-        rec = SiteRecord(name, secrets.token_urlsafe(24), identity, self.wall(), now, dict(props or {}))
+        rec = SiteRecord(name, secrets.token_urlsafe(24), identity, self.wall(), now, props, instance)
         self._sites[name] = rec
         self._by_token[rec.token] = name
         changes.append({"op": ADDED, "client": rec.to_client().to_dict(with_token=True)})
         self._record(changes)
+        return rec
+
+    def _resume(self, rec: SiteRecord, identity: bytes, props: dict, now: float) -> SiteRecord:
+        rec.last_seen = now
+        rec.identity = identity
+        self._sites.move_to_end(rec.name)
+        if props != rec.props:
+            rec.props = props
+            self._record([{"op": ADDED, "client": rec.to_client().to_dict(with_token=True)}])
         return rec
 
     def authenticate(self, token: str) -> SiteRecord:

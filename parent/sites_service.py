@@ -66,11 +66,16 @@ class SitesService:
         key = self.public_key(name) if self.require_user_id else None
         if key is not None:  # job processes seal secure aux requests for it
             props[PUBLIC_KEY_PROP] = key.decode("ascii")
-        rec = self.registry.login(name, req.identity, props)
+        held = self.registry.get(name)
+        rec = self.registry.login(name, req.identity, props, req.args["instance"])
         conn = connection_of(req.source_fd)
         if conn is not None:
             self.connections[name] = conn
-        log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
+        if rec is held:
+            log.info("site %s logged in again from the same agent: its session goes on (registry revision %d)",
+                     name, self.registry.revision)
+        else:
+            log.info("site %s logged in (registry revision %d)", name, self.registry.revision)
         # A site that logs in again (this parent restarted, or forgot it) keeps the site apps of
         # jobs that still run here, and stops the others. It gets the keys of their processes,
         # which may have said hello (re-adopted, or relaunched with a new key) while it was away.

@@ -91,6 +91,34 @@ class WatchSites(Controller):
             raise RuntimeError(f"never saw {self.until}; last {seen}")
 
 
+class WatchClientEntries(Controller):
+    """Records every distinct ``get_clients()`` list (name, a digest of the token, the login time)
+    in clients.json until ``stop_file`` exists: a registry that churns a site (a new token, a new
+    login time) shows as a second entry, even when the names stay the same."""
+
+    def __init__(self, stop_file, seconds=60.0):
+        super().__init__()
+        self.stop_file = stop_file
+        self.seconds = seconds
+
+    def control_flow(self, abort_signal, fl_ctx):
+        import hashlib
+
+        engine = fl_ctx.get_engine()
+        engine.sync_clients_from_main_process()
+        history = []
+        end = time.time() + self.seconds
+        while not os.path.exists(self.stop_file):
+            if abort_signal.triggered or time.time() > end:
+                raise RuntimeError(f"{self.stop_file} never appeared")
+            entries = sorted([c.name, hashlib.sha256(c.token.encode()).hexdigest()[:12], c.last_connect_time]
+                             for c in engine.get_clients())
+            if not history or entries != history[-1]:
+                history.append(entries)
+                _write(fl_ctx, "clients.json", history)
+            abort_signal.wait(0.01)
+
+
 class AuxWaitOnSite(Controller):
     """Sends ``topic`` to ``site`` with a long ``timeout`` and records the reply and how long it
     took in aux_wait.json."""

@@ -419,7 +419,8 @@ class RawSite:
         self.ctx.term()
 
     def login(self, jobs: list[str] = ()) -> Message:
-        reply = self.request("login", {"name": self.name, "jobs": list(jobs)})
+        # One agent instance: logging in again resumes this site's session instead of being refused.
+        reply = self.request("login", {"name": self.name, "jobs": list(jobs), "instance": f"raw-{self.name}"})
         assert reply.rc == "OK", reply.body
         self.token = reply.body["token"]
         self.next_beat = time.monotonic() + 1.0

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flrunner.errors import Unauthorized
+from flrunner.errors import Conflict, Unauthorized
 from parent.registry import ADDED, REMOVED, SiteRecord, SiteRegistry
 
 
@@ -58,10 +58,11 @@ def test_login_gives_distinct_random_tokens():
         assert reg.authenticate(r.token) is r
 
 
-def test_relogin_replaces_the_old_token():
-    reg, _ = make_registry()
-    old = reg.login("site-a", b"id1", {"num_gpus": 1})
-    new = reg.login("site-a", b"id2", {"num_gpus": 2})
+def test_a_login_after_the_old_session_went_silent_replaces_it():
+    reg, clock = make_registry(timeout=10.0)
+    old = reg.login("site-a", b"id1", {"num_gpus": 1}, instance="first")
+    clock.advance(10.5)  # silent past the timeout, not swept by expire() yet
+    new = reg.login("site-a", b"id2", {"num_gpus": 2}, instance="second")
     assert new.token != old.token
     assert len(reg) == 1
     with pytest.raises(Unauthorized):
@@ -72,12 +73,90 @@ def test_relogin_replaces_the_old_token():
         reg.logout(old.token)
     assert reg.authenticate(new.token).identity == b"id2"
     assert reg.get("site-a").props == {"num_gpus": 2}
-    # The re-login is one revision: the removal of the old session, then the new one.
+    # The replacement is one revision: the removal of the old session, then the new one.
     rev_before = reg.revision - 1
     delta = reg.changes_since(rev_before)
     assert [c["op"] for c in delta] == [REMOVED, ADDED]
     assert delta[0]["name"] == "site-a"
     assert delta[1]["client"]["token"] == new.token
+
+
+@pytest.mark.parametrize("first, second", [("agent-1", "agent-2"), ("agent-1", None), (None, None), (None, "agent-1")],
+                         ids=["another-instance", "second-sends-none", "neither-sends-one", "first-sent-none"])
+def test_another_agent_is_refused_while_the_session_is_alive(first, second):
+    reg, clock = make_registry(timeout=30.0)
+    held = reg.login("site-a", b"id1", {"pid": 4242}, instance=first)
+    rev = reg.revision
+    clock.advance(2.1)
+    with pytest.raises(Conflict) as refused:
+        reg.login("site-a", b"id2", {"pid": 777}, instance=second)
+    assert str(refused.value) == ("site 'site-a' is already logged in from another agent (pid 4242, last seen 2.1s "
+                                  "ago); stop that agent, or wait up to 28s for its session to expire")
+    assert refused.value.rc == "CONFLICT"
+    # The registration is untouched: same record, token, identity, no revision.
+    assert reg.get("site-a") is held and reg.authenticate(held.token) is held
+    assert held.identity == b"id1" and held.props == {"pid": 4242}
+    assert reg.revision == rev and reg.changes_since(rev) == []
+    # At exactly the timeout the session is still alive; just past it, the other agent gets in.
+    clock.advance(27.9)
+    with pytest.raises(Conflict, match="wait up to 0s"):
+        reg.login("site-a", b"id2", {"pid": 777}, instance=second)
+    clock.advance(0.01)
+    assert reg.login("site-a", b"id2", {"pid": 777}, instance=second).token != held.token
+
+
+def test_another_agent_gets_in_once_the_first_logs_out():
+    reg, _ = make_registry()
+    first = reg.login("site-a", b"id1", instance="agent-1")
+    with pytest.raises(Conflict):
+        reg.login("site-a", b"id2", instance="agent-2")
+    reg.logout(first.token)
+    assert reg.login("site-a", b"id2", instance="agent-2").identity == b"id2"
+
+
+def test_a_refusal_names_an_unknown_pid():
+    reg, _ = make_registry()
+    reg.login("site-a", b"id1")
+    with pytest.raises(Conflict, match=r"\(pid unknown, last seen 0.0s ago\)"):
+        reg.login("site-a", b"id2")
+
+
+def test_the_same_agent_logging_in_again_resumes_its_session_unchanged():
+    reg, clock = make_registry(timeout=10.0)
+    seen = []
+    reg.listeners.append(lambda base, rev, changes: seen.append(rev))
+    rec = reg.login("site-a", b"id1", {"pid": 1, "resources": {"num_gpus": 1}}, instance="agent-1")
+    reg.login("site-b", b"idb")
+    rev, token, login_time, listed = reg.revision, rec.token, rec.login_time, reg.clients()
+    clock.advance(9.0)  # it thought the parent lost and logs in again, before its session expired
+    again = reg.login("site-a", b"id2", {"pid": 1, "resources": {"num_gpus": 1}}, instance="agent-1")
+    assert again is rec and again.token == token and again.login_time == login_time
+    assert again.identity == b"id2" and again.last_seen == clock.now
+    assert reg.revision == rev and reg.changes_since(rev) == [] and seen == [1, 2]  # no change, no push
+    assert reg.authenticate(token) is rec
+    assert reg.clients() == list(reversed(listed))  # the same entries; site-a is now the last heard
+    assert reg.names() == ["site-b", "site-a"]
+    clock.advance(9.0)  # the resumed session counts from the re-login: site-b expires, site-a does not
+    assert reg.expire() == ["site-b"]
+
+
+def test_any_text_is_an_instance_id():
+    reg, _ = make_registry()
+    rec = reg.login("site-a", b"id1", instance="é")  # a peer's text, not only our hex ids
+    assert reg.login("site-a", b"id1", instance="é") is rec
+    with pytest.raises(Conflict):
+        reg.login("site-a", b"id1", instance="ü")
+
+
+def test_the_same_agent_with_other_props_keeps_its_token_in_one_added_change():
+    reg, _ = make_registry()
+    rec = reg.login("site-a", b"id1", {"resources": {"num_gpus": 1}}, instance="agent-1")
+    rev = reg.revision
+    again = reg.login("site-a", b"id1", {"resources": {"num_gpus": 2}}, instance="agent-1")
+    assert again is rec and again.token == rec.token
+    assert reg.revision == rev + 1
+    assert reg.changes_since(rev) == [{"op": ADDED, "client": rec.to_client().to_dict(with_token=True)}]
+    assert reg.changes_since(rev)[0]["client"]["props"] == {"resources": {"num_gpus": 2}}
 
 
 def test_heartbeat_with_unknown_token_is_unauthorized():
@@ -246,7 +325,8 @@ def test_listing_has_no_tokens():
 
 NAMES = ["a", "b", "c", "d"]
 _op = st.one_of(
-    st.tuples(st.just("login"), st.sampled_from(NAMES)),
+    st.tuples(st.just("login"), st.tuples(st.sampled_from(NAMES), st.sampled_from(["agent-1", "agent-2", None]),
+                                           st.integers(0, 1))),
     st.tuples(st.just("logout"), st.sampled_from(NAMES)),
     st.tuples(st.just("heartbeat"), st.sampled_from(NAMES)),
     st.tuples(st.just("tick"), st.floats(min_value=0.0, max_value=6.0, allow_nan=False)),
@@ -262,7 +342,12 @@ def test_deltas_applied_to_an_old_list_reproduce_latest_clients(ops, change_log)
     snapshots = [(reg.revision, by_name(reg.clients()))]
     for op, arg in ops:
         if op == "login":
-            reg.login(arg, arg.encode(), {"n": arg})
+            name, instance, version = arg  # the same agent may come back with other props
+            rev = reg.revision
+            try:
+                reg.login(name, name.encode(), {"n": name, "v": version}, instance=instance)
+            except Conflict:
+                assert reg.revision == rev  # a refused login changes nothing
         elif op == "logout":
             rec = reg.get(arg)
             if rec is not None:

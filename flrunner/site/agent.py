@@ -4,14 +4,16 @@ The parent pushes job-control requests (check and reserve resources, start a job
 from a bundle, stop it), jobs' aux requests, and the keys of jobs' processes (which a job's site
 components seal their secure aux requests to); the agent answers each on its own threads, so
 its connection keeps serving while a job's handler works or hangs. It logs in again by itself
-when the parent forgets it (a restart, an expiry), backing off while the parent is unreachable,
-and logs out on SIGTERM.
+when the parent forgets it (a restart, an expiry) or seems gone (a paused parent: its session,
+kept by the parent, then goes on unchanged), backing off while the parent is unreachable or
+another agent holds the site's name, and logs out on SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -66,6 +68,9 @@ class SiteAgent:
         self.job_threads = job_threads
         self.resource_manager = ResourceManager(self.resources)
         self.token: str | None = None
+        #: This agent process's random id, sent with every login: the parent resumes the session of
+        #: the same instance, and refuses another agent that uses this site's name meanwhile.
+        self.instance = secrets.token_hex(8)
         self.jobs: dict[str, SiteJob] = {}
         self._jobs_lock = threading.Lock()
         self._stop = threading.Event()
@@ -106,7 +111,7 @@ class SiteAgent:
                     try:
                         self.login(timeout=min(self.request_timeout, 0.2 + 2 * backoff))
                         backoff = 0.05
-                    except FlrunnerError as exc:
+                    except FlrunnerError as exc:  # CONFLICT too: another agent holds the name for now
                         log.warning("site %s: login to %s failed (%s); retrying in %.1fs", self.name, self.server,
                                     exc, backoff)
                         self._stop.wait(backoff)
@@ -124,7 +129,8 @@ class SiteAgent:
         with self._jobs_lock:
             running = sorted(self.jobs)
         body = self.link.request("login", {"name": self.name, "resources": self.resources, "pid": os.getpid(),
-                                           "jobs": running}, timeout=timeout or self.request_timeout).body
+                                           "jobs": running, "instance": self.instance},
+                                 timeout=timeout or self.request_timeout).body
         for job_id in body.get("stop_jobs") or []:
             if isinstance(job_id, str):
                 self._control.submit(self._do_stop_job, job_id, "the parent does not run this job")
