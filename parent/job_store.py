@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from flrunner.errors import FlrunnerError, IllegalTransition, NotFound
+from flrunner.errors import IllegalTransition, JobStoreError, NotFound
 from flrunner.status import RunStatus, can_move
 
 #: Bumped, with a step in `JobStore._migrate`, whenever the tables change.
@@ -98,16 +98,47 @@ class JobStore:
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            # Damaged pages would otherwise surface mid-flight, at the first query that reads
+            # them; this check reads every page but skips the costly index cross-checks (65 ms
+            # for a 40 MB store).
+            (verdict,) = self.db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                found = "; ".join(line for line in verdict.splitlines() if not line.startswith("***"))
+                raise JobStoreError(f"job store {path} is corrupt ({found}); move it aside to start with an empty "
+                                    f"store")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise self.error(exc) from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    def error(self, exc: sqlite3.Error) -> JobStoreError:
+        """A one-line `JobStoreError` naming the store's file and what SQLite found wrong with it."""
+        what = str(exc)
+        problem = {"file is not a database": "is not a SQLite database",
+                   "database disk image is malformed": "is corrupt"}.get(what)
+        if problem is not None:
+            return JobStoreError(f"job store {self.path} {problem} ({what}); move it aside to start with an empty "
+                                 f"store")
+        if "readonly" in what or "unable to open" in what:
+            return JobStoreError(f"job store {self.path} cannot be opened for writing ({what}); check that the "
+                                 f"workspace is writable by this user")
+        return JobStoreError(f"job store {self.path}: {what}")
 
     def _migrate(self) -> None:
         """Bring the schema to `SCHEMA_VERSION` (``PRAGMA user_version``), one step per version."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise FlrunnerError(f"job store {self.path} has schema version {version}; this flrunner knows up to "
+            raise JobStoreError(f"job store {self.path} has schema version {version}; this flrunner knows up to "
                                 f"{SCHEMA_VERSION} (a newer flrunner wrote it)")
         if version < 1:
             self.db.executescript(_SCHEMA)

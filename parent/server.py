@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from typing import Callable
@@ -25,7 +26,7 @@ from typing import Callable
 import zmq
 
 from flrunner import protocol as P
-from flrunner.errors import FlrunnerError, Unauthorized
+from flrunner.errors import EndpointError, FlrunnerError, Unauthorized
 from flrunner.wakeup import WakePipe
 from flrunner.workspace import Workspace
 
@@ -85,7 +86,10 @@ class Parent:
 
         Raises:
             WorkspaceBusy: another parent runs on this workspace.
-            zmq.ZMQError: an endpoint cannot be bound (e.g. the sites port is taken).
+            WorkspaceError: the workspace cannot be used (not a directory, read-only, a path too
+                long); the message names the path.
+            JobStoreError: the job store cannot be opened (not a database, corrupt, read-only).
+            EndpointError: an endpoint cannot be bound (e.g. the sites port is taken).
         """
         try:
             self._start()
@@ -156,11 +160,11 @@ class Parent:
         if cfg.kit:
             self._secure(cfg.kit)
         sock_dir = self.ws.get_socket_dir()
-        self.jobs.bind(cfg.jobs_endpoint or f"ipc://{sock_dir}/jobs.sock")
-        self.admin.bind(f"ipc://{sock_dir}/admin.sock")
-        self.sites.bind(cfg.sites_endpoint)
+        self._bind(self.jobs, cfg.jobs_endpoint or f"ipc://{sock_dir}/jobs.sock")
+        self._bind(self.admin, f"ipc://{sock_dir}/admin.sock")
+        self._bind(self.sites, cfg.sites_endpoint)
         if self.remote_admin is not None:
-            self.remote_admin.bind(cfg.admin_endpoint)
+            self._bind(self.remote_admin, cfg.admin_endpoint)
         for endpoint in self._endpoints():
             self.poller.register(endpoint.sock, zmq.POLLIN)
         self.poller.register(self._wake.fileno(), zmq.POLLIN)
@@ -169,7 +173,10 @@ class Parent:
                         "encryption; anyone who reaches it can log in as a site: provision kits "
                         "(flrunner provision) and start the parent with --kit", self.sites.endpoint)
 
-        self.manager.recover()
+        try:
+            self.manager.recover()
+        except sqlite3.DatabaseError as exc:  # a store that opened but whose pages are damaged
+            raise self.store.error(exc) from None
         self.admin_service.ready = True
         self._write_info()
         self._install_signals()
@@ -224,9 +231,17 @@ class Parent:
     def _endpoints(self) -> list[RouterEndpoint]:
         return [e for e in (self.sites, self.jobs, self.admin, self.remote_admin) if e is not None]
 
+    def _bind(self, endpoint: RouterEndpoint, address: str) -> None:
+        try:
+            endpoint.bind(address)
+        except zmq.ZMQError as exc:
+            raise EndpointError(f"cannot bind the {endpoint.name} socket to {address}: "
+                                f"{zmq.strerror(exc.errno)}") from None
+
     def _take_lock(self) -> None:
         path = os.path.join(self.ws.get_root_dir(), "parent.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self.ws.os_errors("open", path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -236,7 +251,8 @@ class Parent:
         self._lock_fd = fd
 
     def _setup_logging(self) -> None:
-        handler = logging.FileHandler(self.ws.get_parent_log_path())
+        with self.ws.os_errors("open", self.ws.get_parent_log_path()):
+            handler = logging.FileHandler(self.ws.get_parent_log_path())
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in ("parent", "flrunner"):
             lg = logging.getLogger(name)
@@ -264,9 +280,10 @@ class Parent:
                 "started": time.time()}
         path = self.ws.get_parent_info_path()
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, path)
+        with self.ws.os_errors("write", path):
+            with open(tmp, "w") as f:
+                json.dump(info, f)
+            os.replace(tmp, path)
 
     @staticmethod
     def _is_loopback(endpoint: str) -> bool:
@@ -417,7 +434,8 @@ class Parent:
             self.ctx.term()
             self.ctx = None
         self._wake.close()
-        log.info("parent %d stopped", os.getpid())
+        if self._started:  # a failed start says why in one line; "stopped" would only confuse it
+            log.info("parent %d stopped", os.getpid())
         if self._log_handler is not None:
             for name in ("parent", "flrunner"):
                 logging.getLogger(name).removeHandler(self._log_handler)
