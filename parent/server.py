@@ -48,6 +48,7 @@ from .site_gateway import SiteGateway, SiteJobs
 from .sites_service import SitesService
 from .supervision import RunningJob
 from .timers import Timers
+from .workspace_watch import WorkspaceWatch, write_parent_info
 
 log = logging.getLogger("parent")
 
@@ -72,6 +73,8 @@ class Parent:
         self._stopping = False
         self._started = False
         self._lock_fd: int | None = None
+        self._info: dict | None = None
+        self.workspace_watch: WorkspaceWatch | None = None
         self._log_handler: logging.Handler | None = None
         self._old_signals: dict[int, object] = {}
         self.listeners: list[Callable[[JobRecord], None]] = []
@@ -179,6 +182,7 @@ class Parent:
             raise self.store.error(exc) from None
         self.admin_service.ready = True
         self._write_info()
+        self.workspace_watch = WorkspaceWatch(self.ws, self._write_info, self._lock_fd, [self.jobs, self.admin])
         self._install_signals()
         self.timers.call_later(cfg.housekeeping_interval, self._housekeeping)
         self._started = True
@@ -274,16 +278,15 @@ class Parent:
             self._force = True
 
     def _write_info(self) -> None:
-        info = {"pid": os.getpid(), "workspace": self.ws.get_root_dir(), "sites": self.sites.endpoint,
-                "jobs": self.jobs.endpoint, "admin": self.admin.endpoint,
-                "remote_admin": self.remote_admin.endpoint if self.remote_admin is not None else None,
-                "started": time.time()}
+        """Publish parent.json (at start, and again if it was deleted while running: same content)."""
+        if self._info is None:
+            self._info = {"pid": os.getpid(), "workspace": self.ws.get_root_dir(), "sites": self.sites.endpoint,
+                          "jobs": self.jobs.endpoint, "admin": self.admin.endpoint,
+                          "remote_admin": self.remote_admin.endpoint if self.remote_admin is not None else None,
+                          "started": time.time()}
         path = self.ws.get_parent_info_path()
-        tmp = path + ".tmp"
         with self.ws.os_errors("write", path):
-            with open(tmp, "w") as f:
-                json.dump(info, f)
-            os.replace(tmp, path)
+            write_parent_info(path, self._info)
 
     @staticmethod
     def _is_loopback(endpoint: str) -> bool:
@@ -369,6 +372,8 @@ class Parent:
             if endpoint.limiter is not None:
                 endpoint.limiter.prune()
         self.manager.check_heartbeats()
+        if self.workspace_watch is not None:
+            self.workspace_watch.check()
 
     def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
         self.jobs.push(identity, op, body)
@@ -440,6 +445,8 @@ class Parent:
             for name in ("parent", "flrunner"):
                 logging.getLogger(name).removeHandler(self._log_handler)
             self._log_handler.close()
+        if self.workspace_watch is not None:
+            self.workspace_watch.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

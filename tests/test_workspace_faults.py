@@ -62,6 +62,74 @@ def parent_log(parent: ParentHandle) -> str:
     return (parent.workspace / "parent.log").read_text(errors="replace")
 
 
+# --- deleted while the parent runs ----------------------------------------------------------------
+def test_deleted_parent_json_is_recreated(parent):
+    info_path = parent.workspace / "parent.json"
+    before = json.loads(info_path.read_text())
+    info_path.unlink()
+    wait_for(info_path.exists, 10, "the parent to recreate parent.json")
+    assert json.loads(info_path.read_text()) == before  # the same endpoints and start time
+    result = cli_jobs(parent.workspace)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert "parent.json was deleted while this parent" in parent_log(parent)
+
+
+def test_parent_json_of_another_running_parent_is_left_alone(parent):
+    info_path = parent.workspace / "parent.json"
+    # This test's own process stands in for "another parent that is running".
+    other = dict(json.loads(info_path.read_text()), pid=os.getpid())
+    info_path.write_text(json.dumps(other))
+    wait_for(lambda: "names another running parent" in parent_log(parent), 10, "the parent to report it")
+    assert json.loads(info_path.read_text())["pid"] == os.getpid()
+    info_path.unlink()  # once the other one is gone, this parent publishes itself again
+    wait_for(lambda: admin_reaches(parent), 10, "the parent to publish itself again")
+
+
+def test_deleted_lock_file_is_taken_again(parent, procs: Procs):
+    lock = parent.workspace / "parent.lock"
+    lock.unlink()
+    wait_for(lambda: "parent.lock was deleted" in parent_log(parent), 10, "the parent to lock a new parent.lock")
+    second = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(parent.workspace), "--sites",
+                          "tcp://127.0.0.1:*", "--launcher", "cold"], "second")
+    try:
+        rc = second.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a second parent runs on the workspace:\n{procs.output('second')}")
+    assert rc == 1
+    assert "another parent" in procs.output("second")
+    assert admin_reaches(parent)
+
+
+@pytest.mark.parametrize("where", ["in the workspace", "under /tmp"])
+def test_deleted_socket_dir_is_recreated_and_jobs_keep_running(where, start_parent, make_job, tmp):
+    workspace = tmp / "ws" if where == "in the workspace" else tmp / ("deep" * 20) / "ws"
+    ws = Workspace(workspace)
+    assert ws.get_socket_dir().startswith("/tmp/flrunner-") == (where == "under /tmp")
+    parent = start_parent(workspace=workspace)
+    job_id = parent.admin.submit(make_job([("wf", TICKER, {"steps": 10_000, "interval": 0.1,
+                                                            "finish_file": "finish"})]))
+    step = lambda: ((parent.admin.status(job_id).get("progress") or {}).get("step") or 0)  # noqa: E731
+    wait_for(lambda: step() >= 2, 20, "the job to report progress")
+
+    shutil.rmtree(ws.get_socket_dir())
+    wait_for(lambda: admin_reaches(parent), 10, "a new admin connection to reach the parent")
+    result = cli_jobs(workspace)
+    assert result.returncode == 0, result.stderr
+    assert [j["job_id"] for j in json.loads(result.stdout)] == [job_id]
+    assert os.stat(ws.get_socket_dir()).st_mode & 0o777 == 0o700
+    assert "socket dir" in parent_log(parent)
+
+    # The running job reports on through its connection, and finishes.
+    reached = step()
+    wait_for(lambda: step() >= reached + 3, 20, "the job to report further progress")
+    (workspace / "jobs" / job_id / "finish").touch()
+    assert parent.wait_final(job_id)["status"] == "FINISHED:COMPLETED"
+    # A job process started now connects through the socket bound again.
+    again = parent.admin.submit(make_job([("wf", "Progress", {"steps": 2})]))
+    assert parent.wait_final(again)["status"] == "FINISHED:COMPLETED"
+
+
 # --- a workspace the parent cannot use -----------------------------------------------------------------------
 def parent_refuses(procs: Procs, workspace: str | Path, name: str, *args: str) -> str:
     """Start ``flrunner parent`` on ``workspace``; it must exit 1 with one line on stderr: return it."""
@@ -177,3 +245,4 @@ def test_embedded_start_raises_the_same_named_errors(tmp, procs):
             FLRunner.start(tmp / "ws2", sites_endpoint=runner.sites_endpoint)
     finally:
         runner.stop()
+
