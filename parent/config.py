@@ -74,6 +74,9 @@ class ParentConfig:
         set_process_title: rename the process ``flrunner-parent: <workspace>`` (off when embedded).
         install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
         log_to_stderr: also log to stderr (the foreground CLI).
+        wal_checkpoint_quiet: once the job store was written and then nothing was written for this
+            many seconds, its WAL (``jobs.db-wal``) is folded into ``jobs.db`` and truncated to 0
+            bytes, so the file does not keep the size of the last burst.
     """
 
     workspace: str
@@ -118,3 +121,4 @@ class ParentConfig:
     log_to_stderr: bool = False
     log_level: str = "INFO"
     on_started: Optional[Callable[[], None]] = field(default=None, repr=False)
+    wal_checkpoint_quiet: float = 10.0

@@ -6,11 +6,16 @@ parent acknowledges a status change only after `transition` returned, i.e. after
 
 Monotonicity: `transition` checks the state machine of `flrunner.status` inside the same
 transaction that writes, so nothing ever leaves a ``FINISHED:*`` status.
+
+WAL size: every commit appends to ``jobs.db-wal``; SQLite's automatic checkpoints reuse the file
+but never shrink it, so after a burst it would keep the size of the busiest moment.
+`QuietCheckpoints` folds it into the database and truncates it once writes have paused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -18,6 +23,8 @@ from typing import Any, Callable, Iterable
 
 from flrunner.errors import IllegalTransition, JobStoreError, NotFound
 from flrunner.status import RunStatus, can_move
+
+log = logging.getLogger(__name__)
 
 #: Bumped, with a step in `JobStore._migrate`, whenever the tables change.
 SCHEMA_VERSION = 2
@@ -150,6 +157,35 @@ class JobStore:
     def close(self) -> None:
         self.db.close()
 
+    @property
+    def changes(self) -> int:
+        """Rows written through this store since it was opened: tells whether anything was written since."""
+        return self.db.total_changes
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it to 0 bytes (``PRAGMA wal_checkpoint(TRUNCATE)``).
+
+        Never waits: if another connection (an operator's ``sqlite3`` shell) is reading or writing,
+        it returns False at once and the caller tries again later.
+
+        Raises:
+            sqlite3.Error: the checkpoint failed (e.g. the disk is full).
+        """
+        # The connection's busy handler would wait up to 5 s for another connection's reader: far
+        # too long for the parent's loop. Only the loop thread uses the store, so the brief change
+        # cannot surprise a concurrent write.
+        (patience,) = self.db.execute("PRAGMA busy_timeout").fetchone()
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            raise
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={int(patience)}")
+        return busy == 0
+
     def _row(self, row: tuple) -> JobRecord:
         d = dict(zip(_COLUMNS, row))
         d["status"] = RunStatus(d["status"])
@@ -253,3 +289,47 @@ class JobStore:
         """Record how a job's process exited, also after the job reached its final status."""
         with self.db:
             self.db.execute("UPDATE jobs SET exit_code=?, signal=? WHERE job_id=?", (exit_code, signal, job_id))
+
+
+class QuietCheckpoints:
+    """Checkpoints a store's WAL once it was written and then left alone for ``quiet`` seconds.
+
+    `tick` is cheap (a counter compare) and meant for the parent's housekeeping. Writes are noticed
+    at the ticks, so the quiet period is counted from the first tick that saw no new write. The
+    first quiet period after start also truncates a WAL a previous parent left behind.
+
+    Args:
+        store: the job store.
+        quiet: seconds without a write before checkpointing.
+        clock: monotonic seconds (injected for tests).
+    """
+
+    def __init__(self, store: JobStore, quiet: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.quiet = quiet
+        self.clock = clock
+        self._seen = store.changes
+        self._last_write = clock()
+        self._checkpointed: int | None = None  # the store's write count at the last checkpoint
+        self._failing = False
+
+    def tick(self) -> bool:
+        """Checkpoint if due; True if a checkpoint ran to completion."""
+        changes, now = self.store.changes, self.clock()
+        if changes != self._seen:
+            self._seen, self._last_write = changes, now
+            return False
+        if changes == self._checkpointed or now - self._last_write < self.quiet:
+            return False
+        try:
+            done = self.store.checkpoint()
+        except sqlite3.Error as exc:
+            if not self._failing:
+                log.warning("job store %s: WAL checkpoint failed (%s); trying again at the next quiet moment",
+                            self.store.path, exc)
+            self._failing = True
+            return False
+        self._failing = False
+        if done:
+            self._checkpointed = changes
+        return done

@@ -35,7 +35,7 @@ from .aux_service import AuxService
 from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .errors import WorkspaceBusy
-from .job_store import JobRecord, JobStore
+from .job_store import JobRecord, JobStore, QuietCheckpoints
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
 from .limits import RateLimiter
@@ -111,6 +111,7 @@ class Parent:
         cfg = self.config
         self.ctx = zmq.Context()
         self.store = JobStore(self.ws.get_job_store_path())
+        self.checkpoints = QuietCheckpoints(self.store, cfg.wal_checkpoint_quiet)
         self.registry = SiteRegistry(cfg.site_timeout)
         self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
@@ -374,6 +375,7 @@ class Parent:
         self.manager.check_heartbeats()
         if self.workspace_watch is not None:
             self.workspace_watch.check()
+        self.checkpoints.tick()
 
     def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
         self.jobs.push(identity, op, body)

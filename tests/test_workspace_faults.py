@@ -246,3 +246,24 @@ def test_embedded_start_raises_the_same_named_errors(tmp, procs):
     finally:
         runner.stop()
 
+
+# --- the WAL ---------------------------------------------------------------------------------------------
+def test_wal_is_truncated_after_a_quiet_period(tmp, procs, make_job):
+    workspace = tmp / "ws"
+    runner = FLRunner.start(workspace, wal_checkpoint_quiet=1.5, housekeeping_interval=0.2)
+    try:
+        wal = workspace / "jobs.db-wal"
+        job = make_job([("wf", "Progress", {"steps": 3})])
+        ids = [runner.submit(job) for _ in range(12)]
+        assert wal.stat().st_size > 0  # the burst is in the WAL (and jobs are still running)
+        for job_id in ids:
+            assert runner.wait(job_id, timeout=60)["status"] == "FINISHED:COMPLETED"
+        wait_for(lambda: wal.stat().st_size == 0, 15, "the WAL to be truncated after the quiet period")
+        assert [runner.status(i)["status"] for i in ids] == ["FINISHED:COMPLETED"] * len(ids)
+        with contextlib.closing(sqlite3.connect(f"file:{workspace / 'jobs.db'}?mode=ro", uri=True)) as db:
+            rows = dict(db.execute("SELECT job_id, status FROM jobs").fetchall())
+            steps = db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+        assert rows == dict.fromkeys(ids, "FINISHED:COMPLETED")
+        assert steps >= 4 * len(ids)  # SUBMITTED, DISPATCHED, RUNNING, FINISHED for each
+    finally:
+        runner.stop()
