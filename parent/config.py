@@ -31,7 +31,8 @@ class ParentConfig:
         adopt_window: a restarted parent waits this long for job processes left running by its
             predecessor to reconnect; new jobs are scheduled after that (or once all are back).
         subscriber_ttl: an admin subscription not renewed (ping) within this is dropped.
-        housekeeping_interval: how often silent sites and subscribers are expired.
+        housekeeping_interval: how often silent sites and subscribers are expired, workspace files
+            deleted while the parent runs are put back, and the WAL checkpoint is considered.
         max_msg_size: largest frame accepted on the sites and jobs sockets (ZMQ_MAXMSGSIZE).
         max_admin_msg_size: largest frame accepted on the admin socket.
         schedule_attempts: tries to schedule a job before it ends ``FINISHED:CAN_NOT_SCHEDULE``.
