@@ -74,9 +74,9 @@ class WorkspaceWatch:
 
     def check(self) -> None:
         """Recreate whatever is missing; log a WARNING for each repair, an ERROR (once) for what cannot be."""
-        if self._guarded("info", self._check_info):
-            self._guarded("lock", self._check_lock)
-            self._guarded("sockets", self._check_sockets)
+        if self._guarded("parent.json", self._check_info):
+            self._guarded("parent.lock", self._check_lock)
+            self._guarded("the socket dir", self._check_sockets)
 
     def close(self) -> None:
         """Release the lock files taken again after the first was deleted."""
@@ -88,8 +88,8 @@ class WorkspaceWatch:
         try:
             ok = fn()
         except (OSError, FlrunnerError, zmq.ZMQError) as exc:
-            self._error(what, "workspace %s: cannot recreate what was deleted (%s): %s; trying again every "
-                        "housekeeping tick", self.ws.get_root_dir(), what, exc)
+            self._error(what, "workspace %s: cannot put back %s: %s; trying again every housekeeping tick",
+                        self.ws.get_root_dir(), what, exc)
             return False
         if ok:
             self._reported.discard(what)
@@ -124,9 +124,9 @@ class WorkspaceWatch:
             self._info_id = now
             return True
         if _is_running(pid):
-            self._error("info", "workspace %s: %s names another running parent (pid %s), not this one (pid %d); "
-                        "left as is, so admin commands reach that parent. Two parents serve this workspace: "
-                        "stop one", self.ws.get_root_dir(), path, pid, os.getpid())
+            self._error("parent.json", "workspace %s: %s names another running parent (pid %s), not this one "
+                        "(pid %d); left as is, so admin commands reach that parent. Two parents serve this "
+                        "workspace: stop one", self.ws.get_root_dir(), path, pid, os.getpid())
             return False
         self._republish()
         log.warning("workspace %s: %s was replaced by one naming %s while this parent (pid %d) runs; "
@@ -146,7 +146,7 @@ class WorkspaceWatch:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            self._error("lock", "workspace %s: %s was replaced, and another process holds the new one",
+            self._error("parent.lock", "workspace %s: %s was replaced, and another process holds the new one",
                         self.ws.get_root_dir(), path)
             return False
         self._lock_fds.append(fd)
