@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from .client import Client
 from .component import Controller, FLComponent, Widget
-from .errors import (BadRequest, Conflict, FlrunnerError, JobFolderError, NotFound, ParentUnavailable,
-                     RequestTimeout, Unauthorized)
+from .errors import (BadRequest, Conflict, EndpointError, FlrunnerError, JobFolderError, JobStoreError, NotFound,
+                     ParentUnavailable, RequestTimeout, Unauthorized, WorkspaceError)
 from .events import EventType
 from .fl_context import FLContext, FLContextKey, FLContextManager
 from .fl_signal import Signal
@@ -39,9 +39,9 @@ _LAZY = {"AdminClient": "admin", "StatusFeed": "admin", "FLRunner": "embed", "fo
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
-    "AdminClient", "BadRequest", "Client", "Conflict", "Controller", "EngineSpec", "EventType", "FLComponent",
-    "FLContext", "FLContextKey", "FLContextManager", "FLRunner", "FlrunnerError", "Job", "JobFolderError",
-    "NotFound", "ParentUnavailable", "RequestTimeout", "ReturnCode", "RunSnapshot", "RunStatus",
-    "ServerEngineSpec", "Shareable", "Signal", "StatusFeed", "Unauthorized", "Widget", "Workspace",
-    "follow_job", "follow_jobs", "load_job_folder", "make_reply",
+    "AdminClient", "BadRequest", "Client", "Conflict", "Controller", "EndpointError", "EngineSpec", "EventType",
+    "FLComponent", "FLContext", "FLContextKey", "FLContextManager", "FLRunner", "FlrunnerError", "Job",
+    "JobFolderError", "JobStoreError", "NotFound", "ParentUnavailable", "RequestTimeout", "ReturnCode", "RunSnapshot",
+    "RunStatus", "ServerEngineSpec", "Shareable", "Signal", "StatusFeed", "Unauthorized", "Widget", "Workspace",
+    "WorkspaceError", "follow_job", "follow_jobs", "load_job_folder", "make_reply",
 ]

@@ -143,6 +143,9 @@ class FLRunner:
 
         Raises:
             WorkspaceBusy: another parent runs on the workspace.
+            WorkspaceError: the workspace cannot be used (not a directory, read-only, a path too long).
+            JobStoreError: its job store cannot be opened (not a SQLite database, corrupt).
+            EndpointError: an endpoint cannot be bound (e.g. the sites port is taken).
         """
         from parent import Parent, ParentConfig
 

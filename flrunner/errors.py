@@ -94,6 +94,18 @@ class LaunchError(FlrunnerError):
     """A launcher could not start a job process."""
 
 
+class WorkspaceError(FlrunnerError):
+    """The workspace cannot be used: not a directory, read-only, a path too long; the message names the path."""
+
+
+class JobStoreError(WorkspaceError):
+    """The workspace's job store cannot be opened (not a database, corrupt, read-only, too new)."""
+
+
+class EndpointError(FlrunnerError):
+    """A socket cannot be bound to its endpoint (the port is taken, the address is not valid)."""
+
+
 _BY_RC: dict[str, type[FlrunnerError]] = {
     cls.rc: cls
     for cls in (BadRequest, Unauthorized, NotFound, Conflict, RequestTimeout, NotReady, ParentUnavailable)

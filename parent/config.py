@@ -31,7 +31,8 @@ class ParentConfig:
         adopt_window: a restarted parent waits this long for job processes left running by its
             predecessor to reconnect; new jobs are scheduled after that (or once all are back).
         subscriber_ttl: an admin subscription not renewed (ping) within this is dropped.
-        housekeeping_interval: how often silent sites and subscribers are expired.
+        housekeeping_interval: how often silent sites and subscribers are expired, workspace files
+            deleted while the parent runs are put back, and the WAL checkpoint is considered.
         max_msg_size: largest frame accepted on the sites and jobs sockets (ZMQ_MAXMSGSIZE).
         max_admin_msg_size: largest frame accepted on the admin socket.
         schedule_attempts: tries to schedule a job before it ends ``FINISHED:CAN_NOT_SCHEDULE``.
@@ -82,6 +83,9 @@ class ParentConfig:
             at this size (``log.txt`` -> ``log.txt.1``), so no job fills the workspace with output.
         job_log_backups: rotated logs kept per job; a job's logs take at most
             ``job_log_max_bytes * (job_log_backups + 1)``.
+        wal_checkpoint_quiet: once the job store was written and then nothing was written for this
+            many seconds, its WAL (``jobs.db-wal``) is folded into ``jobs.db`` and truncated to 0
+            bytes, so the file does not keep the size of the last burst.
     """
 
     workspace: str
@@ -130,3 +134,4 @@ class ParentConfig:
     max_job_bytes: int = 1 << 30
     job_log_max_bytes: int = 64 << 20
     job_log_backups: int = 1
+    wal_checkpoint_quiet: float = 10.0

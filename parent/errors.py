@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flrunner.errors import FlrunnerError
+from flrunner.errors import WorkspaceError
 
 
-class WorkspaceBusy(FlrunnerError):
+class WorkspaceBusy(WorkspaceError):
     """Another parent holds the workspace."""
 
     rc = "CONFLICT"

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from typing import Callable
@@ -25,7 +26,7 @@ from typing import Callable
 import zmq
 
 from flrunner import protocol as P
-from flrunner.errors import FlrunnerError, Unauthorized
+from flrunner.errors import EndpointError, FlrunnerError, Unauthorized
 from flrunner.wakeup import WakePipe
 from flrunner.workspace import Workspace
 
@@ -35,7 +36,7 @@ from .cleanup import kill_stragglers
 from .config import ParentConfig
 from .errors import WorkspaceBusy
 from .held_writes import HeldWrites
-from .job_store import JobRecord, JobStore
+from .job_store import JobRecord, JobStore, QuietCheckpoints
 from .jobs import JobManager, ManagerHooks
 from .jobs_service import JobsService
 from .limits import RateLimiter
@@ -48,6 +49,7 @@ from .site_gateway import SiteGateway, SiteJobs
 from .sites_service import SitesService
 from .supervision import RunningJob
 from .timers import StallClock, Timers
+from .workspace_watch import WorkspaceWatch, write_parent_info
 
 log = logging.getLogger("parent")
 
@@ -74,6 +76,8 @@ class Parent:
         self._stopping = False
         self._started = False
         self._lock_fd: int | None = None
+        self._info: dict | None = None
+        self.workspace_watch: WorkspaceWatch | None = None
         self._log_handler: logging.Handler | None = None
         self._old_signals: dict[int, object] = {}
         self.listeners: list[Callable[[JobRecord], None]] = []
@@ -88,7 +92,10 @@ class Parent:
 
         Raises:
             WorkspaceBusy: another parent runs on this workspace.
-            zmq.ZMQError: an endpoint cannot be bound (e.g. the sites port is taken).
+            WorkspaceError: the workspace cannot be used (not a directory, read-only, a path too
+                long); the message names the path.
+            JobStoreError: the job store cannot be opened (not a database, corrupt, read-only).
+            EndpointError: an endpoint cannot be bound (e.g. the sites port is taken).
         """
         try:
             self._start()
@@ -108,6 +115,7 @@ class Parent:
         self.ctx = zmq.Context()
         self.store = JobStore(self.ws.get_job_store_path())
         self.held = HeldWrites(self.store, self.timers, on_stored=lambda rec: self.manager.stored(rec))
+        self.checkpoints = QuietCheckpoints(self.store, cfg.wal_checkpoint_quiet)
         self.registry = SiteRegistry(cfg.site_timeout, clock=self.clock)
         self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
         self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
@@ -161,11 +169,11 @@ class Parent:
         if cfg.kit:
             self._secure(cfg.kit)
         sock_dir = self.ws.get_socket_dir()
-        self.jobs.bind(cfg.jobs_endpoint or f"ipc://{sock_dir}/jobs.sock")
-        self.admin.bind(f"ipc://{sock_dir}/admin.sock")
-        self.sites.bind(cfg.sites_endpoint)
+        self._bind(self.jobs, cfg.jobs_endpoint or f"ipc://{sock_dir}/jobs.sock")
+        self._bind(self.admin, f"ipc://{sock_dir}/admin.sock")
+        self._bind(self.sites, cfg.sites_endpoint)
         if self.remote_admin is not None:
-            self.remote_admin.bind(cfg.admin_endpoint)
+            self._bind(self.remote_admin, cfg.admin_endpoint)
         for endpoint in self._endpoints():
             self.poller.register(endpoint.sock, zmq.POLLIN)
         self.poller.register(self._wake.fileno(), zmq.POLLIN)
@@ -174,9 +182,13 @@ class Parent:
                         "encryption; anyone who reaches it can log in as a site: provision kits "
                         "(flrunner provision) and start the parent with --kit", self.sites.endpoint)
 
-        self.manager.recover()
+        try:
+            self.manager.recover()
+        except sqlite3.DatabaseError as exc:  # a store that opened but whose pages are damaged
+            raise self.store.error(exc) from None
         self.admin_service.ready = True
         self._write_info()
+        self.workspace_watch = WorkspaceWatch(self.ws, self._write_info, self._lock_fd, [self.jobs, self.admin])
         self._install_signals()
         self.timers.call_later(cfg.housekeeping_interval, self._housekeeping)
         self._started = True
@@ -229,9 +241,17 @@ class Parent:
     def _endpoints(self) -> list[RouterEndpoint]:
         return [e for e in (self.sites, self.jobs, self.admin, self.remote_admin) if e is not None]
 
+    def _bind(self, endpoint: RouterEndpoint, address: str) -> None:
+        try:
+            endpoint.bind(address)
+        except zmq.ZMQError as exc:
+            raise EndpointError(f"cannot bind the {endpoint.name} socket to {address}: "
+                                f"{zmq.strerror(exc.errno)}") from None
+
     def _take_lock(self) -> None:
         path = os.path.join(self.ws.get_root_dir(), "parent.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with self.ws.os_errors("open", path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -241,7 +261,8 @@ class Parent:
         self._lock_fd = fd
 
     def _setup_logging(self) -> None:
-        handler = logging.FileHandler(self.ws.get_parent_log_path())
+        with self.ws.os_errors("open", self.ws.get_parent_log_path()):
+            handler = logging.FileHandler(self.ws.get_parent_log_path())
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in ("parent", "flrunner"):
             lg = logging.getLogger(name)
@@ -263,15 +284,15 @@ class Parent:
             self._force = True
 
     def _write_info(self) -> None:
-        info = {"pid": os.getpid(), "workspace": self.ws.get_root_dir(), "sites": self.sites.endpoint,
-                "jobs": self.jobs.endpoint, "admin": self.admin.endpoint,
-                "remote_admin": self.remote_admin.endpoint if self.remote_admin is not None else None,
-                "started": time.time()}
+        """Publish parent.json (at start, and again if it was deleted while running: same content)."""
+        if self._info is None:
+            self._info = {"pid": os.getpid(), "workspace": self.ws.get_root_dir(), "sites": self.sites.endpoint,
+                          "jobs": self.jobs.endpoint, "admin": self.admin.endpoint,
+                          "remote_admin": self.remote_admin.endpoint if self.remote_admin is not None else None,
+                          "started": time.time()}
         path = self.ws.get_parent_info_path()
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, path)
+        with self.ws.os_errors("write", path):
+            write_parent_info(path, self._info)
 
     @staticmethod
     def _is_loopback(endpoint: str) -> bool:
@@ -366,6 +387,9 @@ class Parent:
             if endpoint.limiter is not None:
                 endpoint.limiter.prune()
         self.manager.check_heartbeats()
+        if self.workspace_watch is not None:
+            self.workspace_watch.check()
+        self.checkpoints.tick()
 
     def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
         self.jobs.push(identity, op, body)
@@ -431,11 +455,14 @@ class Parent:
             self.ctx.term()
             self.ctx = None
         self._wake.close()
-        log.info("parent %d stopped", os.getpid())
+        if self._started:  # a failed start says why in one line; "stopped" would only confuse it
+            log.info("parent %d stopped", os.getpid())
         if self._log_handler is not None:
             for name in ("parent", "flrunner"):
                 logging.getLogger(name).removeHandler(self._log_handler)
             self._log_handler.close()
+        if self.workspace_watch is not None:
+            self.workspace_watch.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import deque
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from flrunner.errors import IllegalTransition, NotFound
 from flrunner.status import TRANSITIONS, RunStatus, can_move
-from parent.job_store import JobStore
+from parent.job_store import JobStore, QuietCheckpoints
 
 
 class FakeClock:
@@ -266,3 +267,70 @@ def test_journal_mode_is_wal_and_synchronous_full(tmp_path):
 def test_add_history_on_unknown_job_is_not_found(store):
     with pytest.raises(NotFound):
         store.add_history("nope", "abort requested")
+
+
+def test_checkpoint_truncates_the_wal_and_never_waits_for_another_connection(tmp_path):
+    store = JobStore(str(tmp_path / "jobs.db"))
+    wal = tmp_path / "jobs.db-wal"
+    for i in range(5):
+        store.add(f"j{i}", "n", "/x", {})
+    assert wal.stat().st_size > 0
+    reader = sqlite3.connect(str(tmp_path / "jobs.db"), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM jobs").fetchone()  # holds a read snapshot of the WAL
+        started = time.monotonic()
+        assert store.checkpoint() is False  # busy: the reader still needs the WAL
+        assert time.monotonic() - started < 1.0  # not the connection's 5 s busy timeout
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    assert store.checkpoint() is True
+    assert wal.stat().st_size == 0
+    assert [r.job_id for r in store.list()] == [f"j{i}" for i in range(5)]
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000  # restored
+    store.close()
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_quiet_checkpoints_wait_for_a_pause_after_writes(store):
+    clock = StepClock()
+    ran = []
+    store.checkpoint = lambda: ran.append(clock.now) or True  # type: ignore[method-assign]
+    quiet = QuietCheckpoints(store, 10.0, clock)
+    clock.now = 10.0
+    assert quiet.tick() and ran == [10.0]  # the first quiet period also clears a WAL left from before
+    clock.now = 30.0
+    assert not quiet.tick()  # nothing written since
+    store.add("a", "n", "/x", {})
+    for now in (31.0, 35.0, 40.9):  # written at 31 (seen at that tick); not yet 10 s of quiet
+        clock.now = now
+        assert not quiet.tick()
+        if now == 35.0:
+            store.add_history("a", "still busy")  # a later write restarts the quiet period
+    clock.now = 45.0
+    assert not quiet.tick()  # the write seen at 40.9 is under 10 s ago
+    clock.now = 51.0
+    assert quiet.tick() and ran == [10.0, 51.0]
+    clock.now = 70.0
+    assert not quiet.tick() and ran == [10.0, 51.0]
+
+
+def test_quiet_checkpoints_retry_while_busy(store):
+    clock = StepClock()
+    answers = [False, False, True]
+    store.checkpoint = lambda: answers.pop(0)  # type: ignore[method-assign]
+    quiet = QuietCheckpoints(store, 1.0, clock)
+    store.add("a", "n", "/x", {})
+    results = []
+    for now in (1.0, 2.0, 3.0, 4.0, 5.0):
+        clock.now = now
+        results.append(quiet.tick())
+    assert results == [False, False, False, True, False] and answers == []
