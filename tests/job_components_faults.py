@@ -117,8 +117,9 @@ class _LingerHandler(logging.Handler):
         if self.fired:
             return
         self.fired = True
-        with open(self.marker, "w") as f:
+        with open(self.marker + ".tmp", "w") as f:  # whole or absent: the test reads it as soon as it exists
             f.write(str(os.getpid()))
+        os.replace(self.marker + ".tmp", self.marker)
         end = time.time() + self.seconds
         while time.time() < end:
             time.sleep(0.05)
