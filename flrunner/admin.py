@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 
 from . import protocol as P
-from .errors import BadRequest, FlrunnerError, ParentUnavailable, RequestTimeout
+from .errors import BadRequest, FlrunnerError, NotReady, ParentUnavailable, RequestTimeout
 from .rpc import DealerClient
 from .workspace import Workspace
+
+
+#: Seconds before a submission the parent was not ready for is sent again; doubled up to the max.
+SUBMIT_RETRY = 0.05
+SUBMIT_RETRY_MAX = 1.0
 
 
 def find_parent(workspace: str | os.PathLike) -> dict:
@@ -88,28 +94,56 @@ class AdminClient:
         kit_endpoint, curve = admin_credentials(kit_dir)
         return cls(endpoint or kit_endpoint, timeout, curve)
 
-    def call(self, op: str, frames: list | None = None, **body: Any) -> dict:
+    def call(self, op: str, frames: list | None = None, wait: float | None = None, **body: Any) -> dict:
+        """One request; its reply body. ``wait``: seconds to wait for the answer (default: the client's timeout).
+
+        Raises:
+            ParentUnavailable: no answer in time.
+            FlrunnerError: the parent answered with an error (subclass chosen by its code).
+        """
+        timeout = self.timeout if wait is None else wait
         try:
-            return self._client.request(op, body, timeout=self.timeout, frames=frames).body
+            return self._client.request(op, body, timeout=timeout, frames=frames).body
         except RequestTimeout:
             hint = ("; check the endpoint, and that the parent allows this admin key (a refused CURVE key "
                     "looks like silence)") if self.curve is not None else ""
             raise ParentUnavailable(f"the parent at {self.endpoint} did not answer '{op}' within "
-                                    f"{self.timeout:g}s{hint}") from None
+                                    f"{timeout:g}s{hint}") from None
 
     def submit(self, job_dir: str | os.PathLike) -> str:
-        """Queue a job folder: by path on the local socket, uploaded (as a tar.gz) to a remote parent."""
+        """Queue a job folder: by path on the local socket, uploaded (as a tar.gz) to a remote parent.
+
+        The answer is the truth: a job id means the job exists; an error, or no answer within the
+        client's timeout, means it does not (the parent drops a folder it finishes reading after
+        that). A parent that is busy (NOT_READY: re-adopting jobs after a restart, many
+        submissions being read, a store that cannot be written now) is asked again, with
+        jittered back-off, until the timeout.
+        """
         if self.curve is None:
-            return self.call("submit", job_dir=os.path.abspath(job_dir))["job_id"]
+            path = os.path.abspath(job_dir)
+            return self._submit(lambda left: self.call("submit", job_dir=path, wait=left, timeout=left))
         return self.submit_upload(pack_job_folder(job_dir), os.path.basename(os.path.abspath(job_dir)))
 
     def submit_upload(self, bundle: bytes, name: str) -> str:
-        """Queue a job folder packed by `pack_job_folder`."""
+        """Queue a job folder packed by `pack_job_folder` (see `submit`)."""
         limit = self.ping().get("max_upload")
         if isinstance(limit, int) and len(bundle) > limit:
             raise BadRequest(f"job folder '{name}' packs to {len(bundle)} bytes; the parent accepts uploads of at "
                              f"most {limit} bytes")
-        return self.call("submit", frames=[bundle], name=name[:256])["job_id"]
+        return self._submit(lambda left: self.call("submit", frames=[bundle], name=name[:256], wait=left,
+                                                   timeout=left))
+
+    def _submit(self, once: Callable[[float], dict]) -> str:
+        deadline = time.monotonic() + self.timeout
+        pause = SUBMIT_RETRY
+        while True:
+            try:
+                return once(max(0.1, deadline - time.monotonic()))["job_id"]
+            except NotReady as exc:
+                if time.monotonic() + pause >= deadline:
+                    raise NotReady(f"{exc} (asked for {self.timeout:g}s)") from None
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, SUBMIT_RETRY_MAX)
 
     def jobs(self) -> list[dict]:
         return self.call("jobs")["jobs"]

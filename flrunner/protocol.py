@@ -223,8 +223,10 @@ SITE_PUSHES = OpTable("site", SITE_AUX_REQUEST, SITE_CHECK_RESOURCES, SITE_CANCE
 
 # --- admin -> parent (admin socket) ------------------------------------------------------------
 SUBMIT = Op("submit", "Validate and queue a job folder: a parent-local path (job_dir; local admin socket only) or "
-                      "an upload (one raw frame: the folder as a tar.gz, named by 'name'); reply with its job id.",
-            {"job_dir": opt(str, max_len=4096), "name": opt(str, max_len=256)})
+                      "an upload (one raw frame: the folder as a tar.gz, named by 'name'); reply with its job id. "
+                      "'timeout' is how long the client waits for the answer: a folder read after that is dropped, "
+                      "not accepted, so no answer means no job.",
+            {"job_dir": opt(str, max_len=4096), "name": opt(str, max_len=256), "timeout": opt(int, float)})
 JOBS = Op("jobs", "Every job, without history.", {})
 STATUS = Op("status", "One job with its status history.", {"job_id": req(str, max_len=_ID)})
 ABORT_JOB = Op("abort", "Abort a job.", {"job_id": req(str, max_len=_ID), "reason": opt(str, max_len=1024)})

@@ -31,9 +31,12 @@ from .router import Request, RouterEndpoint
 
 log = logging.getLogger(__name__)
 
-#: Submissions read and copied off the loop at once (one worker); beyond it a submit is refused
-#: for now, so a burst of uploads cannot queue without bound (each holding its bytes in memory).
+#: Submissions being read and copied off the loop (several at once); beyond it a submit is refused
+#: for now (NOT_READY, which clients retry), so a burst of uploads cannot queue without bound (each
+#: holding its bytes in memory).
 MAX_PREPARING = 8
+#: Seconds taken off a submitting client's own timeout: its answer must reach it in time.
+SUBMIT_MARGIN = 1.0
 #: Connections remembered per remote admin (to close when it is revoked); older ones are forgotten.
 MAX_TRACKED = 64
 #: Admin ops that change something (or could): written to the audit log. (``submit`` answers
@@ -45,7 +48,7 @@ class AdminService:
     """Serves admin clients; pushes status changes to subscribers."""
 
     def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
-                 subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str, offload: Offload,
+                 subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str, copies: Offload,
                  clock: Callable[[], float] = time.monotonic, remote: RouterEndpoint | None = None) -> None:
         self.local = endpoint
         self.manager = manager
@@ -53,7 +56,8 @@ class AdminService:
         self.subscriber_ttl = subscriber_ttl
         self.request_stop = request_stop
         self.workspace = workspace
-        self.offload = offload
+        #: The lane that reads and copies submitted job folders.
+        self.copies = copies
         self.clock = clock
         #: (socket, peer) -> when its subscription was last renewed.
         self.subscribers: dict[tuple[RouterEndpoint, bytes], float] = {}
@@ -144,9 +148,19 @@ class AdminService:
         if self._preparing >= MAX_PREPARING:
             raise NotReady(f"{self._preparing} submissions are being read already; submit again shortly")
         what = job_dir or f"upload '{req.args['name'] or 'job'}'"
+        # The client waits this long for the answer: a job read after that is dropped, not
+        # accepted, so that a client told "no answer" is never left with a job it does not know.
+        waits = req.args["timeout"]
+        deadline = None if waits is None else time.monotonic() + max(0.0, float(waits) - SUBMIT_MARGIN)
 
         def done(prepared: Any, exc: BaseException | None) -> None:
             self._preparing -= 1
+            if exc is None and deadline is not None and time.monotonic() > deadline:
+                self.manager.discard(prepared[0])
+                log.warning("submission of %s dropped: it was read only after its client stopped waiting (%gs)",
+                            what, waits)
+                self._audit({**entry, "result": "ABANDONED", "reason": "read after the client stopped waiting"})
+                return
             try:
                 if exc is not None:
                     raise exc
@@ -166,11 +180,11 @@ class AdminService:
         # Reading and copying the folder happens off the loop; the reply follows when it is done.
         self._preparing += 1
         if upload is None:
-            self.offload.run(lambda: self.manager.prepare(job_dir), done)
+            self.copies.run(lambda: self.manager.prepare(job_dir), done)
         else:
             data = upload.bytes if hasattr(upload, "bytes") else bytes(upload)
             origin = f"{what} by {req.user_id or 'local admin'}"
-            self.offload.run(lambda: self.manager.prepare_upload(data, origin), done)
+            self.copies.run(lambda: self.manager.prepare_upload(data, origin), done)
 
     def jobs(self, req: Request) -> dict:
         return {"jobs": [r.to_dict() for r in self.manager.store.list()]}

@@ -206,6 +206,10 @@ class JobManager:
             raise
         return job_id, jd, origin or str(jd.folder.resolve())
 
+    def discard(self, job_id: str) -> None:
+        """Forget a prepared job that is not to be accepted (its client stopped waiting)."""
+        self._remove_run_dir(self.ws.get_run_dir(job_id))
+
     def _remove_run_dir(self, run_dir: str) -> None:
         """Remove the run dir of a refused submission, or remember to try again with the next one."""
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,7 +1,11 @@
-"""Blocking work (reading and copying a job folder) off the parent's loop.
+"""Blocking work off the parent's loop, in lanes that do not wait on each other.
 
 The work runs on a worker thread; its outcome is handed back to the loop, which runs the
 completion callback, so the loop never waits on a disk and the domain is only touched from it.
+The parent keeps two lanes: submissions (reading and copying job folders, which can take many
+seconds for a large one) and the killing of what ended jobs left behind (which a crash-restart
+waits for). One lane never queues behind the other: a large folder being copied delays neither
+a restart nor a kill.
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ Done = Callable[[Any, "BaseException | None"], None]
 
 
 class Offload:
-    def __init__(self, wake: WakePipe, workers: int = 1) -> None:
+    """One lane of workers.
+
+    Args:
+        wake: wakes the loop when an outcome is ready (`drain` then runs its callback).
+        workers: threads of this lane.
+        name: the threads' name prefix (``ps -T``, stack dumps).
+    """
+
+    def __init__(self, wake: WakePipe, workers: int = 1, name: str = "offload") -> None:
         self._wake = wake
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="offload")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._done: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self, work: Callable[[], Any], done: Done) -> None:

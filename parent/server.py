@@ -53,6 +53,9 @@ from .workspace_watch import WorkspaceWatch, write_parent_info
 
 log = logging.getLogger("parent")
 
+#: Job folders read and copied at once (each on a thread of the submissions lane).
+SUBMISSION_WORKERS = 4
+
 
 class Parent:
     """One parent: construct, `start` (binds and recovers), then `run` the loop until stopped.
@@ -142,17 +145,19 @@ class Parent:
                                 "processes then connect with CURVE")
         self.launcher = cfg.launcher or ProcessLauncher()
         self.launcher.bind_loop(self.watch_fd, self.unwatch_fd)
-        self.offload = Offload(self._wake)
+        # Two lanes: copying a large job folder must delay neither a crash-restart nor a kill.
+        self.copies = Offload(self._wake, workers=SUBMISSION_WORKERS, name="submissions")
+        self.reaper = Offload(self._wake, workers=2, name="reaper")
         hooks = ManagerHooks(watch_fd=self.watch_fd, unwatch_fd=self.unwatch_fd,
                              push_to_child=self._push_to_child, on_change=self._on_change,
-                             on_job_exit=self._on_job_exit, offload=self.offload.run)
+                             on_job_exit=self._on_job_exit, offload=self.reaper.run)
         self.outstanding = Outstanding(self.timers)
         self.gateway = SiteGateway(self.sites, self.registry, self.outstanding)
         self.site_jobs = SiteJobs(self.gateway, self.ws, cfg.reservation_ttl, cfg.site_request_timeout)
         self.manager = JobManager(cfg, self.ws, self.held, self.launcher, self.timers, hooks,
                                   endpoint=lambda: self.jobs.endpoint, registry=self.registry, site_jobs=self.site_jobs)
         self.admin_service = AdminService(self.admin, self.manager, self.registry, cfg.subscriber_ttl,
-                                          self.stop, self.ws.get_root_dir(), self.offload, clock=self.clock,
+                                          self.stop, self.ws.get_root_dir(), self.copies, clock=self.clock,
                                           remote=self.remote_admin)
         self.jobs_service = JobsService(self.jobs, self.manager, self.registry)
         self.sites_service = SitesService(self.sites, self.registry, heartbeat_interval=max(0.2, cfg.site_timeout / 4),
@@ -352,7 +357,8 @@ class Parent:
                     endpoint.process_ready()
                 elif what == self._wake.fileno():
                     self._wake.drain()
-                    self.offload.drain()
+                    self.copies.drain()
+                    self.reaper.drain()
                 else:
                     callback = self._fd_callbacks.get(what)
                     if callback is not None:
@@ -408,7 +414,7 @@ class Parent:
         if restarting:
             return  # the job goes on: its site apps keep running, the job manager relaunches it
         # Descendants that left the job's group (setsid) are found by their job id, off the loop.
-        self.offload.run(lambda: kill_stragglers(job.job_id), lambda killed, exc: None)
+        self.reaper.run(lambda: kill_stragglers(job.job_id), lambda killed, exc: None)
         if job.sites:
             self.site_jobs.stop(job.job_id, sorted(job.sites), f"job process {how}")
 
@@ -442,8 +448,9 @@ class Parent:
             endpoint = getattr(self, name, None)
             if endpoint is not None:
                 endpoint.close()
-        if getattr(self, "offload", None) is not None:
-            self.offload.close()
+        for lane in ("copies", "reaper"):
+            if getattr(self, lane, None) is not None:
+                getattr(self, lane).close()
         if getattr(self, "_authenticator", None) is not None:
             self._authenticator.stop()
             self._authenticator = None

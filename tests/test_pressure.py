@@ -14,12 +14,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from flrunner.admin import AdminClient
+from flrunner.errors import ParentUnavailable
 
 from .conftest import wait_for
 from .test_supervisor import PARENT_OPTS, START, Supervisor, sup  # noqa: F401  (sup is a fixture)
@@ -228,3 +230,66 @@ def test_jobs_that_end_while_the_disk_is_full_end_with_their_real_status_once_it
     parent.wait_status(later, lambda j: progress(j)["beat"] > beat + 2)
     (disk / "ws" / "jobs" / later / "go").touch()
     assert parent.wait_final(later)["status"] == "FINISHED:COMPLETED"
+
+
+# --- slow submissions ---------------------------------------------------------------------------
+
+def big_job(make_job, files: int, name: str = "big") -> Path:
+    folder = make_job([("wf", "Progress", {"steps": 1})], name=name)
+    data = folder / "app_server" / "custom" / "data"
+    data.mkdir()
+    for i in range(files):
+        (data / f"{i}.txt").write_bytes(b"x")
+    return folder
+
+
+def copying(parent) -> bool:
+    """Whether the parent is in the middle of copying a job folder (a run dir not in its store yet)."""
+    known = {j["job_id"] for j in parent.admin.jobs()}
+    return any(d.name not in known for d in (parent.workspace / "jobs").iterdir())
+
+
+@pytest.mark.timeout(150)
+def test_a_large_folder_being_copied_delays_neither_a_small_submission_nor_a_restart(start_parent, make_job):
+    parent = start_parent("--max-job-files", "100000", "--abort-grace", "1", "--term-grace", "1")
+    crasher = parent.admin.submit(make_job([("wf", RUN_UNTIL_GO, {})], name="crasher", max_restarts=1))
+    pid = parent.wait_status(crasher, lambda j: progress(j).get("beat", 0) >= 1)["pid"]
+    big = big_job(make_job, 40_000)
+    result: dict = {}
+
+    def submit_big() -> None:
+        with AdminClient(parent.info["admin"], timeout=120) as admin:
+            result["job_id"] = admin.submit(big)
+
+    thread = threading.Thread(target=submit_big)
+    thread.start()
+    try:
+        wait_for(lambda: copying(parent), 30, "the parent to be copying the large folder")
+        t0 = time.monotonic()
+        small = parent.admin.submit(make_job([("wf", "Progress", {"steps": 1})], name="small"))
+        answered = time.monotonic() - t0
+        os.kill(pid, signal.SIGKILL)
+        restarted = parent.wait_status(crasher, lambda j: j["pid"] not in (None, pid) and j["status"] == "RUNNING")
+        assert thread.is_alive(), "the large folder was copied before the test could overlap with it"
+        print(f"small submit answered in {answered * 1000:.0f} ms while a 40,000-file folder was being copied")
+        assert any(h["reason"].startswith("restarted") for h in restarted["history"]), restarted["history"]
+        assert parent.wait_final(small)["status"] == "FINISHED:COMPLETED"
+    finally:
+        thread.join(120)
+    assert parent.wait_final(result["job_id"], 60)["status"] == "FINISHED:COMPLETED"
+    (parent.workspace / "jobs" / crasher / "go").touch()
+    assert parent.wait_final(crasher)["status"] == "FINISHED:COMPLETED"
+
+
+@pytest.mark.timeout(120)
+def test_a_submission_its_client_gave_up_on_does_not_become_a_job(start_parent, make_job):
+    parent = start_parent("--max-job-files", "100000")
+    big = big_job(make_job, 40_000)
+    with AdminClient(parent.info["admin"], timeout=1.5) as impatient:
+        with pytest.raises(ParentUnavailable):
+            impatient.submit(big)
+    log = parent.workspace / "parent.log"
+    wait_for(lambda: "dropped: it was read only after its client stopped waiting" in log.read_text(), 90,
+             "the parent to finish reading the folder and drop it")
+    assert parent.admin.jobs() == []
+    assert list((parent.workspace / "jobs").iterdir()) == []
