@@ -78,3 +78,50 @@ def test_stopping_the_embedded_parent_aborts_running_jobs(tmp, procs, make_job):
         assert job["status"] == "FINISHED:ABORTED" and "parent shutdown" in job["history"][-1]["reason"]
     finally:
         again.stop()
+
+
+def test_a_job_end_is_announced_once_with_its_exit_code(embedded, make_job):
+    seen: list[dict] = []
+    cancel = embedded.on_status(seen.append)
+    try:
+        with embedded.events() as feed:
+            job_id = embedded.submit(make_job([("wf", "Progress", {"steps": 2})]))
+            embedded.wait(job_id, timeout=20)
+            ends = []
+            while (event := feed.next(1.0)) is not None:
+                if event["job_id"] == job_id and event["status"].startswith("FINISHED:"):
+                    ends.append(event)
+        wait_for(lambda: any(j["job_id"] == job_id and j["status"].startswith("FINISHED:") for j in seen), 5,
+                 "on_status to see the end")
+    finally:
+        cancel()
+    assert [(e["status"], e["exit_code"]) for e in ends] == [("FINISHED:COMPLETED", 0)]
+    on_status_ends = [(j["status"], j["exit_code"]) for j in seen if j["job_id"] == job_id and j["status"].startswith("FINISHED:")]
+    assert on_status_ends == [("FINISHED:COMPLETED", 0)]
+
+
+@pytest.mark.timeout(120)
+def test_many_concurrent_submissions_all_get_in(embedded, make_job):
+    """More submissions at once than the parent reads at once (it answers NOT_READY beyond eight):
+    every client asks again until it gets in."""
+    folders = [make_job([("wf", "Progress", {"steps": 1})], name=f"burst-{i}") for i in range(60)]
+    ids: list[str] = []
+    errors: list[str] = []
+
+    def submit(folder) -> None:
+        runner = FLRunner(embedded.admin_endpoint, timeout=60)
+        try:
+            ids.append(runner.submit(folder))
+        except Exception as exc:  # recorded: the assertion below names it
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            runner.stop()
+
+    threads = [threading.Thread(target=submit, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert errors == [] and len(set(ids)) == 60
+    for job_id in ids:
+        assert embedded.wait(job_id, timeout=60)["status"] == "FINISHED:COMPLETED"
