@@ -126,7 +126,8 @@ class ParentSession:
     def request(self, op: str, body: dict | None = None, timeout: float = 30.0, frames: list | None = None) -> Message:
         """Send and wait for the reply of a parent that knows this job.
 
-        ``timeout`` bounds the wait on a parent that is up and serving. A parent that is being
+        ``timeout`` bounds the wait on a parent that is up and serving (time it was away does not
+        count, and each attempt gets the whole of it). A parent that is being
         replaced (gone, restarted, or answering UNAUTHORIZED because it does not know this job
         yet) or paused does not fail the call: it waits for the re-adoption, then sends again —
         the old parent will never answer, and a refused request was not applied.
@@ -136,14 +137,13 @@ class ParentSession:
             ParentUnavailable: no parent took the job back within the reconnect grace.
             FlrunnerError: the parent answered with an error code (subclass chosen by it).
         """
-        deadline = self.clock() + timeout
         refused_at: int | None = None
         while True:
             epoch = self.epoch
             call = self.link.call(op, body, frames)
             try:
-                answered = self._wait_answer(call, epoch, deadline, f"no reply to '{op}' from the parent within "
-                                                                     f"{timeout:g}s")
+                answered = self._wait_answer(call, epoch, timeout, f"no reply to '{op}' from the parent within "
+                                                                   f"{timeout:g}s")
             finally:
                 self.link.end_call(call)
             if not answered:
@@ -161,23 +161,27 @@ class ParentSession:
                 raise error_for_rc(reply.rc or Rc.ERROR, str(reply.body.get("reason", reply.rc)))
             return reply
 
-    def _wait_answer(self, call: Call, epoch: int, deadline: float, timeout_message: str) -> bool:
+    def _wait_answer(self, call: Call, epoch: int, timeout: float, timeout_message: str) -> bool:
         """Wait for the first reply to ``call``: True once it is in, False if the job was
-        re-adopted meanwhile (send again). Past ``deadline`` it waits on only while the parent is
-        being replaced or paused."""
+        re-adopted meanwhile (send again). ``timeout`` counts only time the parent was reachable:
+        past it, a parent being replaced or paused gives the call a fresh ``timeout``."""
         moved = lambda: self.epoch != epoch  # noqa: E731
+        deadline = self.clock() + timeout
         while True:
             left = deadline - self.clock()
-            if call.wait(1, max(0.0, min(left, RECHECK)), moved):
-                return True
-            if moved():
-                return False
-            if self.clock() < deadline:
+            if left > 0:
+                if call.wait(1, min(left, RECHECK), moved):
+                    return True
+                if moved():
+                    return False
                 continue
             if self.orphaned.is_set():
                 raise ParentUnavailable(f"{timeout_message}: {self.orphan_reason}")
             if not self.parent_unreachable():
                 raise RequestTimeout(timeout_message)
+            # The queued request is answered in order once the parent is back: the time it was
+            # away must not count (its first answers, e.g. to heartbeats, may come before this one).
+            deadline = self.clock() + timeout
 
     def parent_unreachable(self) -> bool:
         """Whether the parent is being replaced or paused (rather than slow to answer)."""
