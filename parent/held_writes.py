@@ -116,6 +116,9 @@ class HeldWrites:
                     setattr(rec, key, value)
             elif h.kind == "exit":
                 rec.exit_code, rec.signal = h.fields["exit_code"], h.fields["signal"]
+            else:
+                for key, value in h.fields.items():
+                    setattr(rec, key, value)
             if h.kind in ("transition", "history"):
                 rec.history.append({"status": rec.status.value, "time": h.when, "reason": h.reason + note})
         return rec
@@ -153,14 +156,15 @@ class HeldWrites:
                 raise
             return self._hold(Held(job_id, "transition", when, reason, status, fields), exc)
 
-    def add_history(self, job_id: str, reason: str) -> None:
-        """A history entry that does not change the status; held if the store refuses it."""
-        held = Held(job_id, "history", self.wall(), reason)
+    def add_history(self, job_id: str, reason: str, **fields: Any) -> None:
+        """A history entry that does not change the status (and the ``fields`` it sets); held if
+        the store refuses it."""
+        held = Held(job_id, "history", self.wall(), reason, fields=fields)
         if self.holding(job_id):
             self._hold(held)
             return
         try:
-            self.store.add_history(job_id, reason, when=held.when)
+            self.store.add_history(job_id, reason, when=held.when, **fields)
         except StoreUnavailable as exc:
             self._hold(held, exc)
 
@@ -214,7 +218,7 @@ class HeldWrites:
                     assert h.status is not None
                     self.store.transition(h.job_id, h.status, h.reason, when=h.when, **h.fields)
                 elif h.kind == "history":
-                    self.store.add_history(h.job_id, h.reason, when=h.when)
+                    self.store.add_history(h.job_id, h.reason, when=h.when, **h.fields)
                 else:
                     self.store.record_exit(h.job_id, h.fields["exit_code"], h.fields["signal"])
             except StoreUnavailable as exc:

@@ -33,7 +33,7 @@ from flrunner.status import RunStatus, can_move
 log = logging.getLogger(__name__)
 
 #: Bumped, with a step in `JobStore._migrate`, whenever the tables change.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,8 +63,10 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 _COLUMNS = ("job_id", "name", "status", "submit_time", "job_dir", "meta", "secret_hash", "pid",
-            "pid_create_time", "exit_code", "signal", "progress", "error", "end_time", "sites")
-_UPDATABLE = frozenset({"pid", "pid_create_time", "exit_code", "signal", "progress", "error", "secret_hash", "sites"})
+            "pid_create_time", "exit_code", "signal", "progress", "error", "end_time", "sites", "abort_reason",
+            "abort_hung")
+_UPDATABLE = frozenset({"pid", "pid_create_time", "exit_code", "signal", "progress", "error", "secret_hash", "sites",
+                        "abort_reason", "abort_hung"})
 
 
 @dataclass
@@ -89,6 +91,9 @@ class JobRecord:
     history: list[dict] = field(default_factory=list)
     #: Why part of what this record shows is not stored yet (None: all of it is durable).
     store_error: str | None = None
+    #: An abort requested (and acknowledged) while the job ran, and whether it was for a hang.
+    abort_reason: str | None = None
+    abort_hung: bool = False
 
     def to_dict(self, with_history: bool = False) -> dict:
         d = {
@@ -160,6 +165,9 @@ class JobStore:
             self.db.executescript(_SCHEMA)
         if version < 2:  # v2: the sites a job's site app was started on (re-adoption needs them)
             self.db.execute("ALTER TABLE jobs ADD COLUMN sites TEXT")
+        if version < 3:  # v3: an acknowledged abort request survives a parent restart
+            self.db.execute("ALTER TABLE jobs ADD COLUMN abort_reason TEXT")
+            self.db.execute("ALTER TABLE jobs ADD COLUMN abort_hung INTEGER")
         if version < SCHEMA_VERSION:
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -211,6 +219,7 @@ class JobStore:
         d["meta"] = json.loads(d["meta"])
         d["progress"] = json.loads(d["progress"]) if d["progress"] is not None else None
         d["sites"] = json.loads(d["sites"]) if d["sites"] else []
+        d["abort_hung"] = bool(d["abort_hung"])
         return JobRecord(**d)
 
     def add(self, job_id: str, name: str, job_dir: str, meta: dict, secret_hash: str | None = None,
@@ -280,11 +289,19 @@ class JobStore:
             self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in enc)} WHERE job_id=? AND status NOT LIKE 'FINISHED:%'",
                             (*enc.values(), job_id))
 
-    def add_history(self, job_id: str, reason: str, when: float | None = None) -> None:
-        """A history entry that does not change the status (e.g. an abort request)."""
+    def add_history(self, job_id: str, reason: str, when: float | None = None, **fields: Any) -> None:
+        """A history entry that does not change the status (e.g. an abort request), with the
+        ``fields`` it sets (e.g. ``abort_reason``) in the same transaction."""
+        bad = set(fields) - _UPDATABLE
+        if bad:
+            raise ValueError(f"cannot update column(s) {sorted(bad)}")
         now = self.clock() if when is None else when
+        enc = self._encode(fields)
         with self._writing():
             self._append_history(job_id, self._status_of(job_id), now, reason)
+            if enc:
+                self.db.execute(f"UPDATE jobs SET {', '.join(f'{k}=?' for k in enc)} WHERE job_id=?",
+                                (*enc.values(), job_id))
 
     def _status_of(self, job_id: str) -> RunStatus:
         row = self.db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()

@@ -106,10 +106,13 @@ class JobManager:
             if find_live_process(rec.pid, rec.pid_create_time) and rec.secret_hash:
                 self._adopt(rec)
                 continue
-            reason = "lost while the parent was down"
+            status, reason = RunStatus.FINISHED_ABNORMAL, "lost while the parent was down"
+            if rec.abort_reason is not None and not rec.abort_hung:
+                status, reason = RunStatus.FINISHED_ABORTED, f"aborted: {rec.abort_reason}; its process ended while " \
+                                                             f"the parent was down"
             if rec.pid and kill_stragglers(rec.job_id, rec.pid):
                 reason += f"; what was left of its process group {rec.pid} was killed"
-            self._transition(rec.job_id, RunStatus.FINISHED_ABNORMAL, reason)
+            self._transition(rec.job_id, status, reason)
         for rec in self.store.list([RunStatus.SUBMITTED]):
             self.scheduler.add(rec.job_id)
         self._remove_unrecorded_run_dirs()
@@ -143,6 +146,11 @@ class JobManager:
         self.running[rec.job_id] = job
         self.hooks.watch_fd(proc.exit_fd(), lambda: self.on_exit(rec.job_id))
         job.timers.append(self.timers.call_later(self.config.adopt_window, self._adoption_expired, rec.job_id))
+        if rec.abort_reason is not None:
+            # Aborted before the previous parent died: the abort goes on (its graces were spent).
+            job.abort_reason, job.hung = rec.abort_reason, rec.abort_hung
+            log.warning("job %s: its abort (%s) was under way; ending its process", rec.job_id, rec.abort_reason)
+            self.escalation.start(job, lambda: False)
         log.warning("job %s: its process %d outlived the previous parent; waiting %.0fs for it to reconnect",
                     rec.job_id, rec.pid, self.config.adopt_window)
 
@@ -502,7 +510,8 @@ class JobManager:
         if job.abort_reason is not None:
             return rec
         job.abort_reason = reason
-        self.store.add_history(job_id, f"abort requested: {reason}")
+        # Durable with the request, so a parent restarted before the job ends carries it through.
+        self.store.add_history(job_id, f"abort requested: {reason}", abort_reason=reason, abort_hung=job.hung)
         log.info("job %s: abort requested (%s)", job_id, reason)
 
         def ask() -> bool:

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flrunner.admin import AdminClient
@@ -293,3 +294,34 @@ def test_a_submission_its_client_gave_up_on_does_not_become_a_job(start_parent, 
              "the parent to finish reading the folder and drop it")
     assert parent.admin.jobs() == []
     assert list((parent.workspace / "jobs").iterdir()) == []
+
+
+# --- an acknowledged abort across a parent restart ----------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_an_abort_acknowledged_just_before_the_parent_dies_is_carried_out_by_the_next_parent(start_parent, make_job):
+    """Found by scripts/fuzz_parent.py: the abort lived only in the dead parent's memory."""
+    parent = start_parent("--abort-grace", "30", "--term-grace", "30")
+    job_id = parent.admin.submit(make_job([("wf", "Sleeper", {"seconds": 120, "stubborn": True})]))
+    pid = parent.wait_status(job_id, lambda j: progress(j).get("message") == "stubborn")["pid"]
+    assert parent.admin.abort(job_id, "wrong data")["status"] == "RUNNING"  # acknowledged: under way
+    parent.kill9()
+    again = start_parent("--abort-grace", "1", "--term-grace", "1", name="parent2")
+    job = again.wait_final(job_id, timeout=30)
+    assert job["status"] == "FINISHED:ABORTED" and "wrong data" in job["history"][-1]["reason"], job["history"]
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             "the job process to be gone")
+
+
+@pytest.mark.timeout(60)
+def test_an_aborted_job_whose_process_died_with_the_parent_ends_aborted(start_parent, make_job):
+    parent = start_parent("--abort-grace", "30", "--term-grace", "30")
+    job_id = parent.admin.submit(make_job([("wf", "Sleeper", {"seconds": 120, "stubborn": True})]))
+    pid = parent.wait_status(job_id, lambda j: progress(j).get("message") == "stubborn")["pid"]
+    parent.admin.abort(job_id, "wrong data")
+    parent.kill9()
+    os.kill(pid, signal.SIGKILL)
+    again = start_parent(name="parent2")
+    job = again.wait_final(job_id, timeout=30)
+    assert job["status"] == "FINISHED:ABORTED", job["history"]
+    assert "wrong data" in job["history"][-1]["reason"] and "while the parent was down" in job["history"][-1]["reason"]
