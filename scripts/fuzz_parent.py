@@ -171,6 +171,14 @@ def packed(header: dict) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
 
 
+def login_body(name: str, instance: str, **fields: Any) -> dict:
+    """A site login of the fuzzer's own sites, as one agent ``instance`` (where the protocol has it, the
+    same instance logging in again keeps its session; another one is refused while it is alive)."""
+    if "instance" in P.LOGIN.fields:
+        fields["instance"] = instance
+    return {"name": name, **fields}
+
+
 # --- input generators -------------------------------------------------------------------------------
 
 class Inputs:
@@ -478,13 +486,15 @@ def write_json(path, data, mode=0o644):
     os.replace(tmp, path)
 
 
-def own_secret():
-    """This job process's secret. Its session with the parent keeps it (to say hello again after a
-    parent restart), so the job's own code can read it: the secret tells jobs apart, it does not
-    hide a job from its own code (tests/job_components_impostor.py reads it the same way)."""
+def own_session():
+    """This job process's session with the parent. It keeps the job's secret (to say hello again
+    after a parent restart), so the job's own code can read it: the secret tells jobs apart, it does
+    not hide a job from its own code (tests/job_components_impostor.py reads it the same way). Its
+    ``link`` is the raw connection: requests on it get the parent's own answers, where the engine's
+    calls may wait through a refusal."""
     for obj in gc.get_objects():
         if type(obj).__name__ == "ParentSession" and isinstance(getattr(obj, "_secret", None), str):
-            return obj._secret
+            return obj
     raise RuntimeError("no ParentSession holding a secret in this job process (child/session.py changed?)")
 
 
@@ -525,7 +535,8 @@ def raw_request(endpoint, op, body, timeout=5.0):
 class Hold(Controller):
     """Runs until a file ``finish`` appears in its run dir (or ``seconds`` pass); with ``reveal`` it
     first writes what the fuzzer needs to act as this job process (``secret.json``, 0600), and keeps
-    using its own connection (``link.json``: requests that worked and failed, with times)."""
+    using its connection through the engine (``link.json``: the requests that worked, failed, or
+    were slow, with the times they were sent)."""
 
     def __init__(self, seconds=600.0, reveal=False):
         super().__init__()
@@ -535,20 +546,25 @@ class Hold(Controller):
         engine = fl_ctx.get_engine()
         here = run_dir(fl_ctx)
         if self.reveal:
+            session = own_session()
             write_json(os.path.join(here, "secret.json"), {
-                "job_id": fl_ctx.get_job_id(), "secret": own_secret(), "pid": os.getpid(),
-                "endpoint": engine.link.endpoint}, mode=0o600)
-        link = {"ok": 0, "failed": 0, "last_ok": None, "errors": []}
+                "job_id": fl_ctx.get_job_id(), "secret": session._secret, "pid": os.getpid(),
+                "endpoint": session.link.endpoint}, mode=0o600)
+        link = {"ok": 0, "failed": 0, "last_ok_sent": None, "errors": [], "slow": []}
         deadline = time.monotonic() + self.seconds
         while time.monotonic() < deadline and not abort_signal.triggered and not finished(fl_ctx):
             if self.reveal:
+                sent = time.time()
                 rc, reason = rc_of(engine.sync_clients_from_main_process)
+                took = time.time() - sent
                 if rc == "OK":
                     link["ok"] += 1
-                    link["last_ok"] = time.time()
+                    link["last_ok_sent"] = sent
                 else:
                     link["failed"] += 1
-                    link["errors"] = (link["errors"] + [[time.time(), rc, reason]])[-20:]
+                    link["errors"] = (link["errors"] + [[sent, rc, reason]])[-20:]
+                if took > 0.25:
+                    link["slow"] = (link["slow"] + [[sent, took]])[-20:]
                 write_json(os.path.join(here, "link.json"), link)
             abort_signal.wait(0.05)
 
@@ -616,10 +632,11 @@ class LateTalker(Controller):
 
     def control_flow(self, abort_signal, fl_ctx):
         engine = fl_ctx.get_engine()
-        link = engine.link
+        session = own_session()
+        link = session.link
         path = os.path.join(run_dir(fl_ctx), "late.json")
         steps = []
-        secret = own_secret()
+        secret = session._secret
         hello = {"job_id": fl_ctx.get_job_id(), "secret": secret, "pid": os.getpid(),
                  "sealing_key": engine.sealing_public_key()}
 
@@ -1377,12 +1394,12 @@ class IllTimed:
                 self.serving(f"after {what}")
             # The job's own connection must not have noticed.
             t1 = time.time()
-            link = B.wait_until(lambda: (lambda l: l if l and (l["last_ok"] or 0) > t1 + 0.2 else None)(
+            link = B.wait_until(lambda: (lambda l: l if l and (l["last_ok_sent"] or 0) > t1 else None)(
                 read_json(here / "link.json")), 15, "the job's own requests after the refused hellos")
-            late_errors = [e for e in link["errors"] if e[0] >= t0]
-            if late_errors:
-                self.v.problem(phase, f"refused hellos from another connection disturbed the job's own connection: "
-                                      f"{late_errors[:3]}", job_id)
+            disturbed = [e for e in link["errors"] if e[0] >= t0] + [s for s in link["slow"] if s[0] >= t0]
+            if disturbed:
+                self.v.problem(phase, f"refused hellos from another connection disturbed the job's own connection "
+                                      f"(refused or slow requests: {disturbed[:3]})", job_id)
             rc, reason = raw_rc(self.own["fuzz-a"], "aux", {"token": self.tokens["fuzz-a"], "job_id": job_id,
                                                             "topic": "fuzz", "timeout": 2.0})
             self.v.expect(phase, "site aux to this running server-only job (the control)", [P.Rc.OK], rc, reason,
@@ -1390,31 +1407,27 @@ class IllTimed:
 
             # With the right secret another connection is the job's: the secret is the proof.
             t2 = time.time()
+            # (The job process may take its connection back at once: its next request is refused, and
+            # it says hello again.)
             for what, op, expected in (
-                    ("hello from another connection with the job's secret and pid", "hello", P.Rc.OK),
-                    ("the same hello again on that connection", "hello", P.Rc.OK),
-                    ("heartbeat on that connection", "heartbeat", P.Rc.OK)):
-                self.v.expect(phase, what, [expected], *raw_rc(other, op, mine if op == "hello" else {}), job_id=job_id)
+                    ("hello from another connection with the job's secret and pid", "hello", [P.Rc.OK]),
+                    ("the same hello again on that connection", "hello", [P.Rc.OK]),
+                    ("heartbeat on that connection (UNAUTHORIZED once the job process said hello again)",
+                     "heartbeat", [P.Rc.OK, P.Rc.UNAUTHORIZED])):
+                self.v.expect(phase, what, expected, *raw_rc(other, op, mine if op == "hello" else {}), job_id=job_id)
                 self.serving(f"after {what}")
-            # The job process learns it at its next heartbeat (refused) and says hello again.
+            # The job process learns it (a refused request or heartbeat) and says hello again.
+            t3 = time.time()
             failed = (read_json(here / "link.json") or {}).get("failed", 0)
-
-            def recovered() -> dict | None:
-                link = read_json(here / "link.json")
-                if not link:
-                    return None
-                refused = [e for e in link["errors"] if e[0] >= t2]
-                if refused:
-                    return link if (link["last_ok"] or 0) > refused[-1][0] else None
-                return link if time.time() > t2 + 6 else None  # never refused: nothing to take back
-
             try:
-                link = B.wait_until(recovered, 20, "the job process to take its connection back", interval=0.05)
-                refused = [e for e in link["errors"] if e[0] >= t2]
+                link = B.wait_until(lambda: (lambda l: l if l and (l["last_ok_sent"] or 0) > t3 else None)(
+                    read_json(here / "link.json")), 20, "the job process to take its connection back", interval=0.05)
+                refused = sorted({e[1] for e in link["errors"] if e[0] >= t2})
+                slowest = max([s[1] for s in link["slow"] if s[0] >= t2], default=0.0)
                 self.v.note(f"hello replay: after another connection said hello with a job's secret, the job process "
-                            f"was refused {link['failed'] - failed} request(s) "
-                            f"({', '.join(sorted({e[1] for e in refused})) or '-'}) and worked again "
-                            f"{(link['last_ok'] or t2) - t2:.1f}s after that hello")
+                            f"was refused {link['failed'] - failed} request(s) ({', '.join(refused) or '-'}), its "
+                            f"slowest request took {slowest:.1f}s, and a request sent {link['last_ok_sent'] - t3:.1f}s "
+                            f"later worked")
             except TimeoutError:
                 self.v.problem(phase, "the job process never got its connection back after another connection said "
                                       "hello with its secret", job_id)
@@ -1433,7 +1446,11 @@ class IllTimed:
             self.check_ledger(phase)
             ended = "the secret of a job that ended"
             for sock, what in ((other, "on the connection that was the job's"), (later, "on a new connection")):
-                self.v.expect(phase, f"hello with {ended}, {what}", [P.Rc.UNAUTHORIZED], *raw_rc(sock, "hello", mine),
+                # CONFLICT tells the job's own process (the secret proves it) that its job has ended.
+                self.v.expect(phase, f"hello with {ended}, {what} (UNAUTHORIZED, or CONFLICT: the job ended)",
+                              [P.Rc.UNAUTHORIZED, P.Rc.CONFLICT], *raw_rc(sock, "hello", mine), job_id=job_id)
+                self.v.expect(phase, f"hello for a job that ended with a wrong secret, {what} (tells nothing)",
+                              [P.Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**mine, "secret": "x" + mine["secret"][1:]}),
                               job_id=job_id)
                 for op, body in (("run_status", {"status": "FINISHED:ABORTED", "error": "forged"}),
                                  ("aux", {"targets": [self.SITE], "topic": "fuzz", "timeout": 1.0}),
@@ -1506,7 +1523,8 @@ class IllTimed:
         before = {c["name"]: c for c in self.admin.clients()}
         sock = dealer(self.ctx, self.world.info["sites"])
         try:
-            login = request(sock, "login", {"name": "fuzz-c"})
+            instance = uuid.uuid4().hex[:16]
+            login = request(sock, "login", login_body("fuzz-c", instance))
             self.v.expect(phase, "login of fuzz-c", [P.Rc.OK], login.rc or "?", reason_of(login))
             old = login.body.get("token", "")
             self.v.expect(phase, "logout", [P.Rc.OK], *raw_rc(sock, "logout", {"token": old}))
@@ -1517,7 +1535,7 @@ class IllTimed:
                      {"token": old, "job_id": victim, "topic": "fuzz", "timeout": 1.0})):
                 self.v.expect(phase, what, [P.Rc.UNAUTHORIZED], *raw_rc(sock, op, body))
                 self.serving(f"after {what}")
-            again = request(sock, "login", {"name": "fuzz-c"})
+            again = request(sock, "login", login_body("fuzz-c", instance))
             self.v.expect(phase, "login again", [P.Rc.OK], again.rc or "?", reason_of(again))
             new = again.body.get("token", "")
             if new == old:
@@ -1849,12 +1867,16 @@ def run_plain(args: argparse.Namespace) -> int:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(info["sites"])
         tokens: dict[str, str] = {}
+        instances = {name: uuid.uuid4().hex[:16] for name in own}
 
         def login_own() -> None:
             for name, sock in own.items():
                 while sock.poll(0):
                     sock.recv_multipart()
-                tokens[name] = request(sock, "login", {"name": name}).body["token"]
+                reply = request(sock, "login", login_body(name, instances[name]))
+                if reply.rc != P.Rc.OK:
+                    raise RuntimeError(f"the fuzzer's own site {name} could not log in: {reply.rc} {reason_of(reply)}")
+                tokens[name] = reply.body["token"]
 
         login_own()
         victim_job = make_job(root, "victim", {"id": "wf", "path": "fuzz_sleep.Sleep", "args": {"seconds": 3600}},
@@ -2164,6 +2186,7 @@ class SiteResponder(threading.Thread):
         self.pushes: collections.Counter = collections.Counter()
         self.logged_in = threading.Event()
         self.error: str | None = None
+        self.instance = uuid.uuid4().hex[:16]
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -2182,8 +2205,8 @@ class SiteResponder(threading.Thread):
                 now = time.monotonic()
                 if self.token is None and now - login_sent > 5.0:
                     login_sent = now
-                    body = {"name": FUZZ_SITE, "pid": os.getpid(), "jobs": list(self.job_keys),
-                            "resources": {"num_cpus": 4, "mem_gb": 4.0, "num_gpus": 0}}
+                    body = login_body(FUZZ_SITE, self.instance, pid=os.getpid(), jobs=list(self.job_keys),
+                                      resources={"num_cpus": 4, "mem_gb": 4.0, "num_gpus": 0})
                     self._send(sock, Message("login", body, id=next_id()))
                 elif self.token is not None and now >= next_beat:
                     next_beat = now + interval
