@@ -18,9 +18,39 @@ job (with a secret it cannot know), requests to sites outside its job (aux, chec
 start_client_job), and a check that the site tokens it sees are not the sites' real tokens.
 
 Every ``--check-every`` inputs per socket it checks that the parent still serves: it is alive,
-answers an admin ping (on a fresh connection too) and lets a new site log in and out. At the end
-a plain job must complete and the running "victim" job must be untouched. Prints how many inputs
-each socket got and what came back; exits 1 if the parent stopped serving at any point.
+answers an admin ping (on a fresh connection too) and lets a new site log in and out.
+
+Then well-formed messages at the wrong time, from real peers (`IllTimed`), each checked for the
+documented answer, followed by a ping and a real job that must complete; what the parent
+acknowledged (histories, finished jobs' records, submitted jobs) must never change (`Ledger`):
+
+- admin ``abort`` of an unknown job, of a queued job (twice), of a running job twice, of a
+  finished one, of a job launched (DISPATCHED) whose process has not said hello yet (it is
+  SIGSTOPped until the abort is answered);
+- job-socket ``hello`` replays, acting as a real job process with its own secret (the job's code
+  reads it and writes it to its run dir; no back door): from another connection with a wrong
+  secret, a wrong pid, for another job, with the right secret (the job process must get its
+  connection back), with the secret of a job that ended and of a process replaced after a crash,
+  then ``run_status``, ``aux``, ``sync_clients`` after them;
+- from inside a job process: its hello again, its final status, then other statuses (CONFLICT),
+  the same final status again, aux to sites, a hello and a heartbeat; the store keeps the first;
+- sites: heartbeat, logout and aux with a token after its logout; aux to a job that ended.
+
+Then ``--restarts`` times: kill -9 of the parent while malformed traffic (a thread on the three
+sockets), submits, an abort and real jobs (status updates as fast as acked, aux to a site every
+50 ms) are in flight; meanwhile a job ends, a job process dies, two are SIGSTOPped (one aborted
+during re-adoption). A new parent starts on the workspace as ``scripts/flrunner-supervisor`` would
+(``python -m flrunner parent --workspace W``; the first one with the cold launcher) and is fuzzed in
+turn; every job must be re-adopted or end with the right status and a reason, none is left
+launched without a live process, nothing acknowledged is lost (jobs.db is read while no parent
+runs), and the jobs that ran across the restart complete. At the end a plain job must complete
+and the "victim" job must be untouched but for its re-adoptions; last, a shutdown while submits
+are in flight: the parent exits 0, leaves every job final or SUBMITTED and no process, and the
+next parent runs what was left queued.
+
+Prints how many inputs each socket got and what came back, every ill-timed message with its
+answer, the figures noted (re-adoption time, ...) and each finding with the parent.log lines about
+its job; exits 1 if the parent stopped serving at any point or anything was found.
 
 With ``--kit`` it fuzzes the surfaces added for security instead, against a parent started with
 a kit (``flrunner provision --site s1 --site s2 --admin a1``, then ``flrunner parent --kit DIR/parent
@@ -52,7 +82,7 @@ the targeted probes' figures, and the ERROR lines and tracebacks of parent.log; 
 problem.
 
 Usage: python scripts/fuzz_parent.py [--kit] [--quick] [--count 50000] [--seconds 600] [--seed 0]
-                                     [--check-every 2500] [--keep]
+                                     [--check-every 2500] [--restarts 3] [--keep]
 Deterministic for a given --seed (the inputs; reply counts depend on timing). Every process it
 starts is ended before it exits (each in its own process group; job processes by a sweep of the
 temporary folder).
@@ -72,7 +102,9 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -85,14 +117,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import msgpack
+import psutil
 import zmq
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
 import benchlib as B
 from flrunner import protocol as P
-from flrunner.admin import AdminClient
-from flrunner.errors import BadRequest, FlrunnerError
+from flrunner.admin import AdminClient, StatusFeed
+from flrunner.errors import BadRequest, FlrunnerError, NotFound, NotReady, ParentUnavailable
 from flrunner.payload import decode_shareable, encode_shareable
 from flrunner.security import sealed
 from flrunner.security.kit import load_kit
@@ -136,6 +169,14 @@ def nested(depth: int, kind: str) -> bytes:
 
 def packed(header: dict) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
+
+
+def login_body(name: str, instance: str, **fields: Any) -> dict:
+    """A site login of the fuzzer's own sites, as one agent ``instance`` (where the protocol has it, the
+    same instance logging in again keeps its session; another one is refused while it is alive)."""
+    if "instance" in P.LOGIN.fields:
+        fields["instance"] = instance
+    return {"name": name, **fields}
 
 
 # --- input generators -------------------------------------------------------------------------------
@@ -420,25 +461,284 @@ class Sleep(Controller):
         abort_signal.wait(self.seconds)
 '''
 
+#: The workflows of the ill-timed and restart phases, copied into each job's custom folder as
+#: ``fuzz_timing.py``. They talk to the outside through files in their run dir: a job is told to
+#: finish by a file ``finish``, and writes what it saw as JSON (``secret.json``, ``link.json``,
+#: ``late.json``, ``acked.json``, ``aux.json``).
+TIMING_WF = r'''
+import gc, json, os, time
+
+import zmq
+
+from flrunner import Controller, FlrunnerError, Shareable
+from flrunner.wire import Message, decode, encode, next_id
+
+
+def run_dir(fl_ctx):
+    return fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+
+
+def write_json(path, data, mode=0o644):
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def own_session():
+    """This job process's session with the parent. It keeps the job's secret (to say hello again
+    after a parent restart), so the job's own code can read it: the secret tells jobs apart, it does
+    not hide a job from its own code (tests/job_components_impostor.py reads it the same way). Its
+    ``link`` is the raw connection: requests on it get the parent's own answers, where the engine's
+    calls may wait through a refusal."""
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "ParentSession" and isinstance(getattr(obj, "_secret", None), str):
+            return obj
+    raise RuntimeError("no ParentSession holding a secret in this job process (child/session.py changed?)")
+
+
+def finished(fl_ctx):
+    return os.path.exists(os.path.join(run_dir(fl_ctx), "finish"))
+
+
+def rc_of(fn):
+    """(reply code, reason) of a request: OK, the parent's error code, or the client's own error."""
+    try:
+        fn()
+        return "OK", ""
+    except FlrunnerError as exc:
+        return getattr(exc, "rc", "ERROR"), str(exc)[:300]
+    except Exception as exc:
+        return "EXCEPTION", f"{type(exc).__name__}: {exc}"[:300]
+
+
+def raw_request(endpoint, op, body, timeout=5.0):
+    """One request on a connection of its own; the reply's (code, reason)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        mid = next_id()
+        sock.send_multipart(encode(Message(op, body, id=mid)))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sock.poll(int((deadline - time.monotonic()) * 1000) + 1):
+                reply = decode(sock.recv_multipart())
+                if reply.re == mid:
+                    return reply.rc, str(reply.body.get("reason", ""))[:300]
+        return "NO_ANSWER", f"no reply within {timeout}s"
+    finally:
+        sock.close()
+
+
+class Hold(Controller):
+    """Runs until a file ``finish`` appears in its run dir (or ``seconds`` pass); with ``reveal`` it
+    first writes what the fuzzer needs to act as this job process (``secret.json``, 0600), and keeps
+    using its connection through the engine (``link.json``: the requests that worked, failed, or
+    were slow, with the times they were sent)."""
+
+    def __init__(self, seconds=600.0, reveal=False):
+        super().__init__()
+        self.seconds, self.reveal = float(seconds), bool(reveal)
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        here = run_dir(fl_ctx)
+        if self.reveal:
+            session = own_session()
+            write_json(os.path.join(here, "secret.json"), {
+                "job_id": fl_ctx.get_job_id(), "secret": session._secret, "pid": os.getpid(),
+                "endpoint": session.link.endpoint}, mode=0o600)
+        link = {"ok": 0, "failed": 0, "last_ok_sent": None, "errors": [], "slow": []}
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and not abort_signal.triggered and not finished(fl_ctx):
+            if self.reveal:
+                sent = time.time()
+                rc, reason = rc_of(engine.sync_clients_from_main_process)
+                took = time.time() - sent
+                if rc == "OK":
+                    link["ok"] += 1
+                    link["last_ok_sent"] = sent
+                else:
+                    link["failed"] += 1
+                    link["errors"] = (link["errors"] + [[sent, rc, reason]])[-20:]
+                if took > 0.25:
+                    link["slow"] = (link["slow"] + [[sent, took]])[-20:]
+                write_json(os.path.join(here, "link.json"), link)
+            abort_signal.wait(0.05)
+
+
+class Stubborn(Controller):
+    """Ignores abort requests (and SIGTERM, which only triggers them) until ``finish`` appears."""
+
+    def __init__(self, seconds=600.0):
+        super().__init__()
+        self.seconds = float(seconds)
+
+    def control_flow(self, abort_signal, fl_ctx):
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and not finished(fl_ctx):
+            time.sleep(0.05)
+
+
+class Ticker(Controller):
+    """Reports progress {"step": i} as fast as the parent acknowledges it; after each ack writes
+    ``acked.json``; ends when ``finish`` appears. A status update that raises fails the job."""
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        path = os.path.join(run_dir(fl_ctx), "acked.json")
+        step = 0
+        while not abort_signal.triggered and not finished(fl_ctx):
+            step += 1
+            engine.set_run_progress({"step": step})
+            engine.update_job_run_status()
+            write_json(path, {"step": step})
+            time.sleep(0.005)
+
+
+class AuxLoop(Controller):
+    """Sends an aux request to ``site`` every ``interval`` seconds until ``finish`` appears, counting
+    the replies' return codes in ``aux.json``. A call that raises fails the job."""
+
+    def __init__(self, site, interval=0.05, timeout=2.0):
+        super().__init__()
+        self.site, self.interval, self.timeout = site, float(interval), float(timeout)
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        path = os.path.join(run_dir(fl_ctx), "aux.json")
+        counts, i = {}, 0
+        while not abort_signal.triggered and not finished(fl_ctx):
+            i += 1
+            replies = engine.send_aux_request([self.site], "fuzz-echo", Shareable({"i": i}), self.timeout, fl_ctx)
+            for reply in replies.values():
+                rc = str(reply.get_return_code())
+                counts[rc] = counts.get(rc, 0) + 1
+            write_json(path, counts)
+            abort_signal.wait(self.interval)
+
+
+class LateTalker(Controller):
+    """Well-formed but ill-timed messages from an authenticated job process: its hello replayed (on
+    its own connection and on another one), then its own final status followed by other statuses,
+    the same final status again, aux to sites, a hello and a heartbeat. Writes each step's
+    (what, expected codes, code got, reason) to ``late.json`` as it goes."""
+
+    def __init__(self, site, outside):
+        super().__init__()
+        self.site, self.outside = site, outside
+
+    def control_flow(self, abort_signal, fl_ctx):
+        engine = fl_ctx.get_engine()
+        session = own_session()
+        link = session.link
+        path = os.path.join(run_dir(fl_ctx), "late.json")
+        steps = []
+        secret = session._secret
+        hello = {"job_id": fl_ctx.get_job_id(), "secret": secret, "pid": os.getpid(),
+                 "sealing_key": engine.sealing_public_key()}
+
+        def step(what, expected, rc, reason=""):
+            steps.append({"what": what, "expected": list(expected), "got": rc, "reason": reason})
+            write_json(path, {"steps": steps, "done": False})
+
+        def ask(op, body):
+            return rc_of(lambda: link.request(op, body, timeout=5.0))
+
+        def status(status, progress=None, error=None):
+            return ask("run_status", {"status": status, "progress": progress, "error": error})
+
+        step("hello again on its own connection, same secret", ["OK"], *ask("hello", hello))
+        step("sync_clients after that replayed hello", ["OK"], *ask("sync_clients", {"since": None}))
+        step("hello from a second connection of the job process, wrong secret", ["UNAUTHORIZED"],
+             *raw_request(link.endpoint, "hello", {**hello, "secret": "not-" + secret[4:], "sealing_key": None}))
+        step("sync_clients on its own connection after that", ["OK"], *ask("sync_clients", {"since": None}))
+        step("hello from a second connection, right secret, another pid", ["UNAUTHORIZED"],
+             *raw_request(link.endpoint, "hello", {**hello, "pid": os.getpid() + 100_000, "sealing_key": None}))
+        step("heartbeat on its own connection after that", ["OK"], *ask("heartbeat", {}))
+        step("run_status FINISHED:COMPLETED (its first final status)", ["OK"],
+             *status("FINISHED:COMPLETED", {"step": "first final"}))
+        step("run_status FINISHED:EXECUTION_EXCEPTION after the final status", ["CONFLICT"],
+             *status("FINISHED:EXECUTION_EXCEPTION", None, "a late error"))
+        step("run_status FINISHED:ABORTED after the final status", ["CONFLICT"], *status("FINISHED:ABORTED"))
+        step("run_status RUNNING after the final status", ["CONFLICT"], *status("RUNNING", {"step": "late"}))
+        step("run_status FINISHED:ABNORMAL (never the job process's to report)", ["BAD_REQUEST"],
+             *status("FINISHED:ABNORMAL"))
+        step("run_status FINISHED:COMPLETED a second time, other progress and an error", ["OK"],
+             *status("FINISHED:COMPLETED", {"step": "second final"}, "a late error"))
+        step("run_status with progress only, after the final status", ["OK"], *status(None, {"step": "late"}))
+        # Its own site still gets the request (the process runs until it exits): any return code
+        # is an answer ("*"), only an exception or no reply is not. A site outside the job: NOT_FOUND.
+        for target, expected, what in ((self.site, "*", "its site"),
+                                       (self.outside, "NOT_FOUND", "a site outside the job")):
+            try:
+                replies = engine.send_aux_request([target], "fuzz-late", Shareable({"late": True}), 3.0, fl_ctx)
+                rc = str(replies[target].get_return_code()) if target in replies else f"no reply ({sorted(replies)})"
+            except Exception as exc:
+                rc = f"EXCEPTION {type(exc).__name__}: {exc}"[:300]
+            step(f"aux to {what} after the final status", [expected], rc)
+        step("hello again after the final status", ["OK", "UNAUTHORIZED"], *ask("hello", hello))
+        step("heartbeat after the final status", ["OK", "UNAUTHORIZED"], *ask("heartbeat", {}))
+        write_json(path, {"steps": steps, "done": True})
+'''
+
 
 # --- processes ------------------------------------------------------------------------------------
 
+def free_port() -> int:
+    """A tcp port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class World:
-    """The parent and site processes of one fuzzing run, in a temporary folder."""
+    """The parent and site processes of one fuzzing run, in a temporary folder.
+
+    Every parent runs on the same workspace and sites endpoint, as ``scripts/flrunner-supervisor``
+    restarts one (``python -m flrunner parent --workspace W ...``), so the sites and the job
+    processes of a parent find its successor.
+    """
+
+    #: Every parent's ``--abort-grace`` and ``--term-grace`` (seconds).
+    ABORT_GRACE = 1.0
+    TERM_GRACE = 1.0
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.ws = root / "ws"
         self.procs = B.Processes(root)
         self.parent: B.ParentProc | None = None
+        self.parents = 0
+        self.sites_endpoint = f"tcp://127.0.0.1:{free_port()}"
 
     def start(self) -> dict:
-        self.parent = B.ParentProc(self.procs, self.ws, "parent", ["--site-timeout", "30"], abort_grace=1,
-                                   log_level=None, admin_timeout=10)
-        self.info = self.parent.info
+        self.start_parent()
         self.site = self.procs.spawn(["-m", "flrunner", "site", "--name", "fuzz-site", "--server", self.info["sites"]],
                                      "site")
         return self.info
+
+    def start_parent(self, *options: str) -> B.ParentProc:
+        """Start a parent on the workspace (it serves when this returns); the previous one's admin
+        client is closed."""
+        previous = self.parent
+        self.parents += 1
+        name = "parent" if self.parents == 1 else f"parent{self.parents}"
+        self.parent = B.ParentProc(self.procs, self.ws, name, ["--site-timeout", "30", "--sites", self.sites_endpoint,
+                                                              *options], abort_grace=self.ABORT_GRACE,
+                                   term_grace=self.TERM_GRACE, log_level=None, admin_timeout=10)
+        if previous is not None:
+            previous.admin.close()
+        self.info = self.parent.info
+        return self.parent
+
+    def kill9(self) -> None:
+        """kill -9 the parent (its job processes live on)."""
+        assert self.parent is not None
+        self.parent.proc.kill()
+        self.parent.proc.wait()
 
     def stop(self) -> None:
         # Job processes and whatever else runs in the temporary folder (each in its own session) are swept too.
@@ -553,6 +853,991 @@ def request(sock: zmq.Socket, op: str, body: dict, timeout: float = 10.0) -> Mes
     raise TimeoutError(f"no reply to '{op}' within {timeout}s")
 
 
+# --- well-formed, ill-timed messages; a restart of the parent; a shutdown ---------------------------------
+
+#: What a message may be answered: a wire code, "*" (any answer at all), or NO_ANSWER (none in time).
+NO_ANSWER = "NO_ANSWER"
+
+
+@dataclass
+class Verdict:
+    """One ill-timed message: what was sent when, the answers the documentation allows, the answer."""
+
+    phase: str
+    what: str
+    expected: tuple[str, ...]
+    got: str
+    reason: str = ""
+    job_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        if "*" in self.expected:
+            return not self.got.startswith(("EXCEPTION", "no reply", NO_ANSWER))
+        return self.got in self.expected
+
+
+class Verdicts:
+    """The verdicts and findings of the ill-timed, restart and shutdown phases."""
+
+    def __init__(self) -> None:
+        self.items: list[Verdict] = []
+        #: (what is wrong, the job it concerns): each is a finding, and fails the run.
+        self.findings: list[tuple[str, str | None]] = []
+        self.notes: list[str] = []
+
+    def expect(self, phase: str, what: str, expected: Sequence[str], got: str, reason: str = "",
+               job_id: str | None = None) -> bool:
+        """Record the answer ``got`` to an ill-timed message; a finding if it is not ``expected``."""
+        verdict = Verdict(phase, what, tuple(expected), got, reason, job_id)
+        self.items.append(verdict)
+        if not verdict.ok:
+            self.findings.append((f"{phase}: {what}: expected {'/'.join(expected)}, got {got}"
+                                  + (f" ({reason[:300]})" if reason else ""), job_id))
+        return verdict.ok
+
+    def problem(self, phase: str, text: str, job_id: str | None = None) -> None:
+        self.findings.append((f"{phase}: {text}", job_id))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def admin_rc(admin: AdminClient, op: str, **body: Any) -> tuple[str, str, dict]:
+    """(reply code, reason, body) of one admin request; NO_ANSWER if the parent did not answer."""
+    try:
+        return P.Rc.OK, "", admin.call(op, **body)
+    except ParentUnavailable as exc:
+        return NO_ANSWER, str(exc), {}
+    except FlrunnerError as exc:
+        return exc.rc, str(exc), {}
+
+
+def raw_rc(sock: zmq.Socket, op: str, body: dict, timeout: float = 5.0) -> tuple[str, str]:
+    """(reply code, reason) of one request on a raw DEALER; NO_ANSWER if none came in time."""
+    try:
+        msg = request(sock, op, body, timeout)
+    except TimeoutError as exc:
+        return NO_ANSWER, str(exc)
+    return msg.rc or "?", reason_of(msg, 300)
+
+
+def dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+def submit_retrying(admin: AdminClient, folder: Path, timeout: float = 60.0) -> str:
+    """Submit, and submit again while the parent answers NOT_READY (it is re-adopting jobs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.submit(folder)
+        except NotReady:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def is_final(job: dict) -> bool:
+    return job["status"].startswith("FINISHED:")
+
+
+def alive(pid: int | None) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
+
+
+def signal_pid(pid: int | None, sig: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stored_progress(ws: Path, job_id: str) -> tuple[Any, str | None]:
+    """(progress, None) of a job as jobs.db holds it, read while no parent runs; (None, why) if it
+    cannot be read (the store's schema may have changed)."""
+    try:
+        db = sqlite3.connect(f"file:{ws / 'jobs.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            row = db.execute("SELECT progress FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        finally:
+            db.close()
+        return (json.loads(row[0]) if row and row[0] else None), None
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def log_lines(ws: Path, needle: str, limit: int = 6) -> list[str]:
+    """The last ``limit`` lines of parent.log (every parent's) that mention ``needle``."""
+    try:
+        lines = (ws / "parent.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line[:300] for line in lines if needle in line][-limit:]
+
+
+def error_tail(job: dict, lines: int = 3) -> str:
+    """The end of a job's execution error (where it was raised, and what), to quote in a finding."""
+    text = [line.strip() for line in (job.get("error") or "").splitlines() if line.strip()]
+    return f"; its error ends: {' | '.join(text[-lines:])}" if text else ""
+
+
+def brief(history: list[dict]) -> str:
+    return " -> ".join(f"{h['status']} ({h['reason'][:60]})" for h in history)
+
+
+class Ledger:
+    """What the parent acknowledged, as last seen: every job's history and a finished job's record.
+
+    `check` compares the parent's answers with it: a job never disappears, its history only grows
+    (no acknowledged entry is lost or changed), its status is its last entry's, and a finished job
+    keeps its status, progress and error (its exit code and signal may be filled in once).
+    """
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict] = {}
+        #: Job ids the parent acknowledged at submit: each must be in the store.
+        self.submitted: set[str] = set()
+
+    def check(self, admin: AdminClient) -> list[tuple[str, str]]:
+        """What contradicts the ledger now, as (problem, job id); the ledger then takes the new state."""
+        problems: list[tuple[str, str]] = []
+        listed = {j["job_id"] for j in admin.jobs()}
+        for job_id in sorted((self.jobs.keys() | self.submitted) - listed):
+            was = self.jobs.get(job_id, {}).get("status", "acknowledged at submit")
+            problems.append((f"job {job_id} ({was}) is gone from the store", job_id))
+        for job_id in sorted(listed):
+            try:
+                job = admin.status(job_id)
+            except NotFound:
+                problems.append((f"job {job_id} is listed but its status is NOT_FOUND", job_id))
+                continue
+            old = self.jobs.get(job_id)
+            if old is not None:
+                problems += [(p, job_id) for p in self._compare(old, job)]
+            elif job["history"] and job["status"] != job["history"][-1]["status"]:
+                problems.append((f"job {job_id}: status {job['status']} but its last history entry is "
+                                 f"{job['history'][-1]['status']}", job_id))
+            self.jobs[job_id] = job
+        return problems
+
+    @staticmethod
+    def _compare(old: dict, new: dict) -> list[str]:
+        job_id, problems = new["job_id"], []
+        before, after = old["history"], new["history"]
+        if after[:len(before)] != before:
+            problems.append(f"job {job_id}: acknowledged history entries were lost or changed: was "
+                            f"[{brief(before)}], now [{brief(after)}]")
+        if after and new["status"] != after[-1]["status"]:
+            problems.append(f"job {job_id}: status {new['status']} but its last history entry is {after[-1]['status']}")
+        if is_final(old):
+            for key in ("status", "progress", "error"):
+                if new[key] != old[key]:
+                    problems.append(f"job {job_id}: its {key} changed after it ended {old['status']}: "
+                                    f"{str(old[key])[:100]!r} -> {str(new[key])[:100]!r}")
+            for key in ("exit_code", "signal"):
+                if old[key] is not None and new[key] != old[key]:
+                    problems.append(f"job {job_id}: its {key} changed after it ended: {old[key]} -> {new[key]}")
+            if len(after) != len(before):
+                problems.append(f"job {job_id}: its history grew after it ended {old['status']}: "
+                                f"{brief(after[len(before):])}")
+        return problems
+
+
+class Traffic(threading.Thread):
+    """Malformed inputs on the three sockets from a thread of its own, about ``rate`` a second on
+    each, while the main thread does something else (kills and restarts the parent). Sends never
+    block: an input the parent cannot take now (it is down) is counted as dropped. Its peers
+    reconnect by themselves to a new parent on the same endpoints."""
+
+    def __init__(self, info: dict, tokens: dict[str, str], seed: float, rate: float) -> None:
+        super().__init__(name="traffic", daemon=True)
+        self.info, self.tokens, self.seed, self.rate = dict(info), tokens, seed, rate
+        self.sent: collections.Counter = collections.Counter()
+        self.dropped: collections.Counter = collections.Counter()
+        self.replies: collections.Counter = collections.Counter()
+        self.problems: collections.Counter = collections.Counter()
+        self.error: str | None = None
+        self._stop_event = threading.Event()
+
+    def total(self) -> int:
+        return sum(self.sent.values())
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(15)
+
+    def run(self) -> None:
+        rnd = random.Random(self.seed)
+        ctx = zmq.Context()
+        peers: dict[str, Peer] = {}
+        try:
+            gens = {name: Inputs(name, table, random.Random(rnd.random()), lambda: self.tokens)
+                    for name, table in (("sites", P.SITE_OPS), ("jobs", P.JOB_OPS), ("admin", P.ADMIN_OPS))}
+            peers = {name: Peer(ctx, self.info[name]) for name in SOCKETS}
+            n, due = 0, time.monotonic()
+            while not self._stop_event.is_set():
+                for name in SOCKETS:
+                    kind, frames = gens[name].next(n)
+                    if kind == "oversized frame":  # libzmq would drop the connection: not what this thread is for
+                        continue
+                    try:
+                        peers[name].sock.send_multipart(frames, zmq.NOBLOCK)
+                        self.sent[name] += 1
+                    except zmq.Again:
+                        self.dropped[name] += 1
+                n += 1
+                if n % 16 == 0:
+                    for peer in peers.values():
+                        peer.drain()
+                due += 1 / self.rate
+                self._stop_event.wait(max(0.0, due - time.monotonic()))
+        except Exception as exc:  # reported with the phase's findings
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            for name, peer in peers.items():
+                try:
+                    peer.drain()
+                except Exception:
+                    pass
+                self.replies.update({f"{name}:{rc}": n for rc, n in peer.replies.items()})
+                self.problems.update({f"{name}: {what}": n for what, n in peer.problems.items()})
+                peer.sock.close(0)
+            ctx.term()
+
+
+class Submitter(threading.Thread):
+    """Submits one job folder again and again on an admin connection of its own (every
+    ``interval`` seconds, at most ``limit`` acknowledged), recording what each submit was answered
+    and when it was sent."""
+
+    def __init__(self, endpoint: str, folder: Path, interval: float, limit: int, timeout: float = 5.0) -> None:
+        super().__init__(name="submitter", daemon=True)
+        self.endpoint, self.folder, self.interval, self.limit, self.timeout = endpoint, folder, interval, limit, timeout
+        #: (time sent, job id) of each acknowledged submit.
+        self.acked: list[tuple[float, str]] = []
+        #: (time sent, reply code) of each answer, OK ones too.
+        self.answers: list[tuple[float, str]] = []
+        self.error: str | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(self.timeout + 10)
+
+    def run(self) -> None:
+        try:
+            with AdminClient(self.endpoint, timeout=self.timeout) as admin:
+                while not self._stop_event.is_set() and len(self.acked) < self.limit:
+                    sent = time.time()
+                    try:
+                        job_id = admin.submit(self.folder)
+                    except ParentUnavailable:
+                        self.answers.append((sent, NO_ANSWER))
+                    except FlrunnerError as exc:
+                        self.answers.append((sent, exc.rc))
+                    else:
+                        self.acked.append((sent, job_id))
+                        self.answers.append((sent, P.Rc.OK))
+                    self._stop_event.wait(self.interval)
+        except Exception as exc:  # reported with the phase's findings
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+class IllTimed:
+    """Well-formed messages at the wrong time, from real authenticated peers where that matters; a
+    parent killed (-9) and restarted in the middle of fuzzing traffic and real jobs; a shutdown
+    while submits are in flight.
+
+    After each message the parent must answer the documented code, answer a ping (the same
+    process) and take a real job that completes (checked at the end of each phase); and nothing it
+    acknowledged may change (`Ledger`). What is wrong goes to `Verdicts.findings`.
+
+    Job processes are acted as with their own secret: the job's code (``fuzz_timing.Hold`` with
+    ``reveal``) reads it from its session with the parent and writes it to its run dir, or acts
+    from inside the job (``fuzz_timing.LateTalker``). The product has no back door for this.
+    """
+
+    SITE = "fuzz-site"
+
+    def __init__(self, world: World, ctx: zmq.Context, own: dict[str, zmq.Socket], tokens: dict[str, str],
+                 login_own: Callable[[], None], quick: bool, seed: int) -> None:
+        self.world, self.ctx, self.own, self.tokens, self.login_own = world, ctx, own, tokens, login_own
+        self.quick, self.seed = quick, seed
+        self.v = Verdicts()
+        self.ledger = Ledger()
+        self.src = world.root / "timing-jobs"
+        self.src.mkdir(exist_ok=True)
+        self._folders: dict[str, Path] = {}
+        #: The real jobs submitted after ill-timed messages, not yet seen to complete: (where, job id).
+        self.probes: list[tuple[str, str]] = []
+        self.probes_done = 0
+        self.pings = 0
+        self.restarts = 0
+        self.traffic_sent = 0
+        #: Threads and stopped processes to end if the run stops half-way.
+        self._threads: list[Any] = []
+        self._stopped_pids: set[int] = set()
+
+    @property
+    def admin(self) -> AdminClient:
+        assert self.world.parent is not None
+        return self.world.parent.admin
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def folder(self, name: str, workflow: str = "Hold", args: dict | None = None, sites: Sequence[str] = (),
+               meta: dict | None = None) -> Path:
+        """A job folder of the ``fuzz_timing`` workflows (``meta``: more meta.json fields), made once
+        and submitted as often as needed."""
+        if name not in self._folders:
+            folder = make_job(self.src, name, {"id": "wf", "path": f"fuzz_timing.{workflow}", "args": args or {}},
+                              bool(sites), {"fuzz_timing.py": TIMING_WF}, sites=sites)
+            if meta:
+                (folder / "meta.json").write_text(json.dumps({**json.loads((folder / "meta.json").read_text()),
+                                                              **meta}))
+            self._folders[name] = folder
+        return self._folders[name]
+
+    def probe_folder(self) -> Path:
+        return self.folder("t-probe", "Hold", {"seconds": 0})
+
+    def serving(self, where: str) -> bool:
+        """After an ill-timed message: the same parent answers a ping and takes a real job (whose
+        completion `settle_probes` checks)."""
+        self.pings += 1
+        rc, reason, body = admin_rc(self.admin, "ping")
+        if rc != P.Rc.OK or body.get("pid") != self.world.parent.pid:
+            self.v.problem("serving", f"{where}: the parent did not answer a ping ({rc} {reason} {body})")
+            return False
+        try:
+            self.probes.append((where, submit_retrying(self.admin, self.probe_folder())))
+        except FlrunnerError as exc:
+            self.v.problem("serving", f"{where}: a real job was refused: {type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    def settle_probes(self, timeout: float = 60.0) -> None:
+        """Every real job submitted by `serving` must complete."""
+        deadline = time.monotonic() + timeout
+        for where, job_id in self.probes:
+            job = wait_job(self.admin, job_id, is_final, max(1.0, deadline - time.monotonic()))
+            if job["status"] != "FINISHED:COMPLETED":
+                self.v.problem("serving", f"{where}: a real job submitted then ended {job['status']} "
+                                          f"({job['history'][-1]['reason'][:200]})", job_id)
+        self.probes_done += len(self.probes)
+        self.probes.clear()
+
+    def check_ledger(self, where: str) -> None:
+        for problem, job_id in self.ledger.check(self.admin):
+            self.v.problem(where, problem, job_id)
+
+    def submit_running(self, folder: Path, timeout: float = 60.0) -> tuple[str, dict]:
+        job_id = submit_retrying(self.admin, folder)
+        job = wait_job(self.admin, job_id, lambda j: j["status"] == "RUNNING" or is_final(j), timeout)
+        if job["status"] != "RUNNING":
+            raise RuntimeError(f"job {job_id} ({folder.name}) did not start: {job['status']} {brief(job['history'])}")
+        return job_id, job
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.world.ws / "jobs" / job_id
+
+    def finish(self, job_id: str) -> None:
+        (self.run_dir(job_id) / "finish").touch()
+
+    def end(self) -> None:
+        """Stop what the phases started (on any exit): threads, and stopped processes go on."""
+        for thread in self._threads:
+            thread.stop()
+        for pid in self._stopped_pids:
+            signal_pid(pid, signal.SIGCONT)
+
+    # --- 1. admin aborts at the wrong time ----------------------------------------------------------------------
+    def aborts(self) -> None:
+        phase = "admin abort"
+        admin = self.admin
+        for job_id in (str(uuid.uuid4()), "no-such-job"):
+            rc, reason, _ = admin_rc(admin, "abort", job_id=job_id, reason="fuzz: unknown")
+            self.v.expect(phase, f"abort of an unknown job '{job_id}'", [P.Rc.NOT_FOUND], rc, reason)
+            self.serving(f"after an abort of unknown job {job_id}")
+
+        # A queued job: its only site never logs in, so it waits SUBMITTED (scheduling retries with back-off).
+        queued = submit_retrying(admin, self.folder("t-queued", "Hold", {"seconds": 600}, sites=["absent-site"]))
+        status = admin.status(queued)["status"]
+        if status != "SUBMITTED":
+            self.v.problem(phase, f"a job for a site that is not logged in is {status}, not SUBMITTED", queued)
+        rc, reason, body = admin_rc(admin, "abort", job_id=queued, reason="fuzz: queued")
+        if self.v.expect(phase, "abort of a queued (SUBMITTED) job", [P.Rc.OK], rc, reason, queued):
+            if body["job"]["status"] != "FINISHED:ABORTED":
+                self.v.problem(phase, f"abort of a queued job answered OK with the job {body['job']['status']}: "
+                                      f"README says a queued job is aborted at once", queued)
+        self.serving("after an abort of a queued job")
+        rc, reason, _ = admin_rc(admin, "abort", job_id=queued, reason="fuzz: queued, again")
+        self.v.expect(phase, "abort of that job again (now FINISHED:ABORTED)", [P.Rc.CONFLICT], rc, reason, queued)
+        job = admin.status(queued)
+        if any(h["status"] in ("DISPATCHED", "RUNNING") for h in job["history"]):
+            self.v.problem(phase, f"a job aborted while queued was launched: {brief(job['history'])}", queued)
+        self.serving("after a second abort of a queued job")
+
+        # A running job, aborted twice: the second abort changes nothing. The job ignores aborts (it
+        # ends at the SIGKILL of the escalation), so the second one surely comes while it is under way.
+        running, _ = self.submit_running(self.folder("t-stubborn", "Stubborn"))
+        rc, reason, _ = admin_rc(admin, "abort", job_id=running, reason="fuzz: first abort")
+        self.v.expect(phase, "abort of a running job", [P.Rc.OK], rc, reason, running)
+        rc, reason, _ = admin_rc(admin, "abort", job_id=running, reason="fuzz: second abort")
+        self.v.expect(phase, "abort of that job again while its abort is under way", [P.Rc.OK], rc, reason, running)
+        self.serving("after two aborts of a running job")
+        job = wait_job(admin, running, is_final, 30)
+        asked = [h for h in job["history"] if h["reason"].startswith("abort requested")]
+        if job["status"] != "FINISHED:ABORTED" or len(asked) != 1 or "first abort" not in job["history"][-1]["reason"]:
+            self.v.problem(phase, f"a job aborted twice ended {job['status']} with history [{brief(job['history'])}]: "
+                                  f"expected FINISHED:ABORTED, one abort request, the first abort's reason", running)
+        rc, reason, _ = admin_rc(admin, "abort", job_id=running, reason="fuzz: after the end")
+        self.v.expect(phase, "abort of a job that ended FINISHED:ABORTED", [P.Rc.CONFLICT], rc, reason, running)
+        self.serving("after an abort of a finished job")
+
+    def abort_dispatched(self, tries: int = 3) -> None:
+        """Abort a job whose process was launched (DISPATCHED) but has not said hello: the process is
+        SIGSTOPped as soon as the status feed says DISPATCHED, then continued after the abort, so its
+        hello reaches a parent that has already been asked to abort it."""
+        phase = "admin abort"
+        admin = self.admin
+        with StatusFeed(self.world.info["admin"], timeout=10) as feed:
+            for attempt in range(1, tries + 1):
+                job_id = submit_retrying(admin, self.folder("t-hold", "Hold", {"seconds": 600}))
+                pid = None
+                deadline = time.monotonic() + 30
+                while pid is None and time.monotonic() < deadline:
+                    ev = feed.next(1.0)
+                    if ev is not None and ev["job_id"] == job_id and ev["status"] in ("DISPATCHED", "RUNNING"):
+                        pid = ev["pid"]
+                        signal_pid(pid, signal.SIGSTOP)
+                        self._stopped_pids.add(pid)
+                # The hello may have left before the stop: caught only if no RUNNING follows.
+                moved = False
+                until = time.monotonic() + 0.5
+                while time.monotonic() < until:
+                    ev = feed.next(max(0.0, until - time.monotonic()))
+                    moved = moved or (ev is not None and ev["job_id"] == job_id and ev["status"] != "DISPATCHED")
+                job = admin.status(job_id)
+                if pid is None or moved or job["status"] != "DISPATCHED" or not stopped(pid):
+                    signal_pid(pid, signal.SIGCONT)
+                    admin_rc(admin, "abort", job_id=job_id, reason="fuzz: missed the DISPATCHED window")
+                    continue
+                rc, reason, body = admin_rc(admin, "abort", job_id=job_id, reason="fuzz: dispatched, no hello yet")
+                self.v.expect(phase, "abort of a DISPATCHED job whose process has not said hello", [P.Rc.OK], rc,
+                              reason, job_id)
+                rc, reason, _ = admin_rc(admin, "abort", job_id=job_id, reason="fuzz: dispatched, again")
+                self.v.expect(phase, "abort of that job again", [P.Rc.OK], rc, reason, job_id)
+                signal_pid(pid, signal.SIGCONT)  # its hello now reaches a parent that has its abort
+                self.serving("after aborts of a DISPATCHED job")
+                job = wait_job(admin, job_id, lambda j: is_final(j) and not alive(pid), 30)
+                if job["status"] != "FINISHED:ABORTED":
+                    self.v.problem(phase, f"a job aborted while DISPATCHED (its process then went on and said hello) "
+                                          f"ended {job['status']}: {brief(job['history'])}", job_id)
+                if alive(pid):
+                    self.v.problem(phase, f"the process {pid} of a job aborted while DISPATCHED outlived it", job_id)
+                self.v.note(f"abort of a DISPATCHED job before its hello: caught at try {attempt}; the job ended "
+                            f"{job['status']} ({job['history'][-1]['reason'][:100]})")
+                return
+        self.v.note(f"abort of a DISPATCHED job before its hello: not exercised (the process said hello before it "
+                    f"could be stopped, {tries} tries)")
+
+    # --- 2. hello replays, and a job's secret after it ended ---------------------------------------------------
+    def hello_replays(self, victim: str) -> None:
+        phase = "jobs socket, hello replays"
+        admin = self.admin
+        job_id, _ = self.submit_running(self.folder("t-reveal", "Hold", {"seconds": 600, "reveal": True}))
+        here = self.run_dir(job_id)
+        B.wait_until(lambda: (here / "secret.json").exists() and (here / "link.json").exists(), 30,
+                     "the job to write its secret")
+        secret = json.loads((here / "secret.json").read_text())
+        mine = {"job_id": job_id, "secret": secret["secret"], "pid": secret["pid"]}
+        victim_pid = admin.status(victim)["pid"]
+        history = len(admin.status(job_id)["history"])
+        other = dealer(self.ctx, self.world.info["jobs"])
+        later = dealer(self.ctx, self.world.info["jobs"])
+        try:
+            t0 = time.time()
+            for what, op, body, expected in (
+                    ("hello from another connection, wrong secret", "hello",
+                     {**mine, "secret": "x" + mine["secret"][1:]}, P.Rc.UNAUTHORIZED),
+                    ("hello from another connection, right secret, another pid", "hello",
+                     {**mine, "pid": mine["pid"] + 100_000}, P.Rc.UNAUTHORIZED),
+                    ("hello for another running job (the victim) with this job's secret", "hello",
+                     {"job_id": victim, "secret": mine["secret"], "pid": victim_pid}, P.Rc.UNAUTHORIZED),
+                    ("heartbeat on that connection (no valid hello)", "heartbeat", {}, P.Rc.UNAUTHORIZED)):
+                self.v.expect(phase, what, [expected], *raw_rc(other, op, body), job_id=job_id)
+                self.serving(f"after {what}")
+            # The job's own connection must not have noticed.
+            t1 = time.time()
+            link = B.wait_until(lambda: (lambda l: l if l and (l["last_ok_sent"] or 0) > t1 else None)(
+                read_json(here / "link.json")), 15, "the job's own requests after the refused hellos")
+            disturbed = [e for e in link["errors"] if e[0] >= t0] + [s for s in link["slow"] if s[0] >= t0]
+            if disturbed:
+                self.v.problem(phase, f"refused hellos from another connection disturbed the job's own connection "
+                                      f"(refused or slow requests: {disturbed[:3]})", job_id)
+            rc, reason = raw_rc(self.own["fuzz-a"], "aux", {"token": self.tokens["fuzz-a"], "job_id": job_id,
+                                                            "topic": "fuzz", "timeout": 2.0})
+            self.v.expect(phase, "site aux to this running server-only job (the control)", [P.Rc.OK], rc, reason,
+                          job_id)
+
+            # With the right secret another connection is the job's: the secret is the proof.
+            t2 = time.time()
+            # (The job process may take its connection back at once: its next request is refused, and
+            # it says hello again.)
+            for what, op, expected in (
+                    ("hello from another connection with the job's secret and pid", "hello", [P.Rc.OK]),
+                    ("the same hello again on that connection", "hello", [P.Rc.OK]),
+                    ("heartbeat on that connection (UNAUTHORIZED once the job process said hello again)",
+                     "heartbeat", [P.Rc.OK, P.Rc.UNAUTHORIZED])):
+                self.v.expect(phase, what, expected, *raw_rc(other, op, mine if op == "hello" else {}), job_id=job_id)
+                self.serving(f"after {what}")
+            # The job process learns it (a refused request or heartbeat) and says hello again.
+            t3 = time.time()
+            failed = (read_json(here / "link.json") or {}).get("failed", 0)
+            try:
+                link = B.wait_until(lambda: (lambda l: l if l and (l["last_ok_sent"] or 0) > t3 else None)(
+                    read_json(here / "link.json")), 20, "the job process to take its connection back", interval=0.05)
+                refused = sorted({e[1] for e in link["errors"] if e[0] >= t2})
+                slowest = max([s[1] for s in link["slow"] if s[0] >= t2], default=0.0)
+                self.v.note(f"hello replay: after another connection said hello with a job's secret, the job process "
+                            f"was refused {link['failed'] - failed} request(s) ({', '.join(refused) or '-'}), its "
+                            f"slowest request took {slowest:.1f}s, and a request sent {link['last_ok_sent'] - t3:.1f}s "
+                            f"later worked")
+            except TimeoutError:
+                self.v.problem(phase, "the job process never got its connection back after another connection said "
+                                      "hello with its secret", job_id)
+            self.v.expect(phase, "heartbeat on the other connection once the job process said hello again",
+                          [P.Rc.UNAUTHORIZED], *raw_rc(other, "heartbeat", {}), job_id=job_id)
+            job = admin.status(job_id)
+            if job["status"] != "RUNNING" or len(job["history"]) != history:
+                self.v.problem(phase, f"hello replays changed the job: {job['status']}, "
+                                      f"[{brief(job['history'][history:])}]", job_id)
+
+            self.finish(job_id)
+            job = wait_job(admin, job_id, lambda j: is_final(j) and not alive(secret["pid"]), 30)
+            if job["status"] != "FINISHED:COMPLETED":
+                self.v.problem(phase, f"the job whose secret was replayed ended {job['status']}: "
+                                      f"{job['history'][-1]['reason'][:200]}", job_id)
+            self.check_ledger(phase)
+            ended = "the secret of a job that ended"
+            for sock, what in ((other, "on the connection that was the job's"), (later, "on a new connection")):
+                # CONFLICT tells the job's own process (the secret proves it) that its job has ended.
+                self.v.expect(phase, f"hello with {ended}, {what} (UNAUTHORIZED, or CONFLICT: the job ended)",
+                              [P.Rc.UNAUTHORIZED, P.Rc.CONFLICT], *raw_rc(sock, "hello", mine), job_id=job_id)
+                self.v.expect(phase, f"hello for a job that ended with a wrong secret, {what} (tells nothing)",
+                              [P.Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**mine, "secret": "x" + mine["secret"][1:]}),
+                              job_id=job_id)
+                for op, body in (("run_status", {"status": "FINISHED:ABORTED", "error": "forged"}),
+                                 ("aux", {"targets": [self.SITE], "topic": "fuzz", "timeout": 1.0}),
+                                 ("sync_clients", {})):
+                    self.v.expect(phase, f"{op} after a hello with {ended}, {what}", [P.Rc.UNAUTHORIZED],
+                                  *raw_rc(sock, op, body), job_id=job_id)
+            rc, reason = raw_rc(self.own["fuzz-a"], "aux", {"token": self.tokens["fuzz-a"], "job_id": job_id,
+                                                            "topic": "fuzz", "timeout": 2.0})
+            self.v.expect("sites socket", "site aux to a job that ended", [P.Rc.NOT_FOUND], rc, reason, job_id)
+            self.serving("after messages for a job that ended")
+            self.check_ledger(phase)
+        finally:
+            other.close(0)
+            later.close(0)
+
+    def replaced_process(self) -> None:
+        """The secret of a job process that crashed and was replaced (``max_restarts``) is refused."""
+        phase = "jobs socket, hello replays"
+        job_id, _ = self.submit_running(self.folder("t-reveal-restart", "Hold", {"seconds": 600, "reveal": True},
+                                                    meta={"max_restarts": 1}))
+        path = self.run_dir(job_id) / "secret.json"
+        first = B.wait_until(lambda: read_json(path), 30, "the job to write its secret")
+        path.unlink()
+        signal_pid(first["pid"], signal.SIGKILL)
+        second = B.wait_until(lambda: read_json(path), 30, "the job's new process to write its secret")
+        job = self.admin.status(job_id)
+        if job["status"] != "RUNNING" or not any(h["reason"].startswith("restarted") for h in job["history"]):
+            self.v.problem(phase, f"a job with max_restarts whose process was killed: {brief(job['history'])}", job_id)
+        sock = dealer(self.ctx, self.world.info["jobs"])
+        try:
+            old = {"job_id": job_id, "secret": first["secret"]}
+            for what, pid in (("its old pid", first["pid"]), ("the new process's pid", second["pid"])):
+                self.v.expect(phase, f"hello with the secret of a job process replaced after a crash, {what}",
+                              [P.Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**old, "pid": pid}), job_id=job_id)
+                self.serving("after a hello with the secret of a replaced job process")
+        finally:
+            sock.close(0)
+        self.finish(job_id)
+        job = wait_job(self.admin, job_id, lambda j: is_final(j) and not alive(second["pid"]), 30)
+        if job["status"] != "FINISHED:COMPLETED":
+            self.v.problem(phase, f"the restarted job ended {job['status']}: {brief(job['history'])}", job_id)
+
+    # --- 3. a job process's own messages after its final status ------------------------------------------------
+    def late_talker(self) -> None:
+        phase = "jobs socket, after the final status"
+        job_id = submit_retrying(self.admin, self.folder("t-late", "LateTalker", {"site": self.SITE,
+                                                                                  "outside": "fuzz-a"}, [self.SITE]))
+        job = wait_job(self.admin, job_id, lambda j: is_final(j) and not alive(j["pid"]), 60)
+        report = read_json(self.run_dir(job_id) / "late.json")
+        if report is None:
+            self.v.problem(phase, f"the job wrote no late.json; it ended {job['status']}: "
+                                  f"{job['history'][-1]['reason'][:300]}", job_id)
+            return
+        for step in report["steps"]:
+            self.v.expect(phase, step["what"], step["expected"], step["got"], step["reason"], job_id)
+        if not report["done"]:
+            self.v.problem(phase, f"the job process was ended before its last ill-timed message (after "
+                                  f"{len(report['steps'])}); it ended {job['status']}", job_id)
+        finals = [h for h in job["history"] if h["status"].startswith("FINISHED:")]
+        first = ("FINISHED:COMPLETED", {"step": "first final"}, None, 1)
+        if (job["status"], job["progress"], job["error"], len(finals)) != first:
+            self.v.problem(phase, f"the store did not keep the first final status: {job['status']}, progress "
+                                  f"{job['progress']}, error {str(job['error'])[:100]!r}, "
+                                  f"history [{brief(job['history'])}]", job_id)
+        self.serving("after a job's messages after its final status")
+
+    # --- 4. a site's token after its logout -------------------------------------------------------------------
+    def site_after_logout(self, victim: str) -> None:
+        phase = "sites socket, after logout"
+        before = {c["name"]: c for c in self.admin.clients()}
+        sock = dealer(self.ctx, self.world.info["sites"])
+        try:
+            instance = uuid.uuid4().hex[:16]
+            login = request(sock, "login", login_body("fuzz-c", instance))
+            self.v.expect(phase, "login of fuzz-c", [P.Rc.OK], login.rc or "?", reason_of(login))
+            old = login.body.get("token", "")
+            self.v.expect(phase, "logout", [P.Rc.OK], *raw_rc(sock, "logout", {"token": old}))
+            for what, op, body in (
+                    ("heartbeat with the token after logout", "heartbeat", {"token": old}),
+                    ("logout again with that token", "logout", {"token": old}),
+                    ("aux to a running job with that token", "aux",
+                     {"token": old, "job_id": victim, "topic": "fuzz", "timeout": 1.0})):
+                self.v.expect(phase, what, [P.Rc.UNAUTHORIZED], *raw_rc(sock, op, body))
+                self.serving(f"after {what}")
+            again = request(sock, "login", login_body("fuzz-c", instance))
+            self.v.expect(phase, "login again", [P.Rc.OK], again.rc or "?", reason_of(again))
+            new = again.body.get("token", "")
+            if new == old:
+                self.v.problem(phase, "a site that logged out and in again got the same token")
+            self.v.expect(phase, "heartbeat with the token of the first session", [P.Rc.UNAUTHORIZED],
+                          *raw_rc(sock, "heartbeat", {"token": old}))
+            self.v.expect(phase, "heartbeat with the new token", [P.Rc.OK], *raw_rc(sock, "heartbeat", {"token": new}))
+            self.v.expect(phase, "logout with the new token", [P.Rc.OK], *raw_rc(sock, "logout", {"token": new}))
+            after = {c["name"]: c for c in self.admin.clients()}
+            if "fuzz-c" in after:
+                self.v.problem(phase, "fuzz-c is still in the registry after its logout")
+            if self.SITE in before and after.get(self.SITE, {}).get("login_time") != before[self.SITE]["login_time"]:
+                self.v.problem(phase, f"the real site {self.SITE} lost its session meanwhile")
+            self.serving("after a site's messages after its logout")
+        finally:
+            sock.close(0)
+
+    # --- 5. kill -9 of the parent in the middle of it all, and a new parent -----------------------------------------
+    def restart(self, number: int, launcher: str, victim: str, adopt_window: float, traffic_seconds: float) -> None:
+        phase = f"restart {number} ({launcher} launcher)"
+        admin = self.admin
+        folders = {
+            "ticker": self.folder("t-ticker", "Ticker"),
+            "aux loop": self.folder("t-aux", "AuxLoop", {"site": self.SITE}, [self.SITE]),
+            "ends while the parent is down": self.folder("t-hold", "Hold", {"seconds": 600}),
+            "killed while the parent is down": self.folder("t-hold", "Hold", {"seconds": 600}),
+            "stopped, never back": self.folder("t-hold", "Hold", {"seconds": 600}),
+            "stopped, aborted during re-adoption": self.folder("t-hold", "Hold", {"seconds": 600}),
+            "ignores aborts, aborted just before the kill": self.folder("t-stubborn", "Stubborn"),
+        }
+        jobs: dict[str, str] = {}
+        pids: dict[str, int] = {}
+        for name, folder in folders.items():
+            jobs[name], job = self.submit_running(folder)
+            pids[name] = job["pid"]
+        here = {name: self.run_dir(job_id) for name, job_id in jobs.items()}
+        B.wait_until(lambda: (here["ticker"] / "acked.json").exists() and (here["aux loop"] / "aux.json").exists(), 30,
+                     "the ticker and the aux loop to get going")
+
+        traffic = Traffic(self.world.info, self.tokens, self.seed * 1000 + number, rate=150.0)
+        submitter = Submitter(self.world.info["admin"], self.probe_folder(), interval=0.5,
+                              limit=12 if self.quick else 40, timeout=3.0)
+        self._threads += [traffic, submitter]
+        traffic.start()
+        submitter.start()
+        B.wait_until(lambda: traffic.total() >= 300 and submitter.acked, 30, "fuzzing traffic and submits to flow")
+        for name in ("stopped, never back", "stopped, aborted during re-adoption"):
+            signal_pid(pids[name], signal.SIGSTOP)
+            self._stopped_pids.add(pids[name])
+        self.check_ledger(f"{phase}, before the kill")
+        stubborn = jobs["ignores aborts, aborted just before the kill"]
+        rc, reason, _ = admin_rc(admin, "abort", job_id=stubborn, reason="fuzz: just before the kill")
+        self.v.expect(phase, "abort of a running job just before the parent is killed", [P.Rc.OK], rc, reason, stubborn)
+        old_pid = self.world.parent.pid
+        t_kill = time.time()
+        self.world.kill9()
+        self.restarts += 1
+
+        # While no parent runs: one job ends, one job process dies; what was acknowledged is on disk.
+        self.finish(jobs["ends while the parent is down"])
+        signal_pid(pids["killed while the parent is down"], signal.SIGKILL)
+        acked_step = (read_json(here["ticker"] / "acked.json") or {}).get("step", 0)
+        stored, why = stored_progress(self.world.ws, jobs["ticker"])
+        if why is not None:
+            self.v.note(f"{phase}: jobs.db could not be read directly ({why}); the acked-progress check was skipped")
+        elif (stored or {}).get("step", 0) < acked_step:
+            self.v.problem(phase, f"an acknowledged status update was lost: the job process was answered for step "
+                                  f"{acked_step}, jobs.db holds {stored}", jobs["ticker"])
+        t0 = time.monotonic()
+        self.world.start_parent("--adopt-window", f"{adopt_window:g}", "--launcher", launcher)
+        admin = self.admin
+        serving_after = time.monotonic() - t0
+        # A job whose process has not said hello to the new parent (it is stopped) is aborted.
+        aborted = jobs["stopped, aborted during re-adoption"]
+        rc, reason, body = admin_rc(admin, "abort", job_id=aborted, reason="fuzz: during re-adoption")
+        self.v.expect(phase, "abort of a job not yet re-adopted by the new parent", [P.Rc.OK], rc, reason, aborted)
+        rc, reason, _ = admin_rc(admin, "abort", job_id=aborted, reason="fuzz: during re-adoption, again")
+        self.v.expect(phase, "abort of that job again", [P.Rc.OK], rc, reason, aborted)
+        self.serving(f"right after restart {number}")
+
+        # Things settle: every job re-adopted or ended.
+        must_end = {"ends while the parent is down": ("FINISHED:COMPLETED",),
+                    "killed while the parent is down": ("FINISHED:ABNORMAL",),
+                    "stopped, never back": ("FINISHED:ABNORMAL",),
+                    "stopped, aborted during re-adoption": ("FINISHED:ABORTED",),
+                    "ignores aborts, aborted just before the kill": ("FINISHED:ABORTED",)}
+        must_run = {"ticker": jobs["ticker"], "aux loop": jobs["aux loop"], "victim": victim}
+        grace = World.ABORT_GRACE + World.TERM_GRACE + 5  # and some slack
+
+        def readopted(job: dict) -> list[dict]:
+            return [h for h in job["history"] if h["reason"].startswith("re-adopted") and h["time"] > t_kill]
+
+        def settled() -> bool:
+            ended = [admin.status(jobs[n]) for n in must_end]
+            if not all(readopted(admin.status(j)) for j in must_run.values()) or not admin.ping().get("ready"):
+                return False
+            # An abort lost with the old parent shows as a re-adopted job that nothing ends.
+            return all(is_final(j) or j["job_id"] == stubborn and readopted(j) and
+                       time.time() - readopted(j)[-1]["time"] > grace for j in ended)
+
+        try:
+            B.wait_until(settled, adopt_window + grace + 10, "the jobs to be re-adopted or ended", interval=0.1)
+        except TimeoutError:
+            pass
+        readopted_at = []
+        for name, job_id in must_run.items():
+            job = admin.status(job_id)
+            marks = readopted(job)
+            if job["status"] != "RUNNING" or not marks:
+                self.v.problem(phase, f"the {name} job did not run on across the restart: {job['status']}, "
+                                      f"[{brief(job['history'])}]{error_tail(job)}", job_id)
+            else:
+                readopted_at.append(marks[-1]["time"])
+        started = read_json(self.world.ws / "parent.json") or {}
+        if readopted_at and started.get("started"):
+            self.v.note(f"{phase}: the new parent served {serving_after:.2f}s after it was started; its running jobs "
+                        f"were all re-adopted {max(readopted_at) - started['started']:.2f}s after it started")
+        for name, wanted in must_end.items():
+            job = admin.status(jobs[name])
+            if job["status"] not in wanted:
+                what = (f"an abort acknowledged just before the kill was lost: the job was re-adopted and is still "
+                        f"{job['status']} {grace:.0f}s later (abort and term graces {World.ABORT_GRACE:g}s and "
+                        f"{World.TERM_GRACE:g}s), and nothing will end it"
+                        if name.startswith("ignores aborts") and not is_final(job) else
+                        f"ended {job['status']}, expected {'/'.join(wanted)}")
+                self.v.problem(phase, f"the job that {name}: {what}: [{brief(job['history'])}]", jobs[name])
+            elif not job["history"][-1]["reason"].strip():
+                self.v.problem(phase, f"the job that {name} ended {job['status']} without a reason", jobs[name])
+            finals = [h for h in job["history"] if h["status"].startswith("FINISHED:")]
+            if len(finals) > 1:
+                self.v.problem(phase, f"the job that {name} has {len(finals)} final statuses", jobs[name])
+        self.check_orphans(phase)
+        self.check_ledger(f"{phase}, after it")
+        for _, job_id in submitter.acked:
+            self.ledger.submitted.add(job_id)
+        self.check_ledger(f"{phase}: submits acknowledged around the kill")
+
+        # Keep fuzzing the new parent, then end the jobs that ran across the restart.
+        mark = traffic.total()
+        B.wait_until(lambda: traffic.total() >= mark + traffic_seconds * traffic.rate * len(SOCKETS) * 0.8,
+                     traffic_seconds * 3 + 10, "fuzzing traffic to the new parent")
+        traffic.stop()
+        submitter.stop()
+        self._threads = [t for t in self._threads if t not in (traffic, submitter)]
+        self.traffic_sent += traffic.total()
+        if traffic.error or submitter.error:
+            self.v.problem(phase, f"a fuzzing thread failed: {traffic.error or submitter.error}")
+        for what, n in traffic.problems.most_common():
+            self.v.problem(phase, f"fuzzing traffic across the restart: {what} (x{n})")
+        answers = collections.Counter(rc for _, rc in submitter.answers)
+        odd = {rc: n for rc, n in answers.items() if rc not in (P.Rc.OK, P.Rc.NOT_READY, NO_ANSWER)}
+        if odd:
+            self.v.problem(phase, f"submits around the restart were answered {odd}")
+        self.v.note(f"{phase}: fuzzing traffic {traffic.total()} inputs ({sum(traffic.dropped.values())} dropped while "
+                    f"no parent took them), submits {dict(answers)}")
+        for name in ("ticker", "aux loop"):
+            self.finish(jobs[name])
+        for name in ("ticker", "aux loop"):
+            was_running = self.ledger.jobs.get(jobs[name], {}).get("status") == "RUNNING"
+            job = wait_job(admin, jobs[name], lambda j: is_final(j) and not alive(j["pid"]), 60)
+            if job["status"] != "FINISHED:COMPLETED" and was_running:  # else reported above
+                self.v.problem(phase, f"the {name} job, run across the restart, ended {job['status']} when told to "
+                                      f"finish{error_tail(job)}", jobs[name])
+        last = (read_json(here["ticker"] / "acked.json") or {}).get("step")
+        ticker = admin.status(jobs["ticker"])
+        if ticker["status"] == "FINISHED:COMPLETED" and (ticker["progress"] or {}).get("step") != last:
+            self.v.problem(phase, f"the ticker's last acknowledged step is {last}, the store says {ticker['progress']}",
+                           jobs["ticker"])
+        self.v.note(f"{phase}: the aux loop's replies by return code: {read_json(here['aux loop'] / 'aux.json')}")
+        if not is_final(admin.status(stubborn)):  # what a lost abort leaves: end it now
+            admin_rc(admin, "abort", job_id=stubborn, reason="fuzz: the abort before the restart was lost")
+            self.finish(stubborn)
+        if alive(old_pid):
+            self.v.problem(phase, f"the killed parent {old_pid} is alive")
+        self.serving(f"after restart {number}")
+        self.settle_probes()
+        self.check_ledger(f"{phase}, at its end")
+
+    def check_orphans(self, phase: str) -> None:
+        """No job is shown launched (DISPATCHED, RUNNING) without a live process."""
+        for job in self.admin.jobs():
+            if job["status"] in ("DISPATCHED", "RUNNING") and not alive(job["pid"]):
+                full = self.admin.status(job["job_id"])
+                if full["status"] in ("DISPATCHED", "RUNNING"):
+                    self.v.problem(phase, f"job {job['job_id']} is {full['status']} but its process {job['pid']} is "
+                                          f"gone: [{brief(full['history'])}]", job["job_id"])
+
+    # --- 6. shutdown while submits are in flight ------------------------------------------------------------------
+    def shutdown(self) -> None:
+        phase = "shutdown with submits in flight"
+        admin = self.admin
+        running = [self.submit_running(self.folder("t-hold", "Hold", {"seconds": 600}))[0] for _ in range(2)]
+        running.append(self.submit_running(self.folder("t-stubborn", "Stubborn"))[0])
+        # Each well under the admin rate limit (500 messages/s a peer), so none is answered RATE_LIMITED.
+        submitters = [Submitter(self.world.info["admin"], self.probe_folder(), interval=0.005, limit=8, timeout=3.0)
+                      for _ in range(3)]
+        self._threads += submitters
+        for s in submitters:
+            s.start()
+        B.wait_until(lambda: sum(len(s.acked) for s in submitters) >= 3, 30, "submits to flow")
+        proc = self.world.parent.proc
+        rc, reason, body = admin_rc(admin, "shutdown")
+        t_shutdown = time.time()
+        self.v.expect(phase, "shutdown while submits are in flight and jobs run", [P.Rc.OK], rc, reason)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            code = None
+        t_exit = time.time()
+        for s in submitters:
+            s.stop()
+        self._threads = [t for t in self._threads if t not in submitters]
+        if code != 0:
+            self.v.problem(phase, f"the parent did not exit 0 after a shutdown (exit {code}, "
+                                  f"{t_exit - t_shutdown:.1f}s after it)")
+            return
+        self.v.note(f"{phase}: the parent exited 0 {t_exit - t_shutdown:.2f}s after the shutdown was answered")
+        if (self.world.ws / "parent.json").exists():
+            self.v.problem(phase, "parent.json is still there after a graceful stop")
+        ours = {p.pid for p in self.world.procs.procs if p.poll() is None}  # the site agent
+
+        def left() -> list[str]:
+            out = []
+            for p in B.processes_under(self.world.root):
+                try:
+                    if p.pid not in ours:
+                        out.append(f"{p.pid} {' '.join(p.cmdline())[:60]}")
+                except psutil.Error:
+                    pass
+            return out
+
+        try:
+            B.wait_until(lambda: not left(), 5, "the parent's processes to be gone")
+        except TimeoutError:
+            self.v.problem(phase, f"processes left after the parent stopped: {left()}")
+        answers = collections.Counter(rc for s in submitters for sent, rc in s.answers if sent > t_shutdown)
+        odd = {rc: n for rc, n in answers.items() if rc not in (P.Rc.OK, P.Rc.CONFLICT, P.Rc.NOT_READY, NO_ANSWER)}
+        if odd:
+            self.v.problem(phase, f"submits sent after the shutdown were answered {odd}")
+        acked = [job_id for s in submitters for _, job_id in s.acked]
+        self.ledger.submitted.update(acked)
+
+        # What the parent left, seen by the next one: every job final or SUBMITTED when it stopped.
+        self.world.start_parent()
+        admin = self.admin
+        left_submitted: list[str] = []
+        for brief_job in admin.jobs():
+            job = admin.status(brief_job["job_id"])
+            at_stop = [h for h in job["history"] if h["time"] <= t_exit]
+            status = at_stop[-1]["status"] if at_stop else "?"
+            if status == "SUBMITTED":
+                left_submitted.append(job["job_id"])
+            elif not status.startswith("FINISHED:"):
+                self.v.problem(phase, f"job {job['job_id']} was {status} when the parent stopped: "
+                                      f"[{brief(job['history'])}]", job["job_id"])
+        for job_id in running:
+            job = admin.status(job_id)
+            if job["status"] != "FINISHED:ABORTED" or "parent shutdown" not in job["history"][-1]["reason"]:
+                self.v.problem(phase, f"a job running at the shutdown ended {job['status']} "
+                                      f"({job['history'][-1]['reason'][:120]}), not FINISHED:ABORTED by the shutdown",
+                               job_id)
+        known = {j["job_id"] for j in admin.jobs()}
+        orphans = sorted(p.name for p in (self.world.ws / "jobs").iterdir() if p.name not in known)
+        if orphans:
+            self.v.problem(phase, f"run dirs of jobs the store does not know: {orphans[:5]}")
+        self.check_ledger(phase)
+        self.v.note(f"{phase}: {len(acked)} submits acknowledged, answers after the shutdown {dict(answers)}; "
+                    f"{len(left_submitted)} job(s) left SUBMITTED, run by the next parent")
+        for job_id in left_submitted:
+            self.probes.append(("a job left SUBMITTED by the shutdown", job_id))
+        self.serving("on the parent started after the shutdown")
+        self.settle_probes(120)
+        self.check_orphans(f"{phase}, on the next parent")
+        self.check_ledger(f"{phase}, on the next parent")
+
+    # --- the report -----------------------------------------------------------------------------------------
+    def findings(self) -> list[str]:
+        """What went wrong, each with the parent.log lines (of every parent) about its job: read
+        before the workspace is removed."""
+        out = []
+        for text, job_id in self.v.findings:
+            lines = log_lines(self.world.ws, job_id, 8) if job_id else []
+            out.append(text + "".join(f"\n      parent.log: {line}" for line in lines))
+        return out
+
+    def print_report(self) -> None:
+        """Every ill-timed message and its answer, by phase, and the figures noted on the way."""
+        print(f"ill-timed messages: {len(self.v.items)} checked ({sum(not v.ok for v in self.v.items)} wrong), "
+              f"{self.pings} pings and {self.probes_done} real jobs after them; {self.restarts} parent restart(s) "
+              f"(kill -9) with {self.traffic_sent} fuzzing inputs across them")
+        by_phase: dict[str, list[Verdict]] = {}
+        for v in self.v.items:
+            by_phase.setdefault(v.phase, []).append(v)
+        for phase, items in by_phase.items():
+            print(f"  {phase}:")
+            for v in items:
+                print(f"    {'ok ' if v.ok else 'BAD'} {v.what}: {v.got}"
+                      + ("" if v.ok else f" (expected {'/'.join(v.expected)})"))
+        for note in self.v.notes:
+            print(f"  {note}")
+
+
 def run_plain(args: argparse.Namespace) -> int:
     """Fuzz a parent without a kit (plaintext sockets, ipc jobs socket); 0 if it served throughout."""
     rnd = random.Random(args.seed)
@@ -564,6 +1849,8 @@ def run_plain(args: argparse.Namespace) -> int:
     sent = {name: collections.Counter() for name in SOCKETS}
     peers: dict[str, Peer] = {}
     job_report: dict = {}
+    timing: IllTimed | None = None
+    findings: list[str] = []
     start = time.monotonic()
     try:
         info = world.start()
@@ -580,12 +1867,16 @@ def run_plain(args: argparse.Namespace) -> int:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(info["sites"])
         tokens: dict[str, str] = {}
+        instances = {name: uuid.uuid4().hex[:16] for name in own}
 
         def login_own() -> None:
             for name, sock in own.items():
                 while sock.poll(0):
                     sock.recv_multipart()
-                tokens[name] = request(sock, "login", {"name": name}).body["token"]
+                reply = request(sock, "login", login_body(name, instances[name]))
+                if reply.rc != P.Rc.OK:
+                    raise RuntimeError(f"the fuzzer's own site {name} could not log in: {reply.rc} {reason_of(reply)}")
+                tokens[name] = reply.body["token"]
 
         login_own()
         victim_job = make_job(root, "victim", {"id": "wf", "path": "fuzz_sleep.Sleep", "args": {"seconds": 3600}},
@@ -603,7 +1894,7 @@ def run_plain(args: argparse.Namespace) -> int:
             try:
                 if world.parent.proc.poll() is not None:
                     raise RuntimeError(f"the parent exited with {world.parent.proc.returncode}")
-                if admin.ping()["pid"] != world.parent.pid:
+                if world.parent.admin.ping()["pid"] != world.parent.pid:
                     raise RuntimeError("admin ping answered by another process")
                 with AdminClient(info["admin"], timeout=10) as fresh:
                     fresh.ping()
@@ -695,6 +1986,31 @@ def run_plain(args: argparse.Namespace) -> int:
                 job_inputs = job_report["inputs"]
                 failures += [f"jobs socket (in-job): {p}" for p in job_report["problems"]]
 
+        # Well-formed messages at the wrong time, from real peers; then kill -9 of the parent in the
+        # middle of fuzzing traffic and real jobs, and a new parent on the workspace (a cold one first:
+        # what an operator runs after an upgrade), fuzzed in turn.
+        if ok:
+            timing = IllTimed(world, ctx, own, tokens, login_own, args.quick, args.seed)
+            timing.check_ledger("before the ill-timed messages")
+            login_own()
+            timing.aborts()
+            timing.abort_dispatched()
+            timing.hello_replays(tokens["victim"])
+            timing.replaced_process()
+            timing.late_talker()
+            timing.site_after_logout(tokens["victim"])
+            timing.settle_probes()
+            timing.check_orphans("ill-timed messages")
+            timing.check_ledger("ill-timed messages")
+            for n in range(1, args.restarts + 1):
+                if not ok:
+                    break
+                timing.restart(n, "cold" if n % 2 else "warm", tokens["victim"], adopt_window=4.0,
+                               traffic_seconds=2.0 if args.quick else 10.0)
+                login_own()
+                ok = serving(f"after restart {n}")
+            admin = world.parent.admin
+
         # The end: a plain job completes, the victim was untouched, the parent still serves.
         if serving("at the end"):
             plain = make_job(root, "plain", {"id": "wf", "path": "fuzz_sleep.Sleep", "args": {"seconds": 0}}, False,
@@ -706,13 +2022,22 @@ def run_plain(args: argparse.Namespace) -> int:
             if job["status"] != "FINISHED:COMPLETED":
                 failures.append(f"a plain job after fuzzing ended {job['status']}")
             victim = admin.status(tokens["victim"])
-            if victim["status"] != "RUNNING" or len(victim["history"]) != 3:
-                failures.append(f"the victim job was disturbed: {victim['status']}, {victim['history'][3:]}")
+            restarts = timing.restarts if timing is not None else 0
+            extra = victim["history"][3:]  # each restart adds its re-adoption
+            if victim["status"] != "RUNNING" or len(extra) != restarts or \
+                    not all(h["reason"].startswith("re-adopted") for h in extra):
+                failures.append(f"the victim job was disturbed: {victim['status']}, {extra}")
             admin.abort(tokens["victim"], "fuzzing is over")
-        admin.close()
+            # Last, as it stops the parent: a shutdown while submits are in flight, seen by the next one.
+            if timing is not None:
+                timing.shutdown()
     except Exception as exc:  # a parent that stops answering surfaces here: report it, then clean up
         failures.append(f"the run stopped: {type(exc).__name__}: {exc}")
     finally:
+        if timing is not None:
+            timing.end()
+        if world.parent is not None:
+            world.parent.admin.close()
         for p in peers.values():
             p.sock.close(0)
         for sock in (own.values() if "own" in locals() else []):
@@ -722,6 +2047,8 @@ def run_plain(args: argparse.Namespace) -> int:
         left = B.processes_under(root)
         if left:
             failures.append(f"processes left behind: {[p.pid for p in left]}")
+        if timing is not None:
+            findings = timing.findings()
         if args.keep:
             print(f"kept {root}")
         else:
@@ -746,12 +2073,20 @@ def run_plain(args: argparse.Namespace) -> int:
     print(f"serving checks: {checks} (admin ping, fresh admin connection, site login and logout)")
     for what, rc in (stolen if "stolen" in locals() else {}).items():
         print(f"another site's token: {what}: {rc}")
-    if failures:
-        print("FAILED: the parent did not keep serving correctly:")
-        for f in failures:
-            print(f"  - {f}")
+    if timing is not None:
+        timing.print_report()
+    if failures or findings:
+        if failures:
+            print("FAILED: the parent did not keep serving correctly:")
+            for f in failures:
+                print(f"  - {f}")
+        if findings:
+            print(f"FINDINGS: {len(findings)} ill-timed message(s) or restart check(s) went wrong:")
+            for f in findings:
+                print(f"  - {f}")
         return 1
-    print("OK: the parent kept serving; a plain job completed; the victim job was untouched; no process left")
+    print("OK: the parent kept serving; a plain job completed; the victim job was untouched; ill-timed messages got "
+          "their documented answers; restarts lost nothing acknowledged; no process left")
     return 0
 
 
@@ -851,6 +2186,7 @@ class SiteResponder(threading.Thread):
         self.pushes: collections.Counter = collections.Counter()
         self.logged_in = threading.Event()
         self.error: str | None = None
+        self.instance = uuid.uuid4().hex[:16]
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -869,8 +2205,8 @@ class SiteResponder(threading.Thread):
                 now = time.monotonic()
                 if self.token is None and now - login_sent > 5.0:
                     login_sent = now
-                    body = {"name": FUZZ_SITE, "pid": os.getpid(), "jobs": list(self.job_keys),
-                            "resources": {"num_cpus": 4, "mem_gb": 4.0, "num_gpus": 0}}
+                    body = login_body(FUZZ_SITE, self.instance, pid=os.getpid(), jobs=list(self.job_keys),
+                                      resources={"num_cpus": 4, "mem_gb": 4.0, "num_gpus": 0})
                     self._send(sock, Message("login", body, id=next_id()))
                 elif self.token is not None and now >= next_beat:
                     next_beat = now + interval
@@ -2070,7 +3406,8 @@ def main() -> int:
                     help="provisioned mode: fuzz the CURVE sites, remote admin and tcp jobs sockets of a parent "
                          "started with a kit (see the module's docstring)")
     ap.add_argument("--quick", action="store_true",
-                    help="a short run (under a minute): --count 3000 --check-every 500 --seconds 30 unless given")
+                    help="a short run (under a minute): --count 3000 --check-every 500 --seconds 30 --restarts 1 "
+                         "unless given")
     ap.add_argument("--count", type=int, default=None,
                     help="inputs in all (default 50000; plain mode: split over the three sockets and the in-job "
                          "fuzzer; --kit: over the three provisioned sockets, besides the strangers and probes)")
@@ -2078,10 +3415,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check-every", type=int, default=None,
                     help="inputs per socket between serving checks (default 2500)")
+    ap.add_argument("--restarts", type=int, default=None,
+                    help="plain mode: how many times the parent is killed (-9) and restarted in the middle of "
+                         "fuzzing (default 1 with --quick, else 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, workspace)")
     args = ap.parse_args()
-    quick = {"count": 3000, "seconds": 30.0, "check_every": 500}
-    full = {"count": 50_000, "seconds": 600.0, "check_every": 2500}
+    quick = {"count": 3000, "seconds": 30.0, "check_every": 500, "restarts": 1}
+    full = {"count": 50_000, "seconds": 600.0, "check_every": 2500, "restarts": 3}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
