@@ -96,13 +96,14 @@ def test_a_folder_over_the_caps_is_refused_naming_the_cap_and_accepted_once_rais
     for i in range(12_000):  # over the default cap of 10,000
         (many / "data" / f"{i:05}").touch()
     big = make_job([("wf", "Progress", {"steps": 1})], name="big-file")
-    (big / "app_server" / "custom" / "weights.bin").write_bytes(b"\0" * 100_000)
+    (big / "app_server" / "custom" / "weights.bin").write_bytes(b"\0" * 2_000_000)
 
-    capped = start_parent("--max-job-bytes", "64K", name="capped")
+    # A cap well above the test job's own files (tests/job_components*.py), well below the big file.
+    capped = start_parent("--max-job-bytes", "1M", name="capped")
     message = refused(capped, many, within=3)
     assert "more than 10000 files and folders" in message and "--max-job-files" in message, message
     message = refused(capped, big)
-    assert "more than 64.0 KiB (65536 bytes)" in message and "--max-job-bytes" in message, message
+    assert "more than 1.0 MiB (1048576 bytes)" in message and "--max-job-bytes" in message, message
     assert run_dirs(capped) == []
     capped.stop()
 
@@ -111,7 +112,7 @@ def test_a_folder_over_the_caps_is_refused_naming_the_cap_and_accepted_once_rais
     for job_id in (many_id, big_id):
         assert roomy.wait_final(job_id, 30)["status"] == "FINISHED:COMPLETED"
     assert len(os.listdir(roomy.workspace / "jobs" / many_id / "job" / "data")) == 12_000
-    assert (roomy.workspace / "jobs" / big_id / "app_server" / "custom" / "weights.bin").stat().st_size == 100_000
+    assert (roomy.workspace / "jobs" / big_id / "app_server" / "custom" / "weights.bin").stat().st_size == 2_000_000
 
 
 def test_a_full_disk_mid_copy_leaves_no_run_dir(small_disk, start_parent, make_job):
