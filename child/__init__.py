@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .engine import ServerEngine
+from child.engine import ServerEngine
 
 __all__ = ["ServerEngine"]

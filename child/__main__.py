@@ -1,3 +1,3 @@
-from .main import run
+from child.main import run
 
 run()

@@ -15,7 +15,7 @@ from flrunner.engine_base import EngineBase
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, NotReady, RequestTimeout, error_for_rc
 from flrunner.fl_context import FLContext
 from flrunner.job import Job
-from flrunner.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
+from flrunner.aux.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
 from flrunner.protocol import CHILD_PUSHES, Rc
 from flrunner.security.errors import SealedError
 from flrunner.security.curve import key_from_z85, new_secret_key, public_key_of
@@ -23,13 +23,13 @@ from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import ServerEngineSpec
 from flrunner.status import RunStatus, clip_error, progress_problem
-from flrunner.wire import Message
+from flrunner.transport.wire import Message
 from flrunner.workspace import Workspace
 
-from flrunner.logthrottle import LogThrottle
+from flrunner.util.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
-    from .session import ParentSession
+    from child.session import ParentSession
 
 
 def _sealed():

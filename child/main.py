@@ -15,13 +15,13 @@ import sys
 import setproctitle
 
 from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
-from flrunner.output_capture import OutputCapture
-from flrunner.wire import unpack
+from flrunner.util.output_capture import OutputCapture
+from flrunner.transport.wire import unpack
 from flrunner.workspace import Workspace
 
-from .engine import ServerEngine
-from .runner import JobRunner
-from .session import EXIT_PARENT_LOST, ParentSession
+from child.engine import ServerEngine
+from child.runner import JobRunner
+from child.session import EXIT_PARENT_LOST, ParentSession
 
 log = logging.getLogger("child")
 

@@ -13,7 +13,7 @@ from flrunner.loader import AppLoadError, add_custom_dir, instantiate
 from flrunner.snapshot import RunSnapshot
 from flrunner.status import RunStatus
 
-from .engine import ServerEngine
+from child.engine import ServerEngine
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,21 @@ from typing import TYPE_CHECKING, Callable
 
 import zmq
 
-from flrunner.errors import Conflict, FlrunnerError, ParentUnavailable, RequestTimeout, Unauthorized, error_for_rc
-from flrunner.link import Call, Link
+from flrunner.errors import (
+    Conflict,
+    FlrunnerError,
+    ParentUnavailable,
+    RequestTimeout,
+    Unauthorized,
+    error_for_rc,
+)
+from flrunner.linux import is_stopped
 from flrunner.protocol import Rc
-from flrunner.wire import Message
+from flrunner.transport.link import Call, Link
+from flrunner.transport.wire import Message
 
 if TYPE_CHECKING:
-    from .engine import ServerEngine
+    from child.engine import ServerEngine
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +50,6 @@ REHELLO_RETRY = 0.5
 #: How often a call waiting past its own timeout looks again at whether the parent is paused or
 #: being replaced.
 RECHECK = 0.5
-
-
-def process_is_stopped(pid: int | None) -> bool:
-    """Whether process ``pid`` exists and is stopped (SIGSTOP, a debugger): ``T`` or ``t`` in
-    ``/proc/<pid>/stat``. Read directly: a job process does not load psutil."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    # The state follows the command name, which is in parentheses and may contain anything.
-    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
-    return state in (b"T", b"t")
 
 
 class ParentSession:
@@ -185,7 +178,7 @@ class ParentSession:
 
     def parent_unreachable(self) -> bool:
         """Whether the parent is being replaced or paused (rather than slow to answer)."""
-        return self._forgotten.is_set() or self.link.parent_lost or process_is_stopped(self.parent_pid)
+        return self._forgotten.is_set() or self.link.parent_lost or is_stopped(self.parent_pid)
 
     def call(self, op: str, body: dict | None = None, frames: list | None = None) -> Call:
         return self.link.call(op, body, frames)
@@ -269,7 +262,7 @@ class ParentSession:
         if not self.link.parent_lost:
             self._lost_since = None  # the same parent answered again: nothing was lost
             return
-        if process_is_stopped(self.parent_pid):
+        if is_stopped(self.parent_pid):
             log.warning("the parent (pid %s) is paused; waiting another %.0fs", self.parent_pid, self.reconnect_grace)
             self._arm_grace(since)
             return

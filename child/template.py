@@ -18,7 +18,6 @@ template exits; job processes it forked run on (they have their own link to the 
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -31,6 +30,7 @@ import msgpack
 
 # Everything a job process needs, imported once here and shared by every fork.
 import child.main as child_main  # noqa: E402
+from flrunner.linux import pidfd_open, signal_group, stamp_environ  # noqa: E402
 import flrunner  # noqa: F401,E402  (imported for the forks, not used here)
 import flrunner.security.sealed  # noqa: F401,E402  (imported on first use in a cold job process)
 import zmq  # noqa: F401,E402  (imported for the forks; never a context in the template)
@@ -39,40 +39,11 @@ log = logging.getLogger("child.template")
 
 #: The environment variable holding the inherited socket's fd number.
 FD_ENV = "FLRUNNER_TEMPLATE_FD"
-#: Placeholder value of FLRUNNER_JOB_ID in the template's environment block, overwritten in place
-#: in each job process so that /proc/<pid>/environ names the job (see `_stamp_environment`).
-JOB_ID_PLACEHOLDER = "_" * 64
 MAX_PACKET = 1 << 20
 
 
 def _send(sock: socket.socket, msg: dict) -> None:
     sock.send(msgpack.packb(msg, use_bin_type=True))
-
-
-def _stamp_environment(job_id: str) -> None:
-    """Write the job id into this process's original environment block.
-
-    ``/proc/<pid>/environ`` shows the block the process was exec'ed with, which a forked process
-    shares with its template; `os.environ` changes never reach it. The template was started with
-    ``FLRUNNER_JOB_ID`` set to a placeholder as long as any job id, so the id can be written over
-    it in place (NUL-padded).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
-        prefix = b"FLRUNNER_JOB_ID="
-        i = 0
-        while environ[i]:
-            addr = environ[i]
-            value = ctypes.string_at(addr)
-            if value.startswith(prefix):
-                room = len(value) - len(prefix)
-                new = job_id.encode()[:room]
-                ctypes.memmove(addr + len(prefix), new + b"\0" * (room - len(new)), room)
-                return
-            i += 1
-    except (OSError, ValueError, AttributeError):  # no libc environ: the Python view still has it
-        pass
 
 
 def _run_forked_job(request: dict, keep_closed: list[int]) -> None:
@@ -96,7 +67,9 @@ def _run_forked_job(request: dict, keep_closed: list[int]) -> None:
         os.close(null)
         os.chdir(request["run_dir"])
         boot = request["bootstrap"]
-        _stamp_environment(boot["job_id"])
+        # /proc/<pid>/environ shows the template's block, which this fork shares: the template was
+        # started with a placeholder as long as any job id (`parent.launchers.base.job_environment`).
+        stamp_environ("FLRUNNER_JOB_ID", boot["job_id"])
         os.environ.update({k: v for k, v in (request.get("env") or {}).items() if isinstance(v, str)})
         os.environ["FLRUNNER_JOB_ID"] = boot["job_id"]
         code = child_main.run_job(boot)
@@ -135,15 +108,12 @@ def serve(sock: socket.socket) -> None:
                     continue
                 if pid == 0:
                     _run_forked_job(request, [sock.fileno(), *children])
-                children[os.pidfd_open(pid)] = pid
+                children[pidfd_open(pid)] = pid
                 _send(sock, {"op": "launched", "id": request.get("id"), "pid": pid})
             else:
                 pid = children.pop(fd)
                 os.close(fd)
-                try:
-                    os.killpg(pid, signal.SIGKILL)  # what the job left in its group; pid not yet reaped
-                except (ProcessLookupError, PermissionError):
-                    pass
+                signal_group(pid, signal.SIGKILL)  # what the job left in its group; pid not yet reaped
                 _, status = os.waitpid(pid, 0)
                 _send(sock, {"op": "exit", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
 

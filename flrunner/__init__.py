@@ -9,31 +9,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .client import Client
-from .component import Controller, FLComponent, Widget
-from .errors import (BadRequest, Conflict, EndpointError, FlrunnerError, JobFolderError, JobStoreError, NotFound,
+from flrunner.client import Client
+from flrunner.component import Controller, FLComponent, Widget
+from flrunner.errors import (BadRequest, Conflict, EndpointError, FlrunnerError, JobFolderError, JobStoreError, NotFound,
                      ParentUnavailable, RequestTimeout, Unauthorized, WorkspaceError)
-from .events import EventType
-from .fl_context import FLContext, FLContextKey, FLContextManager
-from .fl_signal import Signal
-from .job import Job, load_job_folder
-from .lazy import lazy_attributes
-from .shareable import ReturnCode, Shareable, make_reply
-from .snapshot import RunSnapshot
-from .spec import EngineSpec, ServerEngineSpec
-from .status import RunStatus
-from .workspace import Workspace
+from flrunner.events import EventType
+from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
+from flrunner.fl_signal import Signal
+from flrunner.job import Job, load_job_folder
+from flrunner.util.lazy import lazy_attributes
+from flrunner.shareable import ReturnCode, Shareable, make_reply
+from flrunner.snapshot import RunSnapshot
+from flrunner.spec import EngineSpec, ServerEngineSpec
+from flrunner.status import RunStatus
+from flrunner.workspace import Workspace
 
 if TYPE_CHECKING:
-    from .admin import AdminClient, StatusFeed
-    from .embed import FLRunner, follow_job, follow_jobs
+    from flrunner.admin.client import AdminClient, StatusFeed
+    from flrunner.admin.embed import FLRunner, follow_job, follow_jobs
 
 __version__ = "0.1.0"
 
 #: Loaded on first use: a job process (and its start-up time and memory) never needs the admin
 #: client, the embedding API or psutil.
-_LAZY = {"AdminClient": "admin", "StatusFeed": "admin", "FLRunner": "embed", "follow_job": "embed",
-         "follow_jobs": "embed"}
+_LAZY = {"AdminClient": "admin.client", "StatusFeed": "admin.client", "FLRunner": "admin.embed", "follow_job": "admin.embed",
+         "follow_jobs": "admin.embed"}
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

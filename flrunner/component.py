@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from .fl_context import FLContext
-from .fl_signal import Signal
+from flrunner.fl_context import FLContext
+from flrunner.fl_signal import Signal
 
 
 class FLComponent:

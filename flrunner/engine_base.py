@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .component import Widget
-from .fl_context import FLContext, FLContextKey, FLContextManager
-from .fl_signal import Signal
-from .workspace import Workspace
+from flrunner.component import Widget
+from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
+from flrunner.fl_signal import Signal
+from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

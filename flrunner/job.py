@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import JobFolderError
-from .protocol import MAX_FIELD_DEPTH, deeper_than
+from flrunner.errors import JobFolderError
+from flrunner.protocol import MAX_FIELD_DEPTH, deeper_than
 
 META_FILE = "meta.json"
 SERVER_CONFIG = "config/config_fed_server.json"

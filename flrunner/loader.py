@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from .job import ComponentDef
+from flrunner.job import ComponentDef
 
 
 class AppLoadError(Exception):

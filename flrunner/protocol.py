@@ -1,6 +1,6 @@
 """The operations of the flrunner protocol: their names, their body fields and validation.
 
-This layer knows nothing of sockets (see `flrunner.wire`) and nothing of jobs' internals; it says
+This layer knows nothing of sockets (see `flrunner.transport.wire`) and nothing of jobs' internals; it says
 what each operation carries and checks that a received body has exactly that shape. Handlers on
 each side look operations up here by name, so an unknown op or a wrong field is refused the same
 way everywhere, with a reason that names the op and the field.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import BadRequest
+from flrunner.errors import BadRequest
 
 
 class Rc:

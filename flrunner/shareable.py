@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BadRequest
-from .wire import pack
+from flrunner.errors import BadRequest
+from flrunner.transport.wire import pack
 
 
 class ReturnCode:

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgpack
 
-from .errors import EncodeError
-from .fsutil import atomic_write
-from .wire import find_unencodable
+from flrunner.errors import EncodeError
+from flrunner.util.fsutil import atomic_write
+from flrunner.transport.wire import find_unencodable
 
 _SNAPSHOT_LIMIT = 1 << 30
 

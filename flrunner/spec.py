@@ -9,13 +9,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Dict, List, Optional, Tuple
 
-from .client import Client
-from .component import Widget
-from .fl_context import FLContext
-from .job import Job
-from .shareable import Shareable
-from .snapshot import RunSnapshot
-from .workspace import Workspace
+from flrunner.client import Client
+from flrunner.component import Widget
+from flrunner.fl_context import FLContext
+from flrunner.job import Job
+from flrunner.shareable import Shareable
+from flrunner.snapshot import RunSnapshot
+from flrunner.workspace import Workspace
 
 
 class EngineSpec(ABC):

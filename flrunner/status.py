@@ -11,6 +11,14 @@ import json
 from typing import Any
 
 
+_FINAL_PREFIX = "FINISHED:"
+
+
+def is_final(status: str) -> bool:
+    """Whether a status (as stored and sent: a string) is one a job ends in (``FINISHED:*``)."""
+    return status.startswith(_FINAL_PREFIX)
+
+
 class RunStatus(str, enum.Enum):
     """The status of a job, as stored and reported."""
 
@@ -29,7 +37,7 @@ class RunStatus(str, enum.Enum):
 
     @property
     def is_final(self) -> bool:
-        return self.value.startswith("FINISHED:")
+        return is_final(self.value)
 
 
 _FINAL_AFTER_LAUNCH = {
@@ -59,7 +67,7 @@ def can_move(current: RunStatus, wanted: RunStatus) -> bool:
 
 def status_rank(status: str) -> int:
     """Position of a status in a job's life (0 queued … 3 finished), for ordering reports."""
-    if status.startswith("FINISHED:"):
+    if is_final(status):
         return 3
     return {"SUBMITTED": 0, "DISPATCHED": 1, "RUNNING": 2}.get(status, 0)
 

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from .errors import WorkspaceError
+from flrunner.errors import WorkspaceError
 
 #: Linux limits an AF_UNIX path to 108 bytes including the NUL.
 _MAX_IPC_PATH = 100

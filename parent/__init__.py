@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .config import ParentConfig
-from .launcher import JobProcess, Launcher, LaunchSpec, ProcessLauncher
-from .errors import WorkspaceBusy
-from .server import Parent
-from .warm_launcher import WarmLauncher
+from parent.config import ParentConfig
+from parent.launchers.base import JobProcess, Launcher, LaunchSpec
+from parent.launchers.process import ProcessLauncher
+from parent.errors import WorkspaceBusy
+from parent.assembly import Parent
+from parent.launchers.warm import WarmLauncher
 
 __all__ = ["JobProcess", "LaunchSpec", "Launcher", "Parent", "ParentConfig", "ProcessLauncher", "WarmLauncher",
            "WorkspaceBusy"]

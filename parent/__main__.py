@@ -2,7 +2,7 @@
 
 import sys
 
-from flrunner.cli import main
+from flrunner.admin.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["parent", *sys.argv[1:]]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .launcher import Launcher
+from parent.launchers.base import Launcher
 
 DEFAULT_SITES_ENDPOINT = "tcp://127.0.0.1:8002"
 
@@ -76,7 +76,7 @@ class ParentConfig:
         install_signal_handlers: SIGTERM/SIGINT stop the parent gracefully (main thread only).
         log_to_stderr: also log to stderr (the foreground CLI).
         max_job_files: the most files and folders a submitted job folder may hold; a larger one
-            is refused at submit, before anything is copied (``parent.job_copy``).
+            is refused at submit, before anything is copied (``parent.jobs.folder_copy``).
         max_job_bytes: the most bytes the files of a submitted job folder may add up to (symlinked
             files included); a larger one is refused at submit, before anything is copied.
         job_log_max_bytes: a job's log (its output and that of every process it starts) is rotated

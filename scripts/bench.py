@@ -57,7 +57,7 @@ import zmq
 
 import benchlib as B
 from benchlib import Figure, Target
-from flrunner.payload import encode_shareable
+from flrunner.aux.payload import encode_shareable
 from flrunner.shareable import Shareable
 
 SMALL = {"x": 1, "s": "hello", "l": [1.5, 2.5, 3.5]}

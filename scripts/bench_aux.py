@@ -12,11 +12,11 @@ Cases and the kind of site each uses (the output says it again next to every fig
   receive the job's site app as a bundle and serve ``bench`` with an executor;
 - ``100 sites``: lightweight peers: one process holding 100 pyzmq DEALER sockets that log in
   on the parent's sites endpoint like a site agent, heartbeat, accept ``start_job`` without
-  loading an app, and answer each ``aux`` push (decoding its header with ``flrunner.wire``, not
+  loading an app, and answer each ``aux`` push (decoding its header with ``flrunner.transport.wire``, not
   copying the payload) with a small Shareable. 100 real agents would not fit on 2 cores.
 
 Baseline, per case and payload: a ROUTER in this process sends the same frames
-(``flrunner.payload.encode_shareable`` of the same Shareable) to as many DEALER peers (one
+(``flrunner.aux.payload.encode_shareable`` of the same Shareable) to as many DEALER peers (one
 process, like the lightweight peers) over tcp loopback and waits for every peer's small reply.
 ``ratio`` is the aux median over the baseline median.
 
@@ -43,8 +43,8 @@ from pathlib import Path
 import zmq
 
 import benchlib as B
-from flrunner.admin import AdminClient
-from flrunner.payload import encode_shareable
+from flrunner.admin.client import AdminClient
+from flrunner.aux.payload import encode_shareable
 from flrunner.shareable import Shareable
 
 SMALL = {"x": 1, "s": "hello", "l": [1.5, 2.5, 3.5]}

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 import benchlib as B
-from flrunner.admin import AdminClient, StatusFeed
+from flrunner.admin.client import AdminClient, StatusFeed
 
 WORKFLOWS = '''
 import subprocess, sys

@@ -6,8 +6,8 @@ This module is also the entry point of the helper processes the benchmark starts
 
 - ``peers``: lightweight site peers, many pyzmq DEALER sockets in one process that log in on a
   parent's sites endpoint like a site agent, heartbeat, accept ``start_job`` without loading an
-  app and answer each ``aux`` push with a small Shareable (headers built with `flrunner.wire`,
-  payloads with `flrunner.payload`);
+  app and answer each ``aux`` push with a small Shareable (headers built with `flrunner.transport.wire`,
+  payloads with `flrunner.aux.payload`);
 - ``echo``: DEALER peers that answer whatever a ROUTER sends them with its first frame (the raw
   fan-out floor);
 - ``rtt-server``: a ROUTER that answers msgpack requests with msgpack replies, optionally after
@@ -48,11 +48,11 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # an uninstalled checkout
     sys.path.insert(0, str(ROOT))
 
-from flrunner.admin import AdminClient, StatusFeed, find_parent  # noqa: E402
+from flrunner.admin.client import AdminClient, StatusFeed, find_parent  # noqa: E402
 from flrunner.errors import ParentUnavailable  # noqa: E402
-from flrunner.payload import encode_shareable  # noqa: E402
+from flrunner.aux.payload import encode_shareable  # noqa: E402
 from flrunner.shareable import Shareable  # noqa: E402
-from flrunner.wire import Message, decode, encode, next_id  # noqa: E402
+from flrunner.transport.wire import Message, decode, encode, next_id  # noqa: E402
 
 MB = 2 ** 20
 

@@ -124,13 +124,13 @@ from nacl.secret import SecretBox
 
 import benchlib as B
 from flrunner import protocol as P
-from flrunner.admin import AdminClient, StatusFeed
+from flrunner.admin.client import AdminClient, StatusFeed
 from flrunner.errors import BadRequest, FlrunnerError, NotFound, NotReady, ParentUnavailable
-from flrunner.payload import decode_shareable, encode_shareable
+from flrunner.aux.payload import decode_shareable, encode_shareable
 from flrunner.security import sealed
 from flrunner.security.kit import load_kit
 from flrunner.shareable import ReturnCode, Shareable
-from flrunner.wire import Message, decode, encode, next_id
+from flrunner.transport.wire import Message, decode, encode, next_id
 
 SOCKETS = ("sites", "jobs", "admin")
 #: Admin ops a fuzzer must not send well-formed: they would legitimately stop the parent or a job.
@@ -334,7 +334,7 @@ JOB_FUZZER = r'''
 import json, os, random, time
 from flrunner import Controller, FlrunnerError, Shareable
 from flrunner import protocol as P
-from flrunner.wire import Message, next_id
+from flrunner.transport.wire import Message, next_id
 
 POOL = [None, True, 0, -1, 2**63 - 1, 1.5, "", "x", "x" * 5000, b"\x00", [], [1, "a"], {}, {"a": 1}]
 
@@ -471,7 +471,7 @@ import gc, json, os, time
 import zmq
 
 from flrunner import Controller, FlrunnerError, Shareable
-from flrunner.wire import Message, decode, encode, next_id
+from flrunner.transport.wire import Message, decode, encode, next_id
 
 
 def run_dir(fl_ctx):
@@ -3037,7 +3037,7 @@ def peak_rss_mb(pid: int) -> float:
 def probe_members(world: KitWorld, count: int) -> tuple[str, str | None]:
     """An upload of ``count`` empty files: bytes do not bound them, so the entry cap must; an
     upload over it must be refused as it is read, before files are created."""
-    from flrunner.bundles import MAX_BUNDLE_ENTRIES
+    from flrunner.util.bundles import MAX_BUNDLE_ENTRIES
 
     upload = empty_members(count)
     peak = peak_rss_mb(world.parent.pid)

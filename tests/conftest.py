@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import psutil
 import pytest
 
-from flrunner.admin import AdminClient, StatusFeed, find_parent
+from flrunner.admin.client import AdminClient, StatusFeed, find_parent
 from flrunner.errors import ParentUnavailable
 
 HERE = Path(__file__).resolve().parent

@@ -6,7 +6,7 @@ import os
 import zmq
 
 from flrunner import Controller, Shareable
-from flrunner.wire import Message, decode, encode
+from flrunner.transport.wire import Message, decode, encode
 
 from job_components import _write
 

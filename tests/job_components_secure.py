@@ -17,7 +17,7 @@ try:  # in a job: next to job_components.py in its custom/ folder
 except ImportError:  # imported by the tests as part of the tests package
     from .job_components import _write
 
-#: A binary value at least this large travels as its own frame (flrunner.payload.INLINE_LIMIT).
+#: A binary value at least this large travels as its own frame (flrunner.aux.payload.INLINE_LIMIT).
 BLOB_BYTES = 80 * 1024
 
 

@@ -30,7 +30,7 @@ import zmq.auth
 from zmq.utils import z85
 
 from flrunner.security.kit import load_kit
-from flrunner.wire import Message, decode, encode, next_id
+from flrunner.transport.wire import Message, decode, encode, next_id
 
 from .conftest import wait_for
 from .test_hostile import call, peers  # noqa: F401  (peers: a fixture)

@@ -47,7 +47,7 @@ if _dir and os.environ.get("FLRUNNER_JOB_ID") and os.path.exists(os.path.join(_d
 
 def _parent_flag(flag: str, value: str) -> bool:
     """Whether ``flrunner parent`` accepts ``flag value``."""
-    from flrunner.cli import build_parser
+    from flrunner.admin.cli import build_parser
 
     try:
         args, unknown = build_parser().parse_known_args(["parent", flag, value])

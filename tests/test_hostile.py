@@ -6,7 +6,7 @@ not authenticated gets ``UNAUTHORIZED``; nothing a peer sends stops the parent. 
 ends by checking that the parent still answers an admin ping, still lets a site log in, and still
 runs a job to ``FINISHED:COMPLETED``.
 
-Valid-looking messages are built with `flrunner.wire`; malformed ones are raw bytes.
+Valid-looking messages are built with `flrunner.transport.wire`; malformed ones are raw bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import msgpack
 import pytest
 import zmq
 
-from flrunner.wire import Message, decode, encode, next_id
+from flrunner.transport.wire import Message, decode, encode, next_id
 
 SOCKETS = ("sites", "jobs", "admin")
 

@@ -1,4 +1,4 @@
-"""A real parent reading hostile or oversized job folders into its workspace (`parent.job_copy`).
+"""A real parent reading hostile or oversized job folders into its workspace (`parent.jobs.folder_copy`).
 
 Every refusal is one short line naming the path at fault (relative to the job folder) or the cap
 and its flag, comes before anything is written (or leaves nothing behind), and the parent keeps
@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flrunner.admin import AdminClient
+from flrunner.admin.client import AdminClient
 from flrunner.errors import BadRequest
 
 from .conftest import ParentHandle, provision_project

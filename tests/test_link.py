@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import zmq
 
-from flrunner.link import Link
+from flrunner.transport.link import Link
 from flrunner.protocol import Rc
-from flrunner.wire import Message, decode, encode
+from flrunner.transport.wire import Message, decode, encode
 
 from .conftest import wait_for
 

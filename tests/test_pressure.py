@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flrunner.admin import AdminClient
+from flrunner.admin.client import AdminClient
 from flrunner.errors import ParentUnavailable
 
 from .conftest import wait_for

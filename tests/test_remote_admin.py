@@ -11,8 +11,8 @@ import tarfile
 import pytest
 import zmq
 
-from flrunner.admin import AdminClient, StatusFeed, admin_credentials, pack_job_folder
-from flrunner.embed import FLRunner
+from flrunner.admin.client import AdminClient, StatusFeed, admin_credentials, pack_job_folder
+from flrunner.admin.embed import FLRunner
 from flrunner.errors import BadRequest, ParentUnavailable
 from flrunner.security.kit import load_kit
 

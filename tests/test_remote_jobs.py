@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from flrunner.security.kit import load_kit
-from flrunner.wire import Message, decode, encode
+from flrunner.transport.wire import Message, decode, encode
 
 from .conftest import provision_project
 

@@ -9,7 +9,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from flrunner.errors import RequestTimeout
-from flrunner.rpc import DealerClient
+from flrunner.transport.dealer import DealerClient
 
 
 @pytest.fixture

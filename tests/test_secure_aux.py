@@ -24,13 +24,13 @@ import pytest
 import zmq
 
 from flrunner import FLRunner
-from flrunner.bundles import make_bundle
-from flrunner.payload import decode_shareable, encode_shareable
+from flrunner.util.bundles import make_bundle
+from flrunner.aux.payload import decode_shareable, encode_shareable
 from flrunner.security.kit import load_kit
 from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, public_key_of, reply_context,
                                       request_context, seal_request, site_request_context)
-from flrunner.wire import Message, decode, encode, next_id
-from parent.router import RouterEndpoint
+from flrunner.transport.wire import Message, decode, encode, next_id
+from parent.edge.endpoint import RouterEndpoint
 
 from .conftest import wait_for
 from .job_components_secure import marker_payload

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import zmq
 
-from flrunner.wire import Message, decode, encode
+from flrunner.transport.wire import Message, decode, encode
 
 from .conftest import provision_project, wait_for
 

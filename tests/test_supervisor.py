@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flrunner.admin import AdminClient, find_parent
+from flrunner.admin.client import AdminClient, find_parent
 from flrunner.errors import ParentUnavailable
 from flrunner.supervisor import RestartPolicy
 

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from flrunner.bundles import extract_bundle, make_bundle
+from flrunner.util.bundles import extract_bundle, make_bundle
 
 
 def tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
@@ -81,7 +81,7 @@ def test_a_gzip_bomb_is_refused_without_inflating_all_of_it(tmp_path, monkeypatc
             inflated.append(self.tell())
             return n
 
-    monkeypatch.setattr("flrunner.bundles.gzip.GzipFile", CountingGzip)
+    monkeypatch.setattr("flrunner.util.bundles.gzip.GzipFile", CountingGzip)
     # A pax record of 64 MiB (~64 kB packed) before a tiny file: tarfile would read it whole.
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as t:

@@ -1,11 +1,11 @@
-"""`parent.connections`: cutting one connection by descriptor, and only the one that was seen."""
+"""`parent.edge.connections`: cutting one connection by descriptor, and only the one that was seen."""
 
 from __future__ import annotations
 
 import os
 import socket
 
-from parent.connections import connection_of, cut
+from parent.edge.connections import connection_of, cut
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

@@ -11,7 +11,7 @@ from flrunner.client import Client
 from flrunner.fl_context import FLContextKey
 from flrunner.snapshot import RunSnapshot
 from flrunner.status import RunStatus
-from flrunner.wire import Message
+from flrunner.transport.wire import Message
 from flrunner.workspace import Workspace
 
 

@@ -1,4 +1,4 @@
-"""`parent.job_copy` on folders in a temporary directory: what the scan refuses, what the copy makes."""
+"""`parent.jobs.folder_copy` on folders in a temporary directory: what the scan refuses, what the copy makes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flrunner.errors import BadRequest, JobFolderError
-from parent.job_copy import CopyLimits, copy_scanned, scan_job_folder
+from parent.jobs.folder_copy import CopyLimits, copy_scanned, scan_job_folder
 
 
 def tree(root: Path) -> dict[str, str]:

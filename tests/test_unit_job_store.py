@@ -1,4 +1,4 @@
-"""Unit tests of `parent.job_store.JobStore` on a temporary SQLite file."""
+"""Unit tests of `parent.jobs.store.JobStore` on a temporary SQLite file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from flrunner.errors import IllegalTransition, NotFound
 from flrunner.status import TRANSITIONS, RunStatus, can_move
-from parent.job_store import JobStore, QuietCheckpoints
+from parent.jobs.store import JobStore, QuietCheckpoints
 
 
 class FakeClock:

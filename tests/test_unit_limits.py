@@ -6,9 +6,9 @@ import pytest
 import zmq
 
 from flrunner import protocol as P
-from flrunner.wire import Message, decode, encode, next_id
-from parent.limits import RateLimiter, format_bytes
-from parent.router import RouterEndpoint
+from flrunner.transport.wire import Message, decode, encode, next_id
+from parent.edge.limits import RateLimiter, format_bytes
+from parent.edge.endpoint import RouterEndpoint
 
 
 class Clock:

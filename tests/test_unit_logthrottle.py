@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flrunner.logthrottle import LogThrottle
+from flrunner.util.logthrottle import LogThrottle
 
 
 def test_lines_beyond_the_burst_are_held_back_and_counted(caplog):

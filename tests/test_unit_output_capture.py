@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from flrunner.output_capture import MIN_MAX_BYTES, RotatingFile
+from flrunner.util.output_capture import MIN_MAX_BYTES, RotatingFile
 
 KB = 1024
 

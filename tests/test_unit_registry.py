@@ -1,4 +1,4 @@
-"""Unit tests of `parent.registry.SiteRegistry`: tokens, expiry on a fake clock, revisions, deltas."""
+"""Unit tests of `parent.sites.registry.SiteRegistry`: tokens, expiry on a fake clock, revisions, deltas."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flrunner.errors import Conflict, Unauthorized
-from parent.registry import ADDED, REMOVED, SiteRecord, SiteRegistry
+from parent.sites.registry import ADDED, REMOVED, SiteRecord, SiteRegistry
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""Unit tests of `parent.scheduler.Scheduler` with a scripted `SiteJobs`, a real `SiteRegistry`, a
+"""Unit tests of `parent.jobs.scheduler.Scheduler` with a scripted `SiteApps`, a real `SiteRegistry`, a
 real `JobStore` in a temporary folder and real `Timers` on a fake clock.
 
 The fake sites answer synchronously, or (``defer``) only when the test releases their answers,
@@ -17,13 +17,13 @@ from flrunner.errors import LaunchError
 from flrunner.status import RunStatus
 from flrunner.workspace import Workspace
 from parent.config import ParentConfig
-from parent.held_writes import HeldWrites
-from parent.job_store import JobStore
-from parent.jobs import JobManager, ManagerHooks, job_from_meta
-from parent.launcher import Launcher, LaunchSpec
-from parent.registry import SiteRegistry
-from parent.scheduler import Scheduler
-from parent.timers import Timers
+from parent.jobs.held_writes import HeldWrites
+from parent.jobs.store import JobStore
+from parent.jobs.manager import JobManager, ManagerHooks, job_from_meta
+from parent.launchers.base import Launcher, LaunchSpec
+from parent.sites.registry import SiteRegistry
+from parent.jobs.scheduler import Scheduler
+from parent.loop.timers import Timers
 
 SUBMITTED = RunStatus.SUBMITTED
 ALL = {"app": ["@ALL"]}
@@ -39,7 +39,7 @@ class FakeClock:
 
 
 class FakeSiteJobs:
-    """`SiteJobs` whose sites answer from a script.
+    """`SiteApps` whose sites answer from a script.
 
     ``lacking[site]`` makes the site refuse a resource check with that reason (others fit and get
     a token); ``start_fails[site]`` makes it refuse to start. With ``defer`` set, answers wait in
@@ -115,10 +115,10 @@ class Harness:
         self.timers = Timers(clock=self.clock)
         self.store = HeldWrites(JobStore(str(tmp_path / "jobs.db")), self.timers, on_stored=lambda rec: None)
         self.registry = SiteRegistry(30.0, clock=self.clock)
-        self.site_jobs = FakeSiteJobs(self.clock)
+        self.site_apps = FakeSiteJobs(self.clock)
         self.running: dict[str, set[str]] = {}
         self.launched: list[tuple[str, set[str]]] = []
-        self.scheduler = Scheduler(self.config, self.store, self.registry, self.site_jobs, self.timers, self._launch,
+        self.scheduler = Scheduler(self.config, self.store, self.registry, self.site_apps, self.timers, self._launch,
                                    self._give_up, lambda: len(self.running),
                                    lambda job_id: job_from_meta(job_id, self.store.get(job_id, with_history=False).meta))
         self._n = 0
@@ -175,7 +175,7 @@ class Harness:
         return self.store.get(job_id).history[-1]["reason"]
 
     def checks_of(self, job_id: str) -> list[tuple[str, dict, float]]:
-        return [c for c in self.site_jobs.checks if c[0] == job_id]
+        return [c for c in self.site_apps.checks if c[0] == job_id]
 
 
 @pytest.fixture
@@ -202,13 +202,13 @@ NO_GPU = "not enough num_gpus: wants 1, 0 free of 0"
 
 def test_lacking_resources_leave_the_job_submitted_and_cancel_the_partial_reservations(make):
     h = make(("s1", "s2"))
-    h.site_jobs.lacking["s2"] = NO_GPU
+    h.site_apps.lacking["s2"] = NO_GPU
     job = h.submit(min_clients=2, resource_spec={"s1": GPU, "s2": GPU})
     assert h.status(job) is SUBMITTED
     [(_, reqs, _)] = h.checks_of(job)
     assert reqs == {"s1": GPU, "s2": GPU}
-    assert h.site_jobs.cancels == [{"s1": "tok-s1-1"}]
-    assert h.site_jobs.starts == [] and h.launched == []
+    assert h.site_apps.cancels == [{"s1": "tok-s1-1"}]
+    assert h.site_apps.starts == [] and h.launched == []
     assert job in h.scheduler
     w = h.scheduler.waiting[job]
     assert not w.in_flight and w.attempts == 1
@@ -217,7 +217,7 @@ def test_lacking_resources_leave_the_job_submitted_and_cancel_the_partial_reserv
 
 def test_retries_back_off_exponentially_then_end_can_not_schedule_naming_each_site(make):
     h = make(("s1", "s2", "s3"), schedule_attempts=5, schedule_backoff=1.0)
-    h.site_jobs.lacking.update({"s1": NO_GPU, "s2": "not enough mem_gb: wants 64, 16 free of 16"})
+    h.site_apps.lacking.update({"s1": NO_GPU, "s2": "not enough mem_gb: wants 64, 16 free of 16"})
     t0 = h.clock()
     job = h.submit(min_clients=2, resource_spec={"s1": GPU, "s2": {"mem_gb": 64}, "s3": GPU})
     for n in range(1, 5):
@@ -234,8 +234,8 @@ def test_retries_back_off_exponentially_then_end_can_not_schedule_naming_each_si
     assert "s2: not enough mem_gb: wants 64, 16 free of 16" in reason
     assert "needs 2 site(s), 1 can run it" in reason
     # Every try gave back what it reserved on s3; nothing was started or launched.
-    assert len(h.site_jobs.cancels) == 5 and all(set(c) == {"s3"} for c in h.site_jobs.cancels)
-    assert h.site_jobs.starts == [] and h.launched == []
+    assert len(h.site_apps.cancels) == 5 and all(set(c) == {"s3"} for c in h.site_apps.cancels)
+    assert h.site_apps.starts == [] and h.launched == []
     assert job not in h.scheduler
     h.advance(1000)
     h.scheduler.kick(resources_changed=True)
@@ -244,7 +244,7 @@ def test_retries_back_off_exponentially_then_end_can_not_schedule_naming_each_si
 
 def test_back_off_is_capped(make):
     h = make(("s1",), schedule_attempts=6, schedule_backoff=1.0, schedule_backoff_max=3.0)
-    h.site_jobs.lacking["s1"] = NO_GPU
+    h.site_apps.lacking["s1"] = NO_GPU
     t0 = h.clock()
     job = h.submit(resource_spec={"s1": GPU})
     while job in h.scheduler:
@@ -255,15 +255,15 @@ def test_back_off_is_capped(make):
 
 def test_resources_changed_retries_at_once_a_plain_kick_waits_for_the_back_off(make):
     h = make(("s1",))
-    h.site_jobs.lacking["s1"] = NO_GPU
+    h.site_apps.lacking["s1"] = NO_GPU
     job = h.submit(resource_spec={"s1": GPU})
     h.scheduler.kick()
     assert len(h.checks_of(job)) == 1
-    del h.site_jobs.lacking["s1"]
+    del h.site_apps.lacking["s1"]
     h.scheduler.kick(resources_changed=True)
     assert len(h.checks_of(job)) == 2
     assert h.launched == [(job, {"s1"})]
-    assert h.site_jobs.starts == [(job, ["s1"], {"s1": "tok-s1-1"})]
+    assert h.site_apps.starts == [(job, ["s1"], {"s1": "tok-s1-1"})]
     # The back-off timer left behind by the failed try is harmless.
     h.advance(h.next_timer())
     assert len(h.checks_of(job)) == 2
@@ -271,19 +271,19 @@ def test_resources_changed_retries_at_once_a_plain_kick_waits_for_the_back_off(m
 
 def test_a_try_in_flight_is_not_started_twice(make):
     h = make(("s1",))
-    h.site_jobs.defer = True
+    h.site_apps.defer = True
     job = h.submit(resource_spec={"s1": GPU})
     h.scheduler.kick(resources_changed=True)
     h.advance(100)
     assert len(h.checks_of(job)) == 1
-    h.site_jobs.release("check")
-    h.site_jobs.release("start")
+    h.site_apps.release("check")
+    h.site_apps.release("start")
     assert h.launched == [(job, {"s1"})]
 
 
 def test_a_waiting_job_never_blocks_a_later_job_that_fits(make):
     h = make(("s1",))
-    h.site_jobs.judge = lambda job_id, site, spec: (
+    h.site_apps.judge = lambda job_id, site, spec: (
         "not enough num_gpus: wants 2, 1 free of 1" if spec.get("num_gpus", 0) > 1 else None)
     waiting = h.submit(resource_spec={"s1": {"num_gpus": 2}})
     fits = h.submit(resource_spec={"s1": {"num_gpus": 1}})
@@ -296,7 +296,7 @@ def test_a_waiting_job_never_blocks_a_later_job_that_fits(make):
 def test_a_later_job_that_fits_starts_while_an_earlier_one_keeps_waiting(make):
     h = make(("s1", "s2"))
     # s2 is full for everyone: the first job needs s2, the second only s1.
-    h.site_jobs.lacking["s2"] = NO_GPU
+    h.site_apps.lacking["s2"] = NO_GPU
     first = h.submit(resource_spec={"s2": GPU}, mandatory_clients=["s2"])
     second = h.submit({"app_server": ["server"], "app_site": ["s1"]}, resource_spec={"s1": GPU})
     assert h.launched == [(second, {"s1"})]
@@ -308,28 +308,28 @@ def test_a_later_job_that_fits_starts_while_an_earlier_one_keeps_waiting(make):
 
 def test_a_waiting_job_whose_try_is_in_flight_does_not_starve_a_later_job(make):
     h = make(("s1", "s2"), max_concurrent_jobs=1)
-    h.site_jobs.defer = True
-    h.site_jobs.lacking["s2"] = NO_GPU
+    h.site_apps.defer = True
+    h.site_apps.lacking["s2"] = NO_GPU
     waiting = h.submit({"app_server": ["server"], "app_site": ["s2"]}, resource_spec={"s2": GPU})
     fits = h.submit({"app_server": ["server"], "app_site": ["s1"]})  # arrives while the other's try is in flight
     assert h.checks_of(fits) == []
-    h.site_jobs.release("check", waiting)  # the waiting job's try fails: its slot is free again at once
+    h.site_apps.release("check", waiting)  # the waiting job's try fails: its slot is free again at once
     assert len(h.checks_of(fits)) == 1
-    h.site_jobs.release("check", fits)
-    h.site_jobs.release("start", fits)
+    h.site_apps.release("check", fits)
+    h.site_apps.release("start", fits)
     assert h.launched == [(fits, {"s1"})]
     assert h.status(waiting) is SUBMITTED
 
 
 def test_a_waiting_job_whose_extra_try_is_in_flight_does_not_hold_up_a_later_job(make):
     h = make(("s1", "s2"), max_concurrent_jobs=1)
-    h.site_jobs.lacking["s2"] = NO_GPU
+    h.site_apps.lacking["s2"] = NO_GPU
     waiting = h.submit({"app_server": ["server"], "app_site": ["s2"]}, resource_spec={"s2": GPU})
-    h.site_jobs.defer = True
+    h.site_apps.defer = True
     h.login("s3")  # resources may have changed: an extra try of the waiting job, now in flight
     fits = h.submit({"app_server": ["server"], "app_site": ["s1"]})
     assert h.checks_of(fits) == []
-    h.site_jobs.release("check", waiting)  # the extra try fails: its slot is free again at once
+    h.site_apps.release("check", waiting)  # the extra try fails: its slot is free again at once
     assert len(h.checks_of(fits)) == 1
 
 
@@ -337,25 +337,25 @@ def test_a_waiting_job_whose_extra_try_is_in_flight_does_not_hold_up_a_later_job
 
 def test_the_concurrency_limit_counts_tries_in_flight(make):
     h = make(("s1",), max_concurrent_jobs=2)
-    h.site_jobs.defer = True
+    h.site_apps.defer = True
     a, b, c = h.submit(), h.submit(), h.submit()
-    assert [j for j, _, _ in h.site_jobs.checks] == [a, b]
-    h.site_jobs.release("check", a)
-    h.site_jobs.release("check", b)
-    assert [j for j, _, _ in h.site_jobs.starts] == [a, b]
+    assert [j for j, _, _ in h.site_apps.checks] == [a, b]
+    h.site_apps.release("check", a)
+    h.site_apps.release("check", b)
+    assert [j for j, _, _ in h.site_apps.starts] == [a, b]
     h.scheduler.kick(resources_changed=True)
     assert h.checks_of(c) == []  # two tries in flight fill the limit
-    h.site_jobs.release("start", a)
+    h.site_apps.release("start", a)
     h.scheduler.kick(resources_changed=True)
     assert h.checks_of(c) == []  # one running and one in flight
-    h.site_jobs.release("start", b)
+    h.site_apps.release("start", b)
     assert set(h.running) == {a, b}
     h.scheduler.kick(resources_changed=True)
     assert h.checks_of(c) == []  # two running
     h.finish(a)
     assert len(h.checks_of(c)) == 1
-    h.site_jobs.release("check", c)
-    h.site_jobs.release("start", c)
+    h.site_apps.release("check", c)
+    h.site_apps.release("start", c)
     assert set(h.running) == {b, c}
 
 
@@ -364,7 +364,7 @@ def test_nothing_is_tried_while_the_scheduler_is_paused(make):
     h.scheduler.paused = True
     job = h.submit()
     h.scheduler.kick(resources_changed=True)
-    assert h.site_jobs.checks == []
+    assert h.site_apps.checks == []
     h.scheduler.paused = False
     h.scheduler.kick()
     assert h.launched == [(job, {"s1"})]
@@ -372,30 +372,30 @@ def test_nothing_is_tried_while_the_scheduler_is_paused(make):
 
 def test_a_try_that_returns_after_shutdown_paused_the_scheduler_launches_nothing(make):
     h = make(("s1",))
-    h.site_jobs.defer = True
+    h.site_apps.defer = True
     job = h.submit(resource_spec={"s1": GPU})
-    h.site_jobs.release("check")
+    h.site_apps.release("check")
     h.scheduler.paused = True  # JobManager.shutdown
-    h.site_jobs.release("start")
+    h.site_apps.release("start")
     assert h.launched == []
     assert h.status(job) is SUBMITTED
-    assert [stop[:2] for stop in h.site_jobs.stops] == [(job, ["s1"])]
+    assert [stop[:2] for stop in h.site_apps.stops] == [(job, ["s1"])]
     # The next start tries it again.
     h.scheduler.paused = False
     h.scheduler.kick()
-    h.site_jobs.release("check")
-    h.site_jobs.release("start")
+    h.site_apps.release("check")
+    h.site_apps.release("start")
     assert h.launched == [(job, {"s1"})]
 
 
 def test_a_resource_check_that_returns_after_shutdown_gives_the_reservations_back(make):
     h = make(("s1", "s2"))
-    h.site_jobs.defer = True
+    h.site_apps.defer = True
     job = h.submit(resource_spec={"s1": GPU, "s2": GPU})
     h.scheduler.paused = True
-    h.site_jobs.release("check")
-    assert h.site_jobs.cancelled_tokens() == {"tok-s1-1", "tok-s2-2"}
-    assert h.site_jobs.starts == [] and h.launched == []
+    h.site_apps.release("check")
+    assert h.site_apps.cancelled_tokens() == {"tok-s1-1", "tok-s2-2"}
+    assert h.site_apps.starts == [] and h.launched == []
     assert h.status(job) is SUBMITTED and job in h.scheduler
 
 
@@ -404,11 +404,11 @@ def test_a_resource_check_that_returns_after_shutdown_gives_the_reservations_bac
 def test_min_clients_waits_without_asking_sites_then_starts_when_enough_log_in(make):
     h = make(("s1",))
     job = h.submit(min_clients=2)
-    assert h.site_jobs.checks == [] and h.status(job) is SUBMITTED
+    assert h.site_apps.checks == [] and h.status(job) is SUBMITTED
     assert h.scheduler.waiting[job].last_reason == "needs 2 site(s), 1 available: s1"
     h.login("s2")
     assert h.launched == [(job, {"s1", "s2"})]
-    assert h.site_jobs.starts == [(job, ["s1", "s2"], {})]
+    assert h.site_apps.starts == [(job, ["s1", "s2"], {})]
 
 
 def test_sites_logging_in_one_by_one_do_not_use_up_the_tries_of_a_job_waiting_for_them(make):
@@ -423,7 +423,7 @@ def test_sites_logging_in_one_by_one_do_not_use_up_the_tries_of_a_job_waiting_fo
 
 def test_a_failed_extra_try_on_a_resource_change_keeps_the_count_and_the_back_off(make):
     h = make(("s1",), schedule_attempts=2, schedule_backoff=1.0)
-    h.site_jobs.lacking["s1"] = NO_GPU
+    h.site_apps.lacking["s1"] = NO_GPU
     t0 = h.clock()
     job = h.submit(resource_spec={"s1": GPU})
     for _ in range(5):
@@ -446,12 +446,12 @@ def test_a_job_with_a_site_app_needs_one_site_by_default(make):
 
 def test_min_clients_met_by_the_sites_that_fit_starts_only_those(make):
     h = make(("s1", "s2", "s3"))
-    h.site_jobs.lacking["s3"] = NO_GPU
+    h.site_apps.lacking["s3"] = NO_GPU
     job = h.submit(min_clients=2, resource_spec={s: GPU for s in ("s1", "s2", "s3")})
     assert h.launched == [(job, {"s1", "s2"})]
-    [(_, sites, tokens)] = h.site_jobs.starts
+    [(_, sites, tokens)] = h.site_apps.starts
     assert sites == ["s1", "s2"] and set(tokens) == {"s1", "s2"}
-    assert h.site_jobs.cancels == []
+    assert h.site_apps.cancels == []
 
 
 def test_only_the_sites_of_the_deploy_map_are_asked_and_started(make):
@@ -465,12 +465,12 @@ def test_only_the_sites_of_the_deploy_map_are_asked_and_started(make):
 
 def test_too_few_sites_started_stops_the_started_ones_and_retries(make):
     h = make(("s1", "s2"))
-    h.site_jobs.start_fails["s2"] = "ERROR: ImportError: no module named trainer"
+    h.site_apps.start_fails["s2"] = "ERROR: ImportError: no module named trainer"
     job = h.submit(min_clients=2)
     assert h.launched == [] and h.status(job) is SUBMITTED
-    assert h.site_jobs.stops == [(job, ["s1"], "not enough sites started")]
+    assert h.site_apps.stops == [(job, ["s1"], "not enough sites started")]
     assert "s2: ERROR: ImportError: no module named trainer" in h.scheduler.waiting[job].last_reason
-    del h.site_jobs.start_fails["s2"]
+    del h.site_apps.start_fails["s2"]
     h.advance(h.next_timer())
     assert h.launched == [(job, {"s1", "s2"})]
 
@@ -478,7 +478,7 @@ def test_too_few_sites_started_stops_the_started_ones_and_retries(make):
 def test_a_mandatory_site_that_is_offline_makes_the_job_wait_until_it_logs_in(make):
     h = make(("s1",))
     job = h.submit(mandatory_clients=["s2"])
-    assert h.site_jobs.checks == [] and h.status(job) is SUBMITTED
+    assert h.site_apps.checks == [] and h.status(job) is SUBMITTED
     assert h.scheduler.waiting[job].last_reason == "mandatory site(s) not logged in: s2"
     h.advance(h.next_timer())
     assert h.status(job) is SUBMITTED
@@ -497,19 +497,19 @@ def test_an_offline_mandatory_site_ends_the_job_can_not_schedule_after_the_tries
 
 def test_a_mandatory_site_that_lacks_resources_holds_the_job_even_when_min_clients_is_met(make):
     h = make(("s1", "s2", "s3"))
-    h.site_jobs.lacking["s2"] = NO_GPU
+    h.site_apps.lacking["s2"] = NO_GPU
     job = h.submit(min_clients=1, mandatory_clients=["s2"], resource_spec={s: GPU for s in ("s1", "s2", "s3")})
-    assert h.launched == [] and h.site_jobs.starts == []
-    assert h.site_jobs.cancels == [{"s1": "tok-s1-1", "s3": "tok-s3-2"}]
+    assert h.launched == [] and h.site_apps.starts == []
+    assert h.site_apps.cancels == [{"s1": "tok-s1-1", "s3": "tok-s3-2"}]
     assert h.scheduler.waiting[job].last_reason == f"mandatory site(s) s2 cannot run it (s2: {NO_GPU})"
 
 
 def test_a_mandatory_site_that_fails_to_start_stops_the_others(make):
     h = make(("s1", "s2"))
-    h.site_jobs.start_fails["s2"] = "TIMEOUT: no reply in time"
+    h.site_apps.start_fails["s2"] = "TIMEOUT: no reply in time"
     job = h.submit(min_clients=1, mandatory_clients=["s2"])
     assert h.launched == []
-    assert h.site_jobs.stops == [(job, ["s1"], "not enough sites started")]
+    assert h.site_apps.stops == [(job, ["s1"], "not enough sites started")]
     assert "mandatory site(s) s2 cannot run it" in h.scheduler.waiting[job].last_reason
 
 
@@ -517,33 +517,33 @@ def test_a_mandatory_site_that_fails_to_start_stops_the_others(make):
 
 def test_abort_during_the_resource_check_cancels_the_reservations_when_it_returns(make):
     h = make(("s1", "s2", "s3"))
-    h.site_jobs.defer = True
-    h.site_jobs.lacking["s3"] = NO_GPU
+    h.site_apps.defer = True
+    h.site_apps.lacking["s3"] = NO_GPU
     job = h.submit(resource_spec={s: GPU for s in ("s1", "s2", "s3")})
     h.abort(job)
     assert job not in h.scheduler
-    h.site_jobs.release("check")
-    assert h.site_jobs.cancelled_tokens() == {"tok-s1-1", "tok-s2-2"}
-    assert h.site_jobs.starts == [] and h.launched == []
+    h.site_apps.release("check")
+    assert h.site_apps.cancelled_tokens() == {"tok-s1-1", "tok-s2-2"}
+    assert h.site_apps.starts == [] and h.launched == []
     assert h.status(job) is RunStatus.FINISHED_ABORTED
 
 
 def test_abort_during_the_site_start_stops_the_started_sites_when_it_returns(make):
     h = make(("s1", "s2"))
-    h.site_jobs.defer = True
-    h.site_jobs.start_fails["s2"] = "ERROR: broken"
+    h.site_apps.defer = True
+    h.site_apps.start_fails["s2"] = "ERROR: broken"
     job = h.submit()
-    h.site_jobs.release("check")
+    h.site_apps.release("check")
     h.abort(job)
-    h.site_jobs.release("start")
-    assert h.site_jobs.stops == [(job, ["s1"], "the job was aborted before it started")]
+    h.site_apps.release("start")
+    assert h.site_apps.stops == [(job, ["s1"], "the job was aborted before it started")]
     assert h.launched == []
     assert h.status(job) is RunStatus.FINISHED_ABORTED
 
 
 def test_abort_while_waiting_for_the_back_off_cancels_the_retry(make):
     h = make(("s1",))
-    h.site_jobs.lacking["s1"] = NO_GPU
+    h.site_apps.lacking["s1"] = NO_GPU
     job = h.submit(resource_spec={"s1": GPU})
     h.abort(job)
     h.advance(1000)
@@ -554,16 +554,16 @@ def test_abort_while_waiting_for_the_back_off_cancels_the_retry(make):
 
 def test_a_job_aborted_in_flight_no_longer_counts_against_the_limit(make):
     h = make(("s1",), max_concurrent_jobs=1)
-    h.site_jobs.defer = True
+    h.site_apps.defer = True
     first = h.submit()
     second = h.submit()
     assert h.checks_of(second) == []
     h.abort(first)
     h.scheduler.kick(resources_changed=True)
     assert len(h.checks_of(second)) == 1
-    h.site_jobs.release("check", first)  # the aborted try returns late: it is dropped
-    h.site_jobs.release("check", second)
-    h.site_jobs.release("start", second)
+    h.site_apps.release("check", first)  # the aborted try returns late: it is dropped
+    h.site_apps.release("check", second)
+    h.site_apps.release("start", second)
     assert h.launched == [(second, {"s1"})]
 
 
@@ -573,14 +573,14 @@ def test_a_server_only_job_launches_without_sites(make):
     h = make()
     job = h.submit(SERVER_ONLY)
     assert h.launched == [(job, set())]
-    assert h.site_jobs.starts == []
+    assert h.site_apps.starts == []
 
 
 def test_a_server_only_job_never_starts_anything_on_logged_in_sites(make):
     h = make(("s1", "s2"))
     job = h.submit(SERVER_ONLY)
     assert h.launched == [(job, set())]
-    assert h.site_jobs.starts == [] and h.site_jobs.cancels == []
+    assert h.site_apps.starts == [] and h.site_apps.cancels == []
 
 
 def test_a_server_only_job_with_min_clients_waits_for_that_many_sites(make):
@@ -589,7 +589,7 @@ def test_a_server_only_job_with_min_clients_waits_for_that_many_sites(make):
     assert h.launched == []
     h.login("s2")
     assert h.launched == [(job, set())]
-    assert h.site_jobs.starts == []
+    assert h.site_apps.starts == []
 
 
 # --- the job manager around the scheduler ---------------------------------------------------------------------
@@ -616,18 +616,18 @@ def test_a_launch_failure_stops_the_site_apps_the_scheduler_started(tmp_path: Pa
     store = HeldWrites(JobStore(ws.get_job_store_path()), timers, on_stored=lambda rec: None)
     registry = SiteRegistry(30.0, clock=clock)
     registry.login("s1", b"s1")
-    site_jobs = FakeSiteJobs(clock)
+    site_apps = FakeSiteJobs(clock)
     hooks = ManagerHooks(watch_fd=lambda fd, cb: None, unwatch_fd=lambda fd: None,
                          push_to_child=lambda *a: None, on_change=lambda rec: None)
     manager = JobManager(ParentConfig(workspace=str(ws.root)), ws, store, FailingLauncher(), timers, hooks,
-                         endpoint=lambda: "ipc:///nowhere", registry=registry, site_jobs=site_jobs)
+                         endpoint=lambda: "ipc:///nowhere", registry=registry, site_apps=site_apps)
     try:
         manager.start()
         job_id = manager.submit(str(folder)).job_id
-        assert site_jobs.starts == [(job_id, ["s1"], {"s1": "tok-s1-1"})]
+        assert site_apps.starts == [(job_id, ["s1"], {"s1": "tok-s1-1"})]
         rec = store.get(job_id)
         assert rec.status is RunStatus.FINISHED_FAILED_TO_RUN
         # The site apps the scheduler started (and the reservations they consumed) are given back.
-        assert [stop[:2] for stop in site_jobs.stops] == [(job_id, ["s1"])]
+        assert [stop[:2] for stop in site_apps.stops] == [(job_id, ["s1"])]
     finally:
         store.store.close()

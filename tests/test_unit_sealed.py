@@ -9,7 +9,7 @@ from nacl.public import Box, PrivateKey, PublicKey
 
 from flrunner import protocol as P
 from flrunner.errors import BadRequest
-from flrunner.payload import decode_shareable, encode_shareable
+from flrunner.aux.payload import decode_shareable, encode_shareable
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import (KEY_BYTES, SEALED_KEY_BYTES, key_from_z85, new_secret_key, open_reply,
                                       open_request, public_key_of, reply_context, request_context, seal_reply,

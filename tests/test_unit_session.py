@@ -7,7 +7,7 @@ import pytest
 
 from child.session import ParentSession
 from flrunner.errors import RequestTimeout
-from flrunner.wire import Message
+from flrunner.transport.wire import Message
 
 
 class FakeTime:

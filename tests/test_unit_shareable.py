@@ -6,7 +6,7 @@ import pytest
 
 from flrunner.errors import BadRequest, EncodeError
 from flrunner.shareable import ReservedHeaderKey, ReturnCode, Shareable, make_reply
-from flrunner.wire import pack, unpack
+from flrunner.transport.wire import pack, unpack
 
 
 def test_headers_are_separate_from_data():

@@ -21,7 +21,7 @@ from flrunner.security.errors import SealedError
 from flrunner.security.sealed import new_secret_key, public_key_of
 from flrunner.shareable import Shareable
 from flrunner.site.engine import ClientEngine
-from flrunner.wire import Message, next_id
+from flrunner.transport.wire import Message, next_id
 from flrunner.workspace import Workspace
 
 SITE = "site-1"

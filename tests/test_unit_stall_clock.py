@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parent.timers import StallClock, Timers
+from parent.loop.timers import StallClock, Timers
 
 
 class FakeTime:

@@ -1,4 +1,4 @@
-"""Unit tests of `parent.timers.Timers` and `parent.supervision.KillEscalation` on a fake clock."""
+"""Unit tests of `parent.loop.timers.Timers` and `parent.jobs.running.KillEscalation` on a fake clock."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import signal
 
 import pytest
 
-from parent.launcher import JobProcess
-from parent.supervision import KillEscalation, RunningJob, describe_exit
-from parent.timers import Timers
+from parent.launchers.base import JobProcess
+from flrunner.linux import decode_exit
+from parent.jobs.kill_escalation import KillEscalation
+from parent.jobs.running import RunningJob
+from parent.loop.timers import Timers
 
 
 class FakeClock:
@@ -208,7 +210,7 @@ def test_timeout_respects_cap_and_next_deadline():
     assert timers.timeout(10.0) == 4.0  # skips the cancelled earlier timer
 
 
-# --- describe_exit --------------------------------------------------------------------------------
+# --- decode_exit (flrunner.linux) -----------------------------------------------------------------
 
 @pytest.mark.parametrize("rc,expected", [
     (0, (0, None, "exited with code 0")),
@@ -217,11 +219,13 @@ def test_timeout_respects_cap_and_next_deadline():
     (-15, (None, 15, "killed by SIGTERM")),
     (None, (None, None, "exit status unknown")),
 ])
-def test_describe_exit(rc, expected):
-    assert describe_exit(rc) == expected
+def test_decode_exit(rc, expected):
+    end = decode_exit(rc)
+    assert (end.code, end.signal, end.text) == expected
 
 
-def test_describe_exit_unknown_signal_number():
-    code, sig, text = describe_exit(-200)
+def test_decode_exit_unknown_signal_number():
+    end = decode_exit(-200)
+    code, sig, text = end.code, end.signal, end.text
     assert (code, sig) == (None, 200)
     assert "200" in text

@@ -1,4 +1,4 @@
-"""Unit tests of the wire layer: framing (`flrunner.wire`), the Shareable wire form, and op validation.
+"""Unit tests of the wire layer: framing (`flrunner.transport.wire`), the Shareable wire form, and op validation.
 
 Decoding must never trust the peer: whatever bytes arrive, `decode` returns a `Message` or raises
 `FrameError` with a reason, and never anything else (a stray exception would reach the parent's
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from flrunner import protocol as P
 from flrunner.errors import BadRequest, EncodeError, FrameError
 from flrunner.shareable import ReservedHeaderKey, Shareable
-from flrunner.wire import (MAX_HEADER_BYTES, MAX_RAW_FRAMES, PROTOCOL_VERSION, Message, decode, encode, pack,
+from flrunner.transport.wire import (MAX_HEADER_BYTES, MAX_RAW_FRAMES, PROTOCOL_VERSION, Message, decode, encode, pack,
                            peek_id, unpack)
 
 

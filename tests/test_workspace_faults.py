@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from flrunner import FLRunner, JobStoreError, WorkspaceError
-from flrunner.admin import AdminClient, find_parent
+from flrunner.admin.client import AdminClient, find_parent
 from flrunner.errors import EndpointError, ParentUnavailable
 from flrunner.workspace import Workspace
-from parent.job_store import JobStore
+from parent.jobs.store import JobStore
 
 from .conftest import ParentHandle, Procs, wait_for
 

@@ -9,8 +9,8 @@ The layout and file formats are documented in `flrunner.security.kit`.
 
 from __future__ import annotations
 
-from ..lazy import lazy_attributes
-from .errors import (InsecurePermissions, InvalidEndpoint, InvalidName, KitError, ParticipantExists, SecurityError,
+from flrunner.util.lazy import lazy_attributes
+from flrunner.security.errors import (InsecurePermissions, InvalidEndpoint, InvalidName, KitError, ParticipantExists, SecurityError,
                      UnknownParticipant)
 
 # The kit and provisioning modules (and zmq.auth behind them) load on first use: a job process

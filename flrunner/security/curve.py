@@ -15,7 +15,7 @@ import os
 import zmq
 from zmq.utils import z85
 
-from .errors import SealedError
+from flrunner.security.errors import SealedError
 
 #: Length of a raw Curve25519 key, public or secret.
 KEY_BYTES = 32

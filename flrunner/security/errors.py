@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import BadRequest, Conflict, FlrunnerError, NotFound
+from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotFound
 
 
 class SecurityError(FlrunnerError):

@@ -24,7 +24,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from .kit import Participant, Role, allowlist_files, load_allowlist
+from flrunner.security.kit import Participant, Role, allowlist_files, load_allowlist
 
 log = logging.getLogger(__name__)
 

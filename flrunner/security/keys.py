@@ -20,7 +20,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-from .errors import InsecurePermissions, KitError
+from flrunner.security.errors import InsecurePermissions, KitError
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"

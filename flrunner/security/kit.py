@@ -47,9 +47,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..job import ALL_SITES, NAME_RE, SERVER
-from .errors import InvalidEndpoint, InvalidName, KitError
-from .keys import check_not_writable_by_others, is_z85_key, public_key_path, read_public_key, read_secret_key, \
+from flrunner.job import ALL_SITES, NAME_RE, SERVER
+from flrunner.security.errors import InvalidEndpoint, InvalidName, KitError
+from flrunner.security.keys import check_not_writable_by_others, is_z85_key, public_key_path, read_public_key, read_secret_key, \
     secret_key_path
 
 #: Version of kit.json, allowlist.json and revoked.json; loaders refuse any other.

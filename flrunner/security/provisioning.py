@@ -30,10 +30,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..fsutil import atomic_write, fsync_dir
-from .errors import InvalidName, KitError, ParticipantExists, UnknownParticipant
-from .keys import DIR_MODE, PUBLIC_MODE, create_keypair, make_private_dir, public_key_path
-from .kit import ALLOWED_DIR, ALLOWLIST_FILE, DEFAULT_ENDPOINT, FORMAT, KIT_FILE, PARENT, REVOKED_DIR, REVOKED_FILE, \
+from flrunner.util.fsutil import atomic_write, fsync_dir
+from flrunner.security.errors import InvalidName, KitError, ParticipantExists, UnknownParticipant
+from flrunner.security.keys import DIR_MODE, PUBLIC_MODE, create_keypair, make_private_dir, public_key_path
+from flrunner.security.kit import ALLOWED_DIR, ALLOWLIST_FILE, DEFAULT_ENDPOINT, FORMAT, KIT_FILE, PARENT, REVOKED_DIR, REVOKED_FILE, \
     Kit, Role, load_kit, read_entries, read_json, validate_endpoint, validate_name
 
 

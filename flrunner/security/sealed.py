@@ -37,8 +37,8 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 from nacl.utils import random as random_bytes
 
-from .curve import KEY_BYTES, key_from_z85, new_secret_key, public_key_of
-from .errors import SealedError
+from flrunner.security.curve import KEY_BYTES, key_from_z85, new_secret_key, public_key_of
+from flrunner.security.errors import SealedError
 
 #: Length of one site's sealed key in a request: nonce, the 32-byte key, and the MAC.
 SEALED_KEY_BYTES = Box.NONCE_SIZE + SecretBox.KEY_SIZE + SecretBox.MACBYTES
@@ -77,7 +77,7 @@ def seal_request(frames: Sequence[Any], sender_secret: bytes, recipients: Mappin
     """Encrypt ``frames`` once for several recipients.
 
     Args:
-        frames: the payload frames (`flrunner.payload.encode_shareable`).
+        frames: the payload frames (`flrunner.aux.payload.encode_shareable`).
         sender_secret: the sender's secret key.
         recipients: ``{name: public key}``.
         context: what the payload is bound to (`request_context`); opening checks it.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .agent import SiteAgent, default_resources, run_site
-from .engine import ClientEngine
-from .job import SiteJob
-from .resources import ResourceManager
+from flrunner.site.agent import SiteAgent, default_resources, run_site
+from flrunner.site.engine import ClientEngine
+from flrunner.site.job import SiteJob
+from flrunner.site.resources import ResourceManager
 
 __all__ = ["ClientEngine", "ResourceManager", "SiteAgent", "SiteJob", "default_resources", "run_site"]

@@ -25,19 +25,19 @@ from typing import Any, Callable
 import psutil
 
 from flrunner import protocol as P
-from flrunner.bundles import extract_bundle
+from flrunner.util.bundles import extract_bundle
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
-from flrunner.link import Link
-from flrunner.logthrottle import LogThrottle
-from flrunner.payload import decode_shareable, encode_shareable, failure_reply
+from flrunner.transport.link import Link
+from flrunner.util.logthrottle import LogThrottle
+from flrunner.aux.payload import decode_shareable, encode_shareable, failure_reply
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import key_from_z85, open_request, reply_context, request_context, seal_reply
-from flrunner.wire import Message
+from flrunner.transport.wire import Message
 from flrunner.workspace import Workspace
 
-from .engine import SendToServer
-from .job import SiteJob
-from .resources import ResourceManager
+from flrunner.site.engine import SendToServer
+from flrunner.site.job import SiteJob
+from flrunner.site.resources import ResourceManager
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from typing import Callable, Optional
 
 from flrunner.engine_base import EngineBase
 from flrunner.fl_context import FLContext
-from flrunner.payload import encode_shareable, failure_reply, reply_from
+from flrunner.aux.payload import encode_shareable, failure_reply, reply_from
 from flrunner.protocol import Rc
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import open_reply, reply_context, seal_request, site_request_context
 from flrunner.shareable import Shareable
 from flrunner.spec import EngineSpec
-from flrunner.wire import Message
+from flrunner.transport.wire import Message
 from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)

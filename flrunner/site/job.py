@@ -14,11 +14,11 @@ from typing import Any
 from flrunner.events import EventType
 from flrunner.job import parse_client_app
 from flrunner.loader import AppLoadError, add_custom_dir, instantiate
-from flrunner.payload import REASON_HEADER
+from flrunner.aux.payload import REASON_HEADER
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.workspace import Workspace
 
-from .engine import ClientEngine, SendToServer
+from flrunner.site.engine import ClientEngine, SendToServer
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ Run it as ``scripts/flrunner-supervisor`` or ``python -m flrunner.supervisor``.
 
 from __future__ import annotations
 
-from .commands import collect_status, main
-from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, SupervisorError
-from .watchdog import Files, RestartPolicy, Watchdog, describe_exit, kill_tree, live_watchdog
+from flrunner.supervisor.commands import collect_status, main
+from flrunner.supervisor.errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, SupervisorError
+from flrunner.supervisor.watchdog import Files, RestartPolicy, Watchdog, kill_tree, live_watchdog
 
 __all__ = [
     "EXIT_FAILED", "EXIT_NOT_RUNNING", "EXIT_OK", "EXIT_USAGE", "Files", "RestartPolicy", "SupervisorError",
-    "Watchdog", "collect_status", "describe_exit", "kill_tree", "live_watchdog", "main",
+    "Watchdog", "collect_status", "kill_tree", "live_watchdog", "main",
 ]

@@ -32,13 +32,14 @@ from typing import Sequence
 
 import psutil
 
-from flrunner.admin import AdminClient, find_parent
-from flrunner.embed import FLRunner, follow_jobs, is_final
+from flrunner.admin.client import AdminClient, find_parent
+from flrunner.admin.embed import FLRunner, follow_jobs
+from flrunner.status import is_final
 from flrunner.errors import BadRequest, FlrunnerError, ParentUnavailable
 from flrunner.job import load_job_folder
 
-from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, SupervisorError
-from .watchdog import PROG, WORKSPACE_ENV, Files, RestartPolicy, Watchdog, live_watchdog, read_state
+from flrunner.supervisor.errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, SupervisorError
+from flrunner.supervisor.watchdog import PROG, WORKSPACE_ENV, Files, RestartPolicy, Watchdog, live_watchdog, read_state
 
 COMPLETED = "FINISHED:COMPLETED"
 #: The module a daemonized watchdog runs, so it does not depend on where the script lives.

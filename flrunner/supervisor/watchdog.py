@@ -7,7 +7,6 @@ Also the files it keeps in the workspace (`Files`), how another process finds a 
 from __future__ import annotations
 
 import collections
-import ctypes
 import fcntl
 import json
 import logging
@@ -19,11 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import psutil
 
-from .errors import EXIT_FAILED, EXIT_OK, SupervisorError
+from flrunner.linux import decode_exit, parent_death_signal_preexec, pidfd_open, signal_group
+from flrunner.supervisor.errors import EXIT_FAILED, EXIT_OK, SupervisorError
 
 PROG = "flrunner-supervisor"
 WORKSPACE_ENV = "FLRUNNER_WORKSPACE"
@@ -147,32 +147,13 @@ class RestartPolicy:
         return min(self.max_delay, self.initial_delay * 2 ** (len(self.crashes) - 1))
 
 
-def describe_exit(returncode: int) -> str:
-    """A return code in words: ``exited with code N`` or ``was killed by SIGNAME``."""
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
+def ended(returncode: int) -> str:
+    """A parent's return code in words: ``exited with code N`` or ``was killed by SIGNAME``."""
+    end = decode_exit(returncode)
+    return f"was {end.text}" if end.signal is not None else end.text
 
 
 # --- the watchdog ---------------------------------------------------------------------------------------
-def _pdeathsig_preexec(watchdog_pid: int) -> Callable[[], None] | None:
-    """A preexec function that makes the parent get SIGTERM if the watchdog dies (even by SIGKILL)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before the fork, not in the child
-    except OSError:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != watchdog_pid:  # the watchdog died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 class Watchdog:
     """Runs one parent, restarts it when it crashes, stops it on SIGTERM/SIGINT.
 
@@ -276,11 +257,11 @@ class Watchdog:
                          "supervisor (e.g. an admin shutdown): not restarting it", self.parent.pid, uptime)
                 return EXIT_OK
             output = f"; its last output: {last_line(self.files.parent_out)!r}" if code > 0 else ""
-            log.warning("the parent %d %s after %.1fs%s", self.parent.pid, describe_exit(code), uptime, output)
+            log.warning("the parent %d %s after %.1fs%s", self.parent.pid, ended(code), uptime, output)
             delay = self.policy.on_crash(time.monotonic())
             if delay is None:
                 log.error("giving up: the parent crashed %d times within %gs (last: it %s); see %s",
-                          len(self.policy.crashes), self.policy.window, describe_exit(code), self.files.parent_out)
+                          len(self.policy.crashes), self.policy.window, ended(code), self.files.parent_out)
                 return EXIT_FAILED
             self.restarts += 1
             log.info("restarting the parent in %.1fs (restart %d)", delay, self.restarts)
@@ -303,7 +284,7 @@ class Watchdog:
             # the parent once (a second signal would make the parent skip its graces).
             self.parent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                           preexec_fn=_pdeathsig_preexec(os.getpid()))
+                                           preexec_fn=parent_death_signal_preexec(signal.SIGTERM, os.getpid()))
         self.parent_started = time.time()
         self.parent_started_monotonic = time.monotonic()
         self._write_state()
@@ -311,7 +292,7 @@ class Watchdog:
 
     def _wait_parent(self) -> int | None:
         """Wait until the parent exits (its return code) or a stop is requested (None)."""
-        pidfd = os.pidfd_open(self.parent.pid)
+        pidfd = pidfd_open(self.parent.pid)
         try:
             while not self.stop_requested:
                 if self._wait([pidfd], None):
@@ -326,14 +307,14 @@ class Watchdog:
         if parent is None or parent.poll() is not None:
             return
         log.info("stopping the parent %d (SIGTERM; SIGKILL after %gs)", parent.pid, self.stop_timeout)
-        pidfd = os.pidfd_open(parent.pid)
+        pidfd = pidfd_open(parent.pid)
         try:
             forwarded = self.stop_signals
             parent.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
             while (left := deadline - time.monotonic()) > 0:
                 if self._wait([pidfd], left):
-                    log.info("the parent %d stopped: it %s", parent.pid, describe_exit(parent.wait()))
+                    log.info("the parent %d stopped: it %s", parent.pid, ended(parent.wait()))
                     return
                 if self.stop_signals > forwarded:
                     log.info("another stop signal: telling the parent to kill its jobs without grace")
@@ -362,10 +343,7 @@ def kill_tree(pid: int) -> None:
             pass
     groups.discard(os.getpgrp())
     for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(group, signal.SIGKILL)
     for proc in descendants:
         try:
             proc.kill()

@@ -1,0 +1,1 @@
+"""flrunner.util."""

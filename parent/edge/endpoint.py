@@ -1,0 +1,257 @@
+"""One ROUTER socket of the parent: receive, decode, validate, dispatch, reply.
+
+This is the only place that turns bytes from a peer into calls and errors into coded replies;
+nothing raised by a handler reaches the socket. Handlers are looked up by op name in the
+socket's `OpTable`; an unknown op, a bad field, or an undecodable frame is answered with
+``BAD_REQUEST`` (or counted and dropped when there is no id to answer) and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+from flrunner.errors import EncodeError, FlrunnerError, FrameError
+from flrunner.util.logthrottle import LogThrottle
+from flrunner.protocol import Op, OpTable, Rc
+from flrunner.transport.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
+
+from parent.edge.limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+#: Lines about bad input logged per socket per second; the rest are counted.
+LOG_BURST = 20
+
+
+@dataclass
+class Request:
+    """A validated request from a peer.
+
+    Attributes:
+        user_id: the name the ZAP handler bound to the peer's CURVE key (None without CURVE).
+        frame: the first frame as received (CURVE sockets only), for `source_fd`.
+    """
+
+    identity: bytes
+    msg: Message
+    args: dict
+    user_id: str | None = None
+    frame: object | None = None
+
+    @property
+    def op(self) -> str:
+        return self.msg.op
+
+    @property
+    def source_fd(self) -> int | None:
+        """The file descriptor of the connection the request came in on (CURVE sockets only; see
+        `parent.edge.connections`). Asked for by the few handlers that need it, not for every message."""
+        try:
+            return self.frame.get(zmq.SRCFD)  # type: ignore[union-attr]
+        except Exception:
+            return None
+
+
+#: A handler gets the request and returns the reply body (and optional raw frames), or None to
+#: answer later with `RouterEndpoint.reply`.
+Handler = Callable[[Request], Any]
+
+
+class RouterEndpoint:
+    """A bound ROUTER socket serving one `OpTable`.
+
+    Args:
+        ctx: ZeroMQ context.
+        name: ``"sites"``, ``"jobs"`` or ``"admin"`` (for logs and errors).
+        ops: the operations this socket serves.
+        max_msg_size: ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq.
+    """
+
+    def __init__(self, ctx: zmq.Context, name: str, ops: OpTable, max_msg_size: int,
+                 max_header: int = MAX_HEADER_BYTES) -> None:
+        self.name = name
+        self.ops = ops
+        self.max_header = max_header
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
+        # No ROUTER_HANDOVER: the jobs socket authenticates a peer by its routing identity, and with
+        # handover any peer that sets the same ZMQ_ROUTING_ID would take over that session (its
+        # replies and pushes, and its authentication). Peers here use libzmq-assigned identities.
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        # Report a message to a peer that is gone (EHOSTUNREACH) instead of dropping it silently,
+        # so a request to a departed site fails at once.
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.handlers: dict[str, Handler] = {}
+        #: (identity, op, message, ZAP user id or None) -> None, or raises `Unauthorized`.
+        self.authorize: Callable[[bytes, Op, Message, str | None], None] | None = None
+        #: Receives replies peers send to this socket's pushes; without it they are dropped.
+        self.on_reply: Callable[[bytes, Message], None] | None = None
+        self.dropped = 0
+        self.errors = 0
+        #: Set when the socket is a CURVE server: requests then carry the peer's ZAP User-Id.
+        self.curve = False
+        #: Per-peer limits on messages and bytes a second (None: unlimited).
+        self.limiter: RateLimiter | None = None
+        self._log = LogThrottle(log, f"{name} socket: ", LOG_BURST)
+        self.endpoint = ""
+
+    def bind(self, endpoint: str) -> str:
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def on(self, op: Op, handler: Handler) -> None:
+        if op.name not in self.ops:
+            raise ValueError(f"op '{op.name}' is not served on the {self.name} socket")
+        self.handlers[op.name] = handler
+
+    def process_ready(self, budget: int = 256) -> None:
+        """Serve the messages waiting on the socket, at most ``budget`` so other sockets get a turn."""
+        for _ in range(budget):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._serve(frames)
+            except Exception:  # last resort: nothing a peer sends may stop the parent's loop
+                self.errors += 1
+                log.exception("%s socket: serving a message failed", self.name)
+
+    def _serve(self, frames: list) -> None:
+        if len(frames) < 2:
+            self.dropped += 1
+            return
+        identity = frames[0].bytes
+        body_frames = frames[1:]
+        if self.limiter is not None:
+            accept, over = self.limiter.allow(identity, sum(len(frame) for frame in body_frames))
+            if not accept:
+                self.dropped += 1
+                mid = peek_id(body_frames) if over else None
+                if mid is not None:
+                    self._send(identity, Message("error", {"reason": f"rate limit of the {self.name} socket exceeded "
+                                                                     f"({over}); messages are dropped"},
+                                                 re=mid, rc=Rc.RATE_LIMITED))
+                return
+        try:
+            msg = decode(body_frames, self.max_header)
+        except FrameError as exc:
+            mid = peek_id(body_frames)
+            self.errors += 1
+            self._warn("undecodable message: %s", exc)
+            if mid is not None:
+                self._send(identity, Message("error", {"reason": str(exc)}, re=mid, rc=Rc.BAD_REQUEST))
+            else:
+                self.dropped += 1
+            return
+        except Exception:  # a decoder bug: count and drop, never stop the loop
+            self.errors += 1
+            self.dropped += 1
+            log.exception("%s socket: decoding a message failed", self.name)
+            return
+        if msg.is_reply:
+            # Replies are only expected where a handler registered for them (see on_reply).
+            if self.on_reply is not None:
+                self.on_reply(identity, msg)
+            else:
+                self.dropped += 1
+            return
+        user_id = _user_id(body_frames[0]) if self.curve else None
+        try:
+            op = self.ops.get(msg.op)
+            if self.authorize is not None:
+                self.authorize(identity, op, msg, user_id)
+            args = op.validate(msg.body)
+            handler = self.handlers.get(op.name)
+            if handler is None:
+                raise FlrunnerError(f"op '{op.name}' is not implemented yet")
+            result = handler(Request(identity, msg, args, user_id, body_frames[0] if self.curve else None))
+        except FlrunnerError as exc:
+            self.errors += 1
+            self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
+            self.reply(identity, msg, {"reason": str(exc)}, rc=exc.rc)
+            return
+        except Exception as exc:  # a handler bug must not stop the parent
+            self.errors += 1
+            log.exception("%s socket: handler for '%s' failed", self.name, msg.op)
+            self.reply(identity, msg, {"reason": f"internal error: {type(exc).__name__}: {exc}"}, rc=Rc.ERROR)
+            return
+        if result is None:
+            return
+        if isinstance(result, tuple):
+            body, raw = result
+        else:
+            body, raw = result, []
+        self.reply(identity, msg, body, raw)
+
+    def reply(self, identity: bytes, request: Message, body: dict, frames: list | None = None,
+              rc: str = Rc.OK) -> None:
+        self._send(identity, Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
+
+    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None,
+             prepared: tuple[int, list] | None = None) -> int | None:
+        """Send a request or notice to a peer; its message id, or None if it could not be sent.
+
+        ``prepared`` (from `prepare`) sends one message, encoded once, to many peers: the same id
+        is fine, as replies are told apart by the peer that sends them.
+        """
+        if prepared is not None:
+            mid, encoded = prepared
+            return mid if self._send_frames(identity, encoded, op) else None
+        mid = next_id()
+        return mid if self._send(identity, Message(op, body, id=mid, frames=list(frames or []))) else None
+
+    def prepare(self, op: str, body: dict, frames: list | None = None) -> tuple[int, list]:
+        """A push encoded once, for `push` to several peers (the header is packed and checked once)."""
+        mid = next_id()
+        return mid, encode(Message(op, body, id=mid, frames=list(frames or [])))
+
+    def _send(self, identity: bytes, msg: Message) -> bool:
+        try:
+            frames = encode(msg)
+        except EncodeError as exc:
+            # A body built from what a peer sent (or a handler bug) cannot travel: answer a request
+            # with ERROR rather than let the exception reach the loop; drop a push.
+            self.errors += 1
+            log.error("%s socket: cannot encode '%s': %s", self.name, msg.op, exc)
+            if not msg.is_reply:
+                self.dropped += 1
+                return False
+            frames = encode(Message(msg.op, {"reason": f"internal error: the reply cannot be encoded: {exc}"[:4096]},
+                                    re=msg.re, rc=Rc.ERROR))
+        return self._send_frames(identity, frames, msg.op)
+
+    def _send_frames(self, identity: bytes, frames: list, op: str) -> bool:
+        try:
+            self.sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            # The peer's queue is full (it is not reading): drop rather than block the loop.
+            self.dropped += 1
+            self._warn("peer is not reading; dropped '%s'", op)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY)
+            self.dropped += 1
+            self._warn("could not send '%s': %s", op, exc)
+        return False
+
+    def _warn(self, fmt: str, *args: Any, level: int = logging.WARNING) -> None:
+        """Log a peer's bad input, at most `LOG_BURST` lines per second per socket, so a flooding
+        peer cannot fill the disk; the number of lines held back is logged with the next one."""
+        self._log.log(level, fmt, *args)
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def _user_id(frame: object) -> str | None:
+    """The ZAP User-Id of the connection a frame came in on (CURVE sockets only)."""
+    try:
+        return frame.get("User-Id") or None  # type: ignore[attr-defined]
+    except Exception:
+        return None
