@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from flrunner.client import PUBLIC_KEY_PROP, Client
 from flrunner.component import Widget
 from flrunner.engine_base import EngineBase
-from flrunner.errors import BadRequest, EncodeError, FlrunnerError, NotReady, RequestTimeout, error_for_rc
+from flrunner.errors import EncodeError, FlrunnerError, NotReady, RequestTimeout, error_for_rc
 from flrunner.fl_context import FLContext
 from flrunner.job import Job
 from flrunner.aux.payload import REASON_HEADER, decode_shareable, encode_shareable, failure_reply, reply_from
-from flrunner.protocol import CHILD_PUSHES, Rc
+from flrunner.protocol import Dispatcher, Rc, Request, aux_ops, job_ops
 from flrunner.security.errors import SealedError
 from flrunner.security.curve import key_from_z85, new_secret_key, public_key_of
 from flrunner.shareable import ReturnCode, Shareable, make_reply
@@ -72,6 +72,11 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         self.status_patience = 30.0
         self.widgets: dict[str, Widget] = {}
         self._aux_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aux")
+        self._pushes = Dispatcher(job_ops.TO_JOB, "job process",
+                                  on_refused=lambda msg, exc: log.warning("ignored a bad push from the parent: %s", exc))
+        self._pushes.on(job_ops.ABORT, self._on_abort)
+        self._pushes.on(job_ops.CLIENTS_CHANGED, lambda req: self.on_clients_changed(req.args))
+        self._pushes.on(aux_ops.TO_JOB, self._on_site_aux)
         self._clients: dict[str, Client] = {}
         self._revision: int | None = None
         self._pushed_revision = -1
@@ -102,7 +107,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             return self.get_clients_cached()
         with self._clients_lock:
             since = None if self._stale else self._revision
-        reply = self.link.request("sync_clients", {"since": since}).body
+        reply = job_ops.SYNC_CLIENTS.call(self.link, since=since).body
         with self._clients_lock:
             revision = reply["revision"]
             # A push handled while this request was in flight may already be newer than the
@@ -191,7 +196,6 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             NotReady: the parent could not store the final status within ``status_patience``.
             FlrunnerError: the parent refused it (e.g. the job already ended).
         """
-        body = {"status": self.run_status.value, "progress": self.progress, "error": clip_error(self.exe_error)}
         if self.link is None:
             return self.run_status.value
         final = self.run_status.is_final
@@ -199,7 +203,8 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         pause = 0.2
         while True:
             try:
-                return self.link.request("run_status", body, timeout=self.status_timeout).body.get("status")
+                return job_ops.RUN_STATUS.call(self.link, wait=self.status_timeout, status=self.run_status.value,
+                                               progress=self.progress, error=clip_error(self.exe_error)).body["status"]
             except NotReady as exc:
                 if not final:
                     _refusals.warning("progress not stored: %s", exc)
@@ -215,18 +220,18 @@ class ServerEngine(EngineBase, ServerEngineSpec):
 
     def on_push(self, msg: Message) -> None:
         """A message the parent pushed (on the link's I/O thread: quick, or handed to a thread)."""
-        try:
-            CHILD_PUSHES.get(msg.op).validate(msg.body)
-        except BadRequest as exc:
-            log.warning("ignored a bad push from the parent: %s", exc)
-            return
-        if msg.op == "aux":
-            self._aux_pool.submit(self._serve_site_aux, msg)
-        elif msg.op == "abort":
-            log.warning("abort requested by the parent: %s", msg.body.get("reason"))
-            self.abort_signal.trigger(msg.body.get("reason") or "aborted")
-        elif msg.op == "clients_changed":
-            self.on_clients_changed(msg.body)
+        self._pushes.dispatch(msg, self._answer)
+
+    def _answer(self, answer: Message) -> None:
+        if self.link is not None:
+            self.link.reply(answer)
+
+    def _on_abort(self, req: Request) -> None:
+        log.warning("abort requested by the parent: %s", req.args["reason"])
+        self.abort_signal.trigger(req.args["reason"] or "aborted")
+
+    def _on_site_aux(self, req: Request) -> None:
+        self._aux_pool.submit(self._serve_site_aux, req.msg)  # answered from the pool
 
     # --- persistence -------------------------------------------------------------------------------------
     def persist_components(self, fl_ctx: FLContext, completed: bool):
@@ -273,7 +278,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             replied_to = _sealed().reply_context(frames[0])
         if timeout <= 0:
             body["fire_and_forget"] = True
-            link.send("aux", body, frames)
+            aux_ops.FROM_JOB.send(link, frames, **body)
             return {}
         deadline = time.monotonic() + timeout
         replies: dict[str, Shareable] = {}
@@ -287,7 +292,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         while True:
             epoch = link.epoch
             moved = lambda: aborted() or link.epoch != epoch  # noqa: E731
-            call = link.call("aux", body, frames)
+            call = aux_ops.FROM_JOB.start(link, frames, **body)
             answers: list[Message] = []
             try:
                 if not call.wait(1, max(0.0, deadline - time.monotonic()), moved):
@@ -391,7 +396,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
     def check_client_resources(self, job: Job, resource_reqs: Dict[str, dict], fl_ctx: FLContext
                                ) -> Dict[str, Tuple[bool, Optional[str]]]:
         """Ask each site whether its requirements fit, reserving them: {site: (is_enough, token)}."""
-        results = self._require_link().request("check_resources", {"resource_reqs": dict(resource_reqs)}).body["results"]
+        results = job_ops.CHECK_RESOURCES.call(self._require_link(), resource_reqs=dict(resource_reqs)).body["results"]
         for site, (ok, _, reason) in results.items():
             if not ok:
                 log.info("site %s lacks resources for job %s: %s", site, self.job_id, reason)
@@ -402,7 +407,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         """Release the reservations of a `check_client_resources`."""
         tokens = {site: token for site, (ok, token) in resource_check_results.items() if ok and token}
         if tokens:
-            self._require_link().request("cancel_resources", {"tokens": tokens})
+            job_ops.CANCEL_RESOURCES.call(self._require_link(), tokens=tokens)
 
     def start_client_job(self, job_id, client_sites, fl_ctx: FLContext):
         """Start this job's site app on ``client_sites`` (names, Clients, or {name: reservation token}).
@@ -413,7 +418,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
             raise ValueError(f"job {self.job_id} cannot start another job ({job_id}) on sites")
         tokens = {k: v for k, v in client_sites.items() if isinstance(v, str)} if isinstance(client_sites, dict) else {}
         sites = self._target_names(list(client_sites)) or []
-        results = self._require_link().request("start_client_job", {"sites": sites, "tokens": tokens}).body["results"]
+        results = job_ops.START_CLIENT_JOB.call(self._require_link(), sites=sites, tokens=tokens).body["results"]
         return {site: (bool(ok), reason) for site, (ok, reason) in results.items()}
 
     @staticmethod
@@ -444,8 +449,8 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         except SealedError as exc:
             _refusals.warning("a secure request of site %s for '%s' was refused: %s", body["site"], body["topic"], exc)
             if not body.get("fire_and_forget") and self.link is not None:
-                self.link.reply(msg, {"reason": f"the job's engine cannot open the secure request of site "
-                                                f"'{body['site']}': {exc}"}, rc=exc.rc)
+                self.link.reply(aux_ops.TO_JOB.answer(msg, rc=exc.rc, reason=f"the job's engine cannot open the secure "
+                                                                            f"request of site '{body['site']}': {exc}"))
             return
         reply = self._handle_site_request(body["site"], body["topic"], frames)
         if body.get("fire_and_forget") or self.link is None:
@@ -453,13 +458,13 @@ class ServerEngine(EngineBase, ServerEngineSpec):
         try:
             out = encode_shareable(reply)
         except EncodeError as exc:
-            self.link.reply(msg, {"reason": f"the reply cannot travel: {exc}"}, rc=Rc.ERROR)
+            self.link.reply(aux_ops.TO_JOB.answer(msg, rc=Rc.ERROR, reason=f"the reply cannot travel: {exc}"))
             return
         if site_key is not None:
             sealed = _sealed()
             out = sealed.seal_reply(out, self._sealing_key_pair()[0], site_key,
                                     context=sealed.reply_context(msg.frames[0]))
-        self.link.reply(msg, {}, out)
+        self.link.reply(aux_ops.TO_JOB.answer(msg, out))
 
     def _open_site_request(self, msg: Message) -> tuple[list, bytes | None]:
         """A site's request frames, and that site's public key if the request came sealed.

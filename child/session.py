@@ -35,7 +35,7 @@ from flrunner.errors import (
     error_for_rc,
 )
 from flrunner.linux import is_stopped
-from flrunner.protocol import Rc
+from flrunner.protocol import Rc, job_ops
 from flrunner.transport.link import Call, Link
 from flrunner.transport.wire import Message
 
@@ -76,8 +76,8 @@ class ParentSession:
         self.parent_pid: int | None = boot.get("parent_pid")
         self.link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
                          float(boot.get("parent_loss_timeout", 20.0)), on_parent_lost=self._lost,
-                         on_heartbeat_refused=lambda msg: self.parent_forgot_us(), on_reconnected=self.parent_forgot_us,
-                         configure=_curve_client(boot.get("server_key")))
+                         heartbeat=job_ops.HEARTBEAT.message, on_heartbeat_refused=lambda msg: self.parent_forgot_us(),
+                         on_reconnected=self.parent_forgot_us, configure=_curve_client(boot.get("server_key")))
         engine.link = self
         engine.status_patience = self.reconnect_grace
         #: Bumped each time a parent re-adopts this job: requests sent before went to a parent
@@ -108,16 +108,16 @@ class ParentSession:
         self.link.close()
 
     def _hello(self, timeout: float) -> Message:
-        reply = self.link.request("hello", {"job_id": self.job_id, "secret": self._secret, "pid": os.getpid(),
-                                            "sealing_key": self.engine.sealing_public_key()}, timeout=timeout)
+        reply = job_ops.HELLO.call(self.link, wait=timeout, job_id=self.job_id, secret=self._secret, pid=os.getpid(),
+                                   sealing_key=self.engine.sealing_public_key())
         pid = reply.body.get("parent_pid")
         if isinstance(pid, int) and not isinstance(pid, bool):
             self.parent_pid = pid
         return reply
 
     # --- the engine's port: calls that survive a parent restart ------------------------------------
-    def request(self, op: str, body: dict | None = None, timeout: float = 30.0, frames: list | None = None) -> Message:
-        """Send and wait for the reply of a parent that knows this job.
+    def request(self, msg: Message, timeout: float = 30.0) -> Message:
+        """Send request ``msg`` and wait for the reply of a parent that knows this job.
 
         ``timeout`` bounds the wait on a parent that is up and serving (time it was away does not
         count, and each attempt gets the whole of it). A parent that is being
@@ -130,10 +130,11 @@ class ParentSession:
             ParentUnavailable: no parent took the job back within the reconnect grace.
             FlrunnerError: the parent answered with an error code (subclass chosen by it).
         """
+        op = msg.op
         refused_at: int | None = None
         while True:
             epoch = self.epoch
-            call = self.link.call(op, body, frames)
+            call = self.link.call(msg)
             try:
                 answered = self._wait_answer(call, epoch, timeout, f"no reply to '{op}' from the parent within "
                                                                    f"{timeout:g}s")
@@ -180,17 +181,17 @@ class ParentSession:
         """Whether the parent is being replaced or paused (rather than slow to answer)."""
         return self._forgotten.is_set() or self.link.parent_lost or is_stopped(self.parent_pid)
 
-    def call(self, op: str, body: dict | None = None, frames: list | None = None) -> Call:
-        return self.link.call(op, body, frames)
+    def call(self, msg: Message) -> Call:
+        return self.link.call(msg)
 
     def end_call(self, call: Call) -> None:
         self.link.end_call(call)
 
-    def send(self, op: str, body: dict | None = None, frames: list | None = None) -> None:
-        self.link.send(op, body, frames)
+    def send(self, msg: Message) -> None:
+        self.link.send(msg)
 
-    def reply(self, request: Message, body: dict, frames: list | None = None, rc: str = Rc.OK) -> None:
-        self.link.reply(request, body, frames, rc)
+    def reply(self, answer: Message) -> None:
+        self.link.reply(answer)
 
     def wait_readopted(self, epoch: int, deadline: float | None = None,
                        cancelled: Callable[[], bool] | None = None) -> bool:

@@ -1,23 +1,43 @@
-"""Named errors shared by every flrunner process.
+"""Named errors shared by every flrunner process, and the one vocabulary of reply codes.
 
-Each error carries the wire reply code it maps to, so a dispatcher can turn any of them into a
-coded reply without a lookup table, and a client can turn a coded reply back into the same
-class.
+Each error carries the reply code (`Rc`) it maps to on the wire, so a dispatcher turns any of
+them into a coded reply without a lookup table, and a client turns a coded reply back into the
+same class (`error_for_rc`).
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class Rc(str, enum.Enum):
+    """Reply codes on the wire (a ``str``: they travel and compare as their text)."""
+
+    OK = "OK"
+    BAD_REQUEST = "BAD_REQUEST"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    TIMEOUT = "TIMEOUT"
+    NOT_READY = "NOT_READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    RATE_LIMITED = "RATE_LIMITED"
+    ERROR = "ERROR"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class FlrunnerError(Exception):
     """Base class of every error flrunner raises on purpose."""
 
-    rc: str = "ERROR"
+    rc: Rc = Rc.ERROR
 
 
 class BadRequest(FlrunnerError):
     """A message was well-framed but its content is wrong (unknown op, wrong type, missing field)."""
 
-    rc = "BAD_REQUEST"
+    rc: Rc = Rc.BAD_REQUEST
 
 
 class FrameError(BadRequest):
@@ -27,31 +47,31 @@ class FrameError(BadRequest):
 class Unauthorized(FlrunnerError):
     """The peer has not authenticated, or presented a token or secret that is not valid."""
 
-    rc = "UNAUTHORIZED"
+    rc: Rc = Rc.UNAUTHORIZED
 
 
 class NotFound(FlrunnerError):
     """The named job, site or object does not exist."""
 
-    rc = "NOT_FOUND"
+    rc: Rc = Rc.NOT_FOUND
 
 
 class Conflict(FlrunnerError):
     """The request contradicts the current state (e.g. moving a finished job)."""
 
-    rc = "CONFLICT"
+    rc: Rc = Rc.CONFLICT
 
 
 class RequestTimeout(FlrunnerError):
     """No reply arrived in time."""
 
-    rc = "TIMEOUT"
+    rc: Rc = Rc.TIMEOUT
 
 
 class NotReady(FlrunnerError):
     """The receiver cannot serve the request yet (e.g. the parent is still starting)."""
 
-    rc = "NOT_READY"
+    rc: Rc = Rc.NOT_READY
 
 
 class StoreUnavailable(NotReady):
@@ -87,7 +107,7 @@ class EncodeError(FlrunnerError):
 class ParentUnavailable(FlrunnerError):
     """No parent is answering for a workspace or endpoint."""
 
-    rc = "UNAVAILABLE"
+    rc: Rc = Rc.UNAVAILABLE
 
 
 class LaunchError(FlrunnerError):
@@ -107,7 +127,7 @@ class EndpointError(FlrunnerError):
 
 
 _BY_RC: dict[str, type[FlrunnerError]] = {
-    cls.rc: cls
+    cls.rc.value: cls
     for cls in (BadRequest, Unauthorized, NotFound, Conflict, RequestTimeout, NotReady, ParentUnavailable)
 }
 
@@ -116,5 +136,8 @@ def error_for_rc(rc: str, reason: str) -> FlrunnerError:
     """Rebuild the error a peer reported with reply code ``rc``."""
     cls = _BY_RC.get(rc, FlrunnerError)
     err = cls(reason)
-    err.rc = rc
+    try:
+        err.rc = Rc(rc)
+    except ValueError:  # a code this side does not know: keep the generic one
+        pass
     return err

@@ -25,7 +25,8 @@ from typing import Callable
 
 import zmq
 
-from flrunner import protocol as P
+from flrunner.protocol import Request, admin_ops, job_ops, site_ops
+from flrunner.transport.wire import Message
 from flrunner.errors import EndpointError, FlrunnerError, Unauthorized
 from flrunner.transport.wakeup import WakePipe
 from flrunner.workspace import Workspace
@@ -121,9 +122,9 @@ class Parent:
         self.held = HeldWrites(self.store, self.timers, on_stored=lambda rec: self.manager.stored(rec))
         self.checkpoints = QuietCheckpoints(self.store, cfg.wal_checkpoint_quiet)
         self.registry = SiteRegistry(cfg.site_timeout, clock=self.clock)
-        self.sites = RouterEndpoint(self.ctx, "sites", P.SITE_OPS, cfg.max_msg_size)
-        self.jobs = RouterEndpoint(self.ctx, "jobs", P.JOB_OPS, cfg.max_msg_size)
-        self.admin = RouterEndpoint(self.ctx, "admin", P.ADMIN_OPS, cfg.max_admin_msg_size)
+        self.sites = RouterEndpoint(self.ctx, "sites", site_ops.FROM_SITE, cfg.max_msg_size)
+        self.jobs = RouterEndpoint(self.ctx, "jobs", job_ops.FROM_JOB, cfg.max_msg_size)
+        self.admin = RouterEndpoint(self.ctx, "admin", admin_ops.FROM_ADMIN, cfg.max_admin_msg_size)
         # Many sites connecting at once (a restart, a fleet coming up) must not overflow the
         # kernel's accept queue: dropped SYNs are retried only after 1, 3, 7, 15 s.
         self.sites.sock.setsockopt(zmq.BACKLOG, 4096)
@@ -137,7 +138,7 @@ class Parent:
             if not cfg.kit:
                 raise FlrunnerError("remote admin (admin_endpoint / --admin) needs the parent's kit (--kit): only "
                                     "provisioned admin keys may connect")
-            self.remote_admin = RouterEndpoint(self.ctx, "remote-admin", P.ADMIN_OPS, cfg.max_upload_size)
+            self.remote_admin = RouterEndpoint(self.ctx, "remote-admin", admin_ops.FROM_ADMIN, cfg.max_upload_size)
             # The burst must hold an upload of the largest allowed size, or such an upload never passes.
             self.remote_admin.limiter = RateLimiter(cfg.admin_rate, 2 * cfg.admin_rate, byte_rate=cfg.admin_byte_rate,
                                                     byte_burst=max(cfg.admin_byte_burst, 2 * cfg.max_upload_size))
@@ -239,7 +240,8 @@ class Parent:
                  ", the remote admin socket" if self.remote_admin is not None else "",
                  ", the tcp jobs socket" if self.config.jobs_endpoint else "", kit_dir)
 
-    def _authorize_admin(self, identity: bytes, op: P.Op, msg: object, user_id: str | None) -> None:
+    def _authorize_admin(self, req: Request) -> None:
+        user_id = req.user_id
         """Every message on the remote admin socket: its key's admin must still be on the allowlist."""
         if not user_id or self.admin_gate is None or not self.admin_gate.allows(user_id):
             raise Unauthorized(f"admin '{user_id or '?'}' is not (or no longer) allowed on the remote admin socket")
@@ -398,8 +400,8 @@ class Parent:
             self.workspace_watch.check()
         self.checkpoints.tick()
 
-    def _push_to_child(self, identity: bytes, op: str, body: dict) -> None:
-        self.jobs.push(identity, op, body)
+    def _push_to_child(self, identity: bytes, msg: Message) -> None:
+        self.jobs.push(identity, msg)
 
     def _on_registry_change(self, base: int, revision: int, changes: list[dict]) -> None:
         if any(change["op"] == "add" for change in changes):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flrunner.errors import WorkspaceError
+from flrunner.errors import Rc, WorkspaceError
 
 
 class WorkspaceBusy(WorkspaceError):
     """Another parent holds the workspace."""
 
-    rc = "CONFLICT"
+    rc = Rc.CONFLICT

@@ -123,7 +123,7 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
 import benchlib as B
-from flrunner import protocol as P
+from flrunner.protocol import Channel, Field, Op, Rc, admin_ops, aux_ops, job_ops, site_ops  # noqa: F401
 from flrunner.admin.client import AdminClient, StatusFeed
 from flrunner.errors import BadRequest, FlrunnerError, NotFound, NotReady, ParentUnavailable
 from flrunner.aux.payload import decode_shareable, encode_shareable
@@ -143,17 +143,17 @@ POOL: list[Any] = [None, True, False, 0, -1, 1, 2**31, 2**63 - 1, -(2**63), 2**6
                    {}, {"a": 1}, {"": None}, {b"k": b"v"}, {"nested": {"deeper": [1, {"x": [2]}]}}]
 
 
-def _type_ok(value: Any, field: P.Field) -> bool:
+def _type_ok(value: Any, field: Field) -> bool:
     if isinstance(value, bool):
         return bool in field.types
     return isinstance(value, field.types)
 
 
-def wrong_values(field: P.Field) -> list[Any]:
+def wrong_values(field: Field) -> list[Any]:
     return [v for v in POOL if not _type_ok(v, field)]
 
 
-def good_value(field: P.Field) -> Any:
+def good_value(field: Field) -> Any:
     for t, v in ((str, "fuzz"), (int, 1), (float, 1.0), (dict, {}), (list, []), (bool, False)):
         if t in field.types:
             return v
@@ -174,7 +174,7 @@ def packed(header: dict) -> bytes:
 def login_body(name: str, instance: str, **fields: Any) -> dict:
     """A site login of the fuzzer's own sites, as one agent ``instance`` (where the protocol has it, the
     same instance logging in again keeps its session; another one is refused while it is alive)."""
-    if "instance" in P.LOGIN.fields:
+    if "instance" in site_ops.LOGIN.fields:
         fields["instance"] = instance
     return {"name": name, **fields}
 
@@ -184,7 +184,7 @@ def login_body(name: str, instance: str, **fields: Any) -> dict:
 class Inputs:
     """The malformed inputs for one socket, drawn from a seeded generator."""
 
-    def __init__(self, socket_name: str, table: P.OpTable, rnd: random.Random, tokens: Callable[[], dict],
+    def __init__(self, socket_name: str, table: Channel, rnd: random.Random, tokens: Callable[[], dict],
                  max_frame: int | None = None) -> None:
         self.socket_name = socket_name
         self.max_frame = max_frame
@@ -211,7 +211,7 @@ class Inputs:
         name, make = self.kinds[i % len(self.kinds)]
         return name, make()
 
-    def _body(self, op: P.Op) -> dict:
+    def _body(self, op: Op) -> dict:
         body = {name: good_value(f) for name, f in op.fields.items()}
         if "token" in op.fields and self.socket_name == "sites":
             body["token"] = self.tokens().get("fuzz-a", "")
@@ -250,7 +250,7 @@ class Inputs:
         name = self.rnd.choice(list(op.fields) or ["x"])
         return [raw + b"\x81" + packed(name) + nested(depth, kind)]
 
-    def _every_field(self) -> Iterator[tuple[P.Op, str, Any]]:
+    def _every_field(self) -> Iterator[tuple[Op, str, Any]]:
         """Every (op, field, wrong value), round after round (the order shuffled by the seed)."""
         # Every value is of a wrong type, so even abort and shutdown are refused before they act.
         combos = [(op, name, v) for op in self.all_ops for name, f in op.fields.items() for v in wrong_values(f)]
@@ -333,7 +333,7 @@ class Inputs:
 JOB_FUZZER = r'''
 import json, os, random, time
 from flrunner import Controller, FlrunnerError, Shareable
-from flrunner import protocol as P
+from flrunner.protocol import Channel, Field, Op, Rc, admin_ops, aux_ops, job_ops, site_ops  # noqa: F401
 from flrunner.transport.wire import Message, next_id
 
 POOL = [None, True, 0, -1, 2**63 - 1, 1.5, "", "x", "x" * 5000, b"\x00", [], [1, "a"], {}, {"a": 1}]
@@ -359,12 +359,12 @@ class JobSocketFuzzer(Controller):
         info = json.load(open(self.info))
         rcs, kinds, problems = {}, {}, []
         skip = {"run_status"}  # a well-typed run_status could finish this job: fuzzed with wrong types only
-        combos = [(op, name, v) for op in P.JOB_OPS for name, f in op.fields.items() for v in POOL if not _ok(v, f)]
+        combos = [(op, name, v) for op in job_ops.FROM_JOB for name, f in op.fields.items() for v in POOL if not _ok(v, f)]
 
         def ask(kind, op, body, timeout=5.0):
             kinds[kind] = kinds.get(kind, 0) + 1
             try:
-                link.request(op, body, timeout=timeout)
+                link.request(Message(op, body), timeout=timeout)
                 rc = "OK"
             except FlrunnerError as exc:
                 rc = getattr(exc, "rc", "ERROR")
@@ -391,8 +391,7 @@ class JobSocketFuzzer(Controller):
                     problems.append(f"unknown op answered {rc}")
             elif k == 2:
                 kinds["reply never asked for"] = kinds.get("reply never asked for", 0) + 1
-                link.reply(Message("aux", id=rnd.randrange(1 << 62)), {"site": "fuzz-a"},
-                           rc=rnd.choice(["OK", "ERROR"]))
+                link.reply(Message("aux", {"site": "fuzz-a"}, re=rnd.randrange(1 << 62), rc=rnd.choice(["OK", "ERROR"])))
             elif k == 3:
                 rc = ask("another job's secret", "hello", {"job_id": info["victim"], "secret": rnd.randbytes(24).hex(),
                                                            "pid": os.getpid()})
@@ -415,7 +414,7 @@ class JobSocketFuzzer(Controller):
                     if rc == "OK":
                         problems.append(f"{op} for {targets} outside the job accepted")
             else:
-                op = rnd.choice([o for o in P.JOB_OPS if o.name not in skip])
+                op = rnd.choice([o for o in job_ops.FROM_JOB if o.name not in skip])
                 body = {n: rnd.choice(POOL) for n in op.fields}
                 body[rnd.choice(["junk", "b", ""])] = rnd.choice(POOL)
                 ask("random body", op.name, body)
@@ -645,7 +644,7 @@ class LateTalker(Controller):
             write_json(path, {"steps": steps, "done": False})
 
         def ask(op, body):
-            return rc_of(lambda: link.request(op, body, timeout=5.0))
+            return rc_of(lambda: link.request(Message(op, body), timeout=5.0))
 
         def status(status, progress=None, error=None):
             return ask("run_status", {"status": status, "progress": progress, "error": error})
@@ -808,7 +807,7 @@ class Peer:
                 self.undecodable += 1
                 continue
             self.replies[msg.rc or msg.op] += 1
-            if not msg.is_reply or msg.rc == P.Rc.RATE_LIMITED:
+            if not msg.is_reply or msg.rc == Rc.RATE_LIMITED:
                 continue
             expected = self.expected.pop(msg.re, None)
             if expected is not None:
@@ -817,9 +816,9 @@ class Peer:
                 problem = check(msg)
                 if problem:
                     self.problems[f"{kind}: {problem}"] += 1
-            elif msg.rc == P.Rc.ERROR:
+            elif msg.rc == Rc.ERROR:
                 self.problems[f"'{msg.op[:40]}' answered ERROR: {reason_of(msg)}"] += 1
-            elif self.forbid_ok and msg.rc == P.Rc.OK:
+            elif self.forbid_ok and msg.rc == Rc.OK:
                 self.problems[f"'{msg.op[:40]}' answered OK to a peer that never said a valid hello"] += 1
 
     def reopen(self, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
@@ -904,9 +903,10 @@ class Verdicts:
 
 
 def admin_rc(admin: AdminClient, op: str, **body: Any) -> tuple[str, str, dict]:
-    """(reply code, reason, body) of one admin request; NO_ANSWER if the parent did not answer."""
+    """(reply code, reason, body) of one admin request (``op`` named, well formed); NO_ANSWER if the
+    parent did not answer."""
     try:
-        return P.Rc.OK, "", admin.call(op, **body)
+        return Rc.OK, "", admin.call(admin_ops.FROM_ADMIN.get(op), **body)
     except ParentUnavailable as exc:
         return NO_ANSWER, str(exc), {}
     except FlrunnerError as exc:
@@ -1097,7 +1097,7 @@ class Traffic(threading.Thread):
         peers: dict[str, Peer] = {}
         try:
             gens = {name: Inputs(name, table, random.Random(rnd.random()), lambda: self.tokens)
-                    for name, table in (("sites", P.SITE_OPS), ("jobs", P.JOB_OPS), ("admin", P.ADMIN_OPS))}
+                    for name, table in (("sites", site_ops.FROM_SITE), ("jobs", job_ops.FROM_JOB), ("admin", admin_ops.FROM_ADMIN))}
             peers = {name: Peer(ctx, self.info[name]) for name in SOCKETS}
             n, due = 0, time.monotonic()
             while not self._stop_event.is_set():
@@ -1162,7 +1162,7 @@ class Submitter(threading.Thread):
                         self.answers.append((sent, exc.rc))
                     else:
                         self.acked.append((sent, job_id))
-                        self.answers.append((sent, P.Rc.OK))
+                        self.answers.append((sent, Rc.OK))
                     self._stop_event.wait(self.interval)
         except Exception as exc:  # reported with the phase's findings
             self.error = f"{type(exc).__name__}: {exc}"
@@ -1230,7 +1230,7 @@ class IllTimed:
         completion `settle_probes` checks)."""
         self.pings += 1
         rc, reason, body = admin_rc(self.admin, "ping")
-        if rc != P.Rc.OK or body.get("pid") != self.world.parent.pid:
+        if rc != Rc.OK or body.get("pid") != self.world.parent.pid:
             self.v.problem("serving", f"{where}: the parent did not answer a ping ({rc} {reason} {body})")
             return False
         try:
@@ -1281,7 +1281,7 @@ class IllTimed:
         admin = self.admin
         for job_id in (str(uuid.uuid4()), "no-such-job"):
             rc, reason, _ = admin_rc(admin, "abort", job_id=job_id, reason="fuzz: unknown")
-            self.v.expect(phase, f"abort of an unknown job '{job_id}'", [P.Rc.NOT_FOUND], rc, reason)
+            self.v.expect(phase, f"abort of an unknown job '{job_id}'", [Rc.NOT_FOUND], rc, reason)
             self.serving(f"after an abort of unknown job {job_id}")
 
         # A queued job: its only site never logs in, so it waits SUBMITTED (scheduling retries with back-off).
@@ -1290,13 +1290,13 @@ class IllTimed:
         if status != "SUBMITTED":
             self.v.problem(phase, f"a job for a site that is not logged in is {status}, not SUBMITTED", queued)
         rc, reason, body = admin_rc(admin, "abort", job_id=queued, reason="fuzz: queued")
-        if self.v.expect(phase, "abort of a queued (SUBMITTED) job", [P.Rc.OK], rc, reason, queued):
+        if self.v.expect(phase, "abort of a queued (SUBMITTED) job", [Rc.OK], rc, reason, queued):
             if body["job"]["status"] != "FINISHED:ABORTED":
                 self.v.problem(phase, f"abort of a queued job answered OK with the job {body['job']['status']}: "
                                       f"README says a queued job is aborted at once", queued)
         self.serving("after an abort of a queued job")
         rc, reason, _ = admin_rc(admin, "abort", job_id=queued, reason="fuzz: queued, again")
-        self.v.expect(phase, "abort of that job again (now FINISHED:ABORTED)", [P.Rc.CONFLICT], rc, reason, queued)
+        self.v.expect(phase, "abort of that job again (now FINISHED:ABORTED)", [Rc.CONFLICT], rc, reason, queued)
         job = admin.status(queued)
         if any(h["status"] in ("DISPATCHED", "RUNNING") for h in job["history"]):
             self.v.problem(phase, f"a job aborted while queued was launched: {brief(job['history'])}", queued)
@@ -1306,9 +1306,9 @@ class IllTimed:
         # ends at the SIGKILL of the escalation), so the second one surely comes while it is under way.
         running, _ = self.submit_running(self.folder("t-stubborn", "Stubborn"))
         rc, reason, _ = admin_rc(admin, "abort", job_id=running, reason="fuzz: first abort")
-        self.v.expect(phase, "abort of a running job", [P.Rc.OK], rc, reason, running)
+        self.v.expect(phase, "abort of a running job", [Rc.OK], rc, reason, running)
         rc, reason, _ = admin_rc(admin, "abort", job_id=running, reason="fuzz: second abort")
-        self.v.expect(phase, "abort of that job again while its abort is under way", [P.Rc.OK], rc, reason, running)
+        self.v.expect(phase, "abort of that job again while its abort is under way", [Rc.OK], rc, reason, running)
         self.serving("after two aborts of a running job")
         job = wait_job(admin, running, is_final, 30)
         asked = [h for h in job["history"] if h["reason"].startswith("abort requested")]
@@ -1316,7 +1316,7 @@ class IllTimed:
             self.v.problem(phase, f"a job aborted twice ended {job['status']} with history [{brief(job['history'])}]: "
                                   f"expected FINISHED:ABORTED, one abort request, the first abort's reason", running)
         rc, reason, _ = admin_rc(admin, "abort", job_id=running, reason="fuzz: after the end")
-        self.v.expect(phase, "abort of a job that ended FINISHED:ABORTED", [P.Rc.CONFLICT], rc, reason, running)
+        self.v.expect(phase, "abort of a job that ended FINISHED:ABORTED", [Rc.CONFLICT], rc, reason, running)
         self.serving("after an abort of a finished job")
 
     def abort_dispatched(self, tries: int = 3) -> None:
@@ -1348,10 +1348,10 @@ class IllTimed:
                     admin_rc(admin, "abort", job_id=job_id, reason="fuzz: missed the DISPATCHED window")
                     continue
                 rc, reason, body = admin_rc(admin, "abort", job_id=job_id, reason="fuzz: dispatched, no hello yet")
-                self.v.expect(phase, "abort of a DISPATCHED job whose process has not said hello", [P.Rc.OK], rc,
+                self.v.expect(phase, "abort of a DISPATCHED job whose process has not said hello", [Rc.OK], rc,
                               reason, job_id)
                 rc, reason, _ = admin_rc(admin, "abort", job_id=job_id, reason="fuzz: dispatched, again")
-                self.v.expect(phase, "abort of that job again", [P.Rc.OK], rc, reason, job_id)
+                self.v.expect(phase, "abort of that job again", [Rc.OK], rc, reason, job_id)
                 signal_pid(pid, signal.SIGCONT)  # its hello now reaches a parent that has its abort
                 self.serving("after aborts of a DISPATCHED job")
                 job = wait_job(admin, job_id, lambda j: is_final(j) and not alive(pid), 30)
@@ -1384,12 +1384,12 @@ class IllTimed:
             t0 = time.time()
             for what, op, body, expected in (
                     ("hello from another connection, wrong secret", "hello",
-                     {**mine, "secret": "x" + mine["secret"][1:]}, P.Rc.UNAUTHORIZED),
+                     {**mine, "secret": "x" + mine["secret"][1:]}, Rc.UNAUTHORIZED),
                     ("hello from another connection, right secret, another pid", "hello",
-                     {**mine, "pid": mine["pid"] + 100_000}, P.Rc.UNAUTHORIZED),
+                     {**mine, "pid": mine["pid"] + 100_000}, Rc.UNAUTHORIZED),
                     ("hello for another running job (the victim) with this job's secret", "hello",
-                     {"job_id": victim, "secret": mine["secret"], "pid": victim_pid}, P.Rc.UNAUTHORIZED),
-                    ("heartbeat on that connection (no valid hello)", "heartbeat", {}, P.Rc.UNAUTHORIZED)):
+                     {"job_id": victim, "secret": mine["secret"], "pid": victim_pid}, Rc.UNAUTHORIZED),
+                    ("heartbeat on that connection (no valid hello)", "heartbeat", {}, Rc.UNAUTHORIZED)):
                 self.v.expect(phase, what, [expected], *raw_rc(other, op, body), job_id=job_id)
                 self.serving(f"after {what}")
             # The job's own connection must not have noticed.
@@ -1402,7 +1402,7 @@ class IllTimed:
                                       f"(refused or slow requests: {disturbed[:3]})", job_id)
             rc, reason = raw_rc(self.own["fuzz-a"], "aux", {"token": self.tokens["fuzz-a"], "job_id": job_id,
                                                             "topic": "fuzz", "timeout": 2.0})
-            self.v.expect(phase, "site aux to this running server-only job (the control)", [P.Rc.OK], rc, reason,
+            self.v.expect(phase, "site aux to this running server-only job (the control)", [Rc.OK], rc, reason,
                           job_id)
 
             # With the right secret another connection is the job's: the secret is the proof.
@@ -1410,10 +1410,10 @@ class IllTimed:
             # (The job process may take its connection back at once: its next request is refused, and
             # it says hello again.)
             for what, op, expected in (
-                    ("hello from another connection with the job's secret and pid", "hello", [P.Rc.OK]),
-                    ("the same hello again on that connection", "hello", [P.Rc.OK]),
+                    ("hello from another connection with the job's secret and pid", "hello", [Rc.OK]),
+                    ("the same hello again on that connection", "hello", [Rc.OK]),
                     ("heartbeat on that connection (UNAUTHORIZED once the job process said hello again)",
-                     "heartbeat", [P.Rc.OK, P.Rc.UNAUTHORIZED])):
+                     "heartbeat", [Rc.OK, Rc.UNAUTHORIZED])):
                 self.v.expect(phase, what, expected, *raw_rc(other, op, mine if op == "hello" else {}), job_id=job_id)
                 self.serving(f"after {what}")
             # The job process learns it (a refused request or heartbeat) and says hello again.
@@ -1432,7 +1432,7 @@ class IllTimed:
                 self.v.problem(phase, "the job process never got its connection back after another connection said "
                                       "hello with its secret", job_id)
             self.v.expect(phase, "heartbeat on the other connection once the job process said hello again",
-                          [P.Rc.UNAUTHORIZED], *raw_rc(other, "heartbeat", {}), job_id=job_id)
+                          [Rc.UNAUTHORIZED], *raw_rc(other, "heartbeat", {}), job_id=job_id)
             job = admin.status(job_id)
             if job["status"] != "RUNNING" or len(job["history"]) != history:
                 self.v.problem(phase, f"hello replays changed the job: {job['status']}, "
@@ -1448,18 +1448,18 @@ class IllTimed:
             for sock, what in ((other, "on the connection that was the job's"), (later, "on a new connection")):
                 # CONFLICT tells the job's own process (the secret proves it) that its job has ended.
                 self.v.expect(phase, f"hello with {ended}, {what} (UNAUTHORIZED, or CONFLICT: the job ended)",
-                              [P.Rc.UNAUTHORIZED, P.Rc.CONFLICT], *raw_rc(sock, "hello", mine), job_id=job_id)
+                              [Rc.UNAUTHORIZED, Rc.CONFLICT], *raw_rc(sock, "hello", mine), job_id=job_id)
                 self.v.expect(phase, f"hello for a job that ended with a wrong secret, {what} (tells nothing)",
-                              [P.Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**mine, "secret": "x" + mine["secret"][1:]}),
+                              [Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**mine, "secret": "x" + mine["secret"][1:]}),
                               job_id=job_id)
                 for op, body in (("run_status", {"status": "FINISHED:ABORTED", "error": "forged"}),
                                  ("aux", {"targets": [self.SITE], "topic": "fuzz", "timeout": 1.0}),
                                  ("sync_clients", {})):
-                    self.v.expect(phase, f"{op} after a hello with {ended}, {what}", [P.Rc.UNAUTHORIZED],
+                    self.v.expect(phase, f"{op} after a hello with {ended}, {what}", [Rc.UNAUTHORIZED],
                                   *raw_rc(sock, op, body), job_id=job_id)
             rc, reason = raw_rc(self.own["fuzz-a"], "aux", {"token": self.tokens["fuzz-a"], "job_id": job_id,
                                                             "topic": "fuzz", "timeout": 2.0})
-            self.v.expect("sites socket", "site aux to a job that ended", [P.Rc.NOT_FOUND], rc, reason, job_id)
+            self.v.expect("sites socket", "site aux to a job that ended", [Rc.NOT_FOUND], rc, reason, job_id)
             self.serving("after messages for a job that ended")
             self.check_ledger(phase)
         finally:
@@ -1484,7 +1484,7 @@ class IllTimed:
             old = {"job_id": job_id, "secret": first["secret"]}
             for what, pid in (("its old pid", first["pid"]), ("the new process's pid", second["pid"])):
                 self.v.expect(phase, f"hello with the secret of a job process replaced after a crash, {what}",
-                              [P.Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**old, "pid": pid}), job_id=job_id)
+                              [Rc.UNAUTHORIZED], *raw_rc(sock, "hello", {**old, "pid": pid}), job_id=job_id)
                 self.serving("after a hello with the secret of a replaced job process")
         finally:
             sock.close(0)
@@ -1525,25 +1525,25 @@ class IllTimed:
         try:
             instance = uuid.uuid4().hex[:16]
             login = request(sock, "login", login_body("fuzz-c", instance))
-            self.v.expect(phase, "login of fuzz-c", [P.Rc.OK], login.rc or "?", reason_of(login))
+            self.v.expect(phase, "login of fuzz-c", [Rc.OK], login.rc or "?", reason_of(login))
             old = login.body.get("token", "")
-            self.v.expect(phase, "logout", [P.Rc.OK], *raw_rc(sock, "logout", {"token": old}))
+            self.v.expect(phase, "logout", [Rc.OK], *raw_rc(sock, "logout", {"token": old}))
             for what, op, body in (
                     ("heartbeat with the token after logout", "heartbeat", {"token": old}),
                     ("logout again with that token", "logout", {"token": old}),
                     ("aux to a running job with that token", "aux",
                      {"token": old, "job_id": victim, "topic": "fuzz", "timeout": 1.0})):
-                self.v.expect(phase, what, [P.Rc.UNAUTHORIZED], *raw_rc(sock, op, body))
+                self.v.expect(phase, what, [Rc.UNAUTHORIZED], *raw_rc(sock, op, body))
                 self.serving(f"after {what}")
             again = request(sock, "login", login_body("fuzz-c", instance))
-            self.v.expect(phase, "login again", [P.Rc.OK], again.rc or "?", reason_of(again))
+            self.v.expect(phase, "login again", [Rc.OK], again.rc or "?", reason_of(again))
             new = again.body.get("token", "")
             if new == old:
                 self.v.problem(phase, "a site that logged out and in again got the same token")
-            self.v.expect(phase, "heartbeat with the token of the first session", [P.Rc.UNAUTHORIZED],
+            self.v.expect(phase, "heartbeat with the token of the first session", [Rc.UNAUTHORIZED],
                           *raw_rc(sock, "heartbeat", {"token": old}))
-            self.v.expect(phase, "heartbeat with the new token", [P.Rc.OK], *raw_rc(sock, "heartbeat", {"token": new}))
-            self.v.expect(phase, "logout with the new token", [P.Rc.OK], *raw_rc(sock, "logout", {"token": new}))
+            self.v.expect(phase, "heartbeat with the new token", [Rc.OK], *raw_rc(sock, "heartbeat", {"token": new}))
+            self.v.expect(phase, "logout with the new token", [Rc.OK], *raw_rc(sock, "logout", {"token": new}))
             after = {c["name"]: c for c in self.admin.clients()}
             if "fuzz-c" in after:
                 self.v.problem(phase, "fuzz-c is still in the registry after its logout")
@@ -1588,7 +1588,7 @@ class IllTimed:
         self.check_ledger(f"{phase}, before the kill")
         stubborn = jobs["ignores aborts, aborted just before the kill"]
         rc, reason, _ = admin_rc(admin, "abort", job_id=stubborn, reason="fuzz: just before the kill")
-        self.v.expect(phase, "abort of a running job just before the parent is killed", [P.Rc.OK], rc, reason, stubborn)
+        self.v.expect(phase, "abort of a running job just before the parent is killed", [Rc.OK], rc, reason, stubborn)
         old_pid = self.world.parent.pid
         t_kill = time.time()
         self.world.kill9()
@@ -1611,9 +1611,9 @@ class IllTimed:
         # A job whose process has not said hello to the new parent (it is stopped) is aborted.
         aborted = jobs["stopped, aborted during re-adoption"]
         rc, reason, body = admin_rc(admin, "abort", job_id=aborted, reason="fuzz: during re-adoption")
-        self.v.expect(phase, "abort of a job not yet re-adopted by the new parent", [P.Rc.OK], rc, reason, aborted)
+        self.v.expect(phase, "abort of a job not yet re-adopted by the new parent", [Rc.OK], rc, reason, aborted)
         rc, reason, _ = admin_rc(admin, "abort", job_id=aborted, reason="fuzz: during re-adoption, again")
-        self.v.expect(phase, "abort of that job again", [P.Rc.OK], rc, reason, aborted)
+        self.v.expect(phase, "abort of that job again", [Rc.OK], rc, reason, aborted)
         self.serving(f"right after restart {number}")
 
         # Things settle: every job re-adopted or ended.
@@ -1686,7 +1686,7 @@ class IllTimed:
         for what, n in traffic.problems.most_common():
             self.v.problem(phase, f"fuzzing traffic across the restart: {what} (x{n})")
         answers = collections.Counter(rc for _, rc in submitter.answers)
-        odd = {rc: n for rc, n in answers.items() if rc not in (P.Rc.OK, P.Rc.NOT_READY, NO_ANSWER)}
+        odd = {rc: n for rc, n in answers.items() if rc not in (Rc.OK, Rc.NOT_READY, NO_ANSWER)}
         if odd:
             self.v.problem(phase, f"submits around the restart were answered {odd}")
         self.v.note(f"{phase}: fuzzing traffic {traffic.total()} inputs ({sum(traffic.dropped.values())} dropped while "
@@ -1739,7 +1739,7 @@ class IllTimed:
         proc = self.world.parent.proc
         rc, reason, body = admin_rc(admin, "shutdown")
         t_shutdown = time.time()
-        self.v.expect(phase, "shutdown while submits are in flight and jobs run", [P.Rc.OK], rc, reason)
+        self.v.expect(phase, "shutdown while submits are in flight and jobs run", [Rc.OK], rc, reason)
         try:
             code = proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -1772,7 +1772,7 @@ class IllTimed:
         except TimeoutError:
             self.v.problem(phase, f"processes left after the parent stopped: {left()}")
         answers = collections.Counter(rc for s in submitters for sent, rc in s.answers if sent > t_shutdown)
-        odd = {rc: n for rc, n in answers.items() if rc not in (P.Rc.OK, P.Rc.CONFLICT, P.Rc.NOT_READY, NO_ANSWER)}
+        odd = {rc: n for rc, n in answers.items() if rc not in (Rc.OK, Rc.CONFLICT, Rc.NOT_READY, NO_ANSWER)}
         if odd:
             self.v.problem(phase, f"submits sent after the shutdown were answered {odd}")
         acked = [job_id for s in submitters for _, job_id in s.acked]
@@ -1874,7 +1874,7 @@ def run_plain(args: argparse.Namespace) -> int:
                 while sock.poll(0):
                     sock.recv_multipart()
                 reply = request(sock, "login", login_body(name, instances[name]))
-                if reply.rc != P.Rc.OK:
+                if reply.rc != Rc.OK:
                     raise RuntimeError(f"the fuzzer's own site {name} could not log in: {reply.rc} {reason_of(reply)}")
                 tokens[name] = reply.body["token"]
 
@@ -1918,7 +1918,7 @@ def run_plain(args: argparse.Namespace) -> int:
         share = args.count // 4
         raw_total = share * 3
         gens = {name: Inputs(name, table, random.Random(rnd.random()), lambda: tokens)
-                for name, table in (("sites", P.SITE_OPS), ("jobs", P.JOB_OPS), ("admin", P.ADMIN_OPS))}
+                for name, table in (("sites", site_ops.FROM_SITE), ("jobs", job_ops.FROM_JOB), ("admin", admin_ops.FROM_ADMIN))}
         peers = {name: Peer(ctx, info[name]) for name in SOCKETS}
         i = 0
         ok = True
@@ -2158,7 +2158,7 @@ def expect_rc(*allowed: str) -> Check:
 
 def refused(msg: Message) -> str | None:
     """The input must not be accepted."""
-    return f"accepted: {str(msg.body)[:160]}" if msg.rc == P.Rc.OK else None
+    return f"accepted: {str(msg.body)[:160]}" if msg.rc == Rc.OK else None
 
 
 def flip(data: bytes, rnd: random.Random) -> bytes:
@@ -2215,13 +2215,13 @@ class SiteResponder(threading.Thread):
                     continue
                 msg = decode(sock.recv_multipart())
                 if msg.is_reply:
-                    if msg.op == "login" and msg.rc == P.Rc.OK:
+                    if msg.op == "login" and msg.rc == Rc.OK:
                         self.token, self.logins = msg.body["token"], self.logins + 1
                         interval = float(msg.body.get("heartbeat_interval", 5.0))
                         next_beat = time.monotonic() + interval
                         self.job_keys.update(msg.body.get("job_keys") or {})
                         self.logged_in.set()
-                    elif msg.op == "heartbeat" and msg.rc != P.Rc.OK:
+                    elif msg.op == "heartbeat" and msg.rc != Rc.OK:
                         self.heartbeats_refused += 1
                         self.token, login_sent = None, float("-inf")
                     continue
@@ -2237,17 +2237,17 @@ class SiteResponder(threading.Thread):
         if msg.op == "job_key":
             self.job_keys[body["job_id"]] = body["key"]
         elif msg.op == "check_resources":
-            self._send(sock, Message(msg.op, {"token": f"r-{FUZZ_SITE}", "reason": None}, re=msg.id, rc=P.Rc.OK))
+            self._send(sock, Message(msg.op, {"token": f"r-{FUZZ_SITE}", "reason": None}, re=msg.id, rc=Rc.OK))
         elif msg.op == "start_job":
             if body.get("job_key"):
                 self.job_keys[body["job_id"]] = body["job_key"]
-            self._send(sock, Message(msg.op, {"started": True}, re=msg.id, rc=P.Rc.OK))
+            self._send(sock, Message(msg.op, {"started": True}, re=msg.id, rc=Rc.OK))
         elif msg.op == "aux":
             if not body.get("fire_and_forget"):
-                self._send(sock, Message(msg.op, {}, re=msg.id, rc=P.Rc.OK,
+                self._send(sock, Message(msg.op, {}, re=msg.id, rc=Rc.OK,
                                          frames=encode_shareable(Shareable({"site": FUZZ_SITE}))))
         elif msg.op not in ("stop_job", "cancel_resources"):
-            self._send(sock, Message(msg.op, {"reason": f"unknown op {msg.op}"}, re=msg.id, rc=P.Rc.BAD_REQUEST))
+            self._send(sock, Message(msg.op, {"reason": f"unknown op {msg.op}"}, re=msg.id, rc=Rc.BAD_REQUEST))
 
     @staticmethod
     def _send(sock: zmq.Socket, msg: Message) -> None:
@@ -2320,13 +2320,13 @@ class Sealer:
             frames = []
         elif variant == "sealed by another key":
             key = bytes(Box(PrivateKey.generate(), PublicKey(job_key)).encrypt(data_key))
-        return variant, frames, key, expect_rc(P.Rc.BAD_REQUEST)
+        return variant, frames, key, expect_rc(Rc.BAD_REQUEST)
 
     def _opens(self, blob: bytes, job_key: bytes, want: str | None) -> Check:
         """The reply is OK and sealed for s1 by the job's key, for this very request; with ``want``,
         the engine's return code inside is that one (else any code but OK)."""
         def check(msg: Message) -> str | None:
-            if msg.rc != P.Rc.OK:
+            if msg.rc != Rc.OK:
                 return f"answered {msg.rc} ({reason_of(msg)})"
             try:
                 frames = sealed.open_reply(msg.frames, self.secret, job_key, context=sealed.reply_context(blob))
@@ -2350,7 +2350,7 @@ class SiteInputs:
         self.jobs = jobs
         self.sealer = sealer
         self.i = 0
-        self._wrong_aux = itertools.cycle([(name, v) for name, f in P.SITE_AUX.fields.items() if name != "token"
+        self._wrong_aux = itertools.cycle([(name, v) for name, f in aux_ops.FROM_SITE.fields.items() if name != "token"
                                            for v in wrong_values(f)])
         self.kinds: list[Callable[[], Probe]] = [
             self.login_as_another, self.oversized_field, self.aux_sealed_key, self.aux_sealed, self.aux_sender_key,
@@ -2373,7 +2373,7 @@ class SiteInputs:
         body: dict[str, Any] = {"name": name}
         if self.rnd.random() < 0.5:
             body.update(pid=self.rnd.randrange(1, 1 << 22), resources={"num_cpus": 1}, jobs=list(self.jobs.values()))
-        return probe("login as another name", "login", body, check=expect_rc(P.Rc.UNAUTHORIZED))
+        return probe("login as another name", "login", body, check=expect_rc(Rc.UNAUTHORIZED))
 
     def oversized_field(self) -> Probe:
         op, name, limit = self.rnd.choice([("login", "name", 128), ("login", "jobs", 10_000),
@@ -2390,7 +2390,7 @@ class SiteInputs:
                 "aux": self._aux(self.jobs["s1-job"])}[op]
         body[name] = value
         # The token is checked before the body (an oversized one is simply unknown).
-        rc = P.Rc.UNAUTHORIZED if name == "token" else P.Rc.BAD_REQUEST
+        rc = Rc.UNAUTHORIZED if name == "token" else Rc.BAD_REQUEST
         return probe(f"oversized field ({op}.{name})", op, body, check=expect_rc(rc))
 
     def aux_sealed_key(self) -> Probe:
@@ -2402,9 +2402,9 @@ class SiteInputs:
                                     "k" * 72, 72, [b"k"], {"k": b"k"}, True, 1.5])
         frames = [self.rnd.randbytes(self.rnd.randrange(0, 200)) for _ in range(self.rnd.randrange(0, 3))]
         if not isinstance(key, bytes) or len(key) > 128:
-            rc = P.Rc.BAD_REQUEST  # by the parent
+            rc = Rc.BAD_REQUEST  # by the parent
         else:
-            rc = {"s1-job": P.Rc.BAD_REQUEST, "victim": P.Rc.UNAUTHORIZED, "none": P.Rc.NOT_FOUND}[where]
+            rc = {"s1-job": Rc.BAD_REQUEST, "victim": Rc.UNAUTHORIZED, "none": Rc.NOT_FOUND}[where]
             if where == "s1-job" and self.rnd.random() < 0.1:  # refused by the engine, which answers nothing
                 return probe("aux: garbage sealed_key, fire and forget", "aux",
                              self._aux(job_id, sealed_key=key, fire_and_forget=True), frames)
@@ -2423,25 +2423,25 @@ class SiteInputs:
         body = self._aux(self.jobs["s1-job"], sender_key=self.rnd.randbytes(self.rnd.choice([32, 0, 200])))
         if self.rnd.random() < 0.5:
             body["sealed_key"] = self.rnd.randbytes(72)
-        return probe("aux: sender_key", "aux", body, [self.rnd.randbytes(64)], expect_rc(P.Rc.BAD_REQUEST))
+        return probe("aux: sender_key", "aux", body, [self.rnd.randbytes(64)], expect_rc(Rc.BAD_REQUEST))
 
     def aux_wrong_type(self) -> Probe:
         name, value = next(self._wrong_aux)
         body = self._aux(self.jobs["s1-job"])
         body[name] = value
-        return probe("aux: field of a wrong type", "aux", body, [b"x"], expect_rc(P.Rc.BAD_REQUEST))
+        return probe("aux: field of a wrong type", "aux", body, [b"x"], expect_rc(Rc.BAD_REQUEST))
 
     def aux_elsewhere(self) -> Probe:
         """A job s1 has no app in, or no job at all."""
-        job_id, rc = self.rnd.choice([(self.jobs["victim"], P.Rc.UNAUTHORIZED), ("", P.Rc.NOT_FOUND),
-                                      ("no-such-job", P.Rc.NOT_FOUND), ("../" + self.jobs["s1-job"], P.Rc.NOT_FOUND)])
+        job_id, rc = self.rnd.choice([(self.jobs["victim"], Rc.UNAUTHORIZED), ("", Rc.NOT_FOUND),
+                                      ("no-such-job", Rc.NOT_FOUND), ("../" + self.jobs["s1-job"], Rc.NOT_FOUND)])
         return probe("aux: a job it is not in", "aux", self._aux(job_id), [self.rnd.randbytes(32)], expect_rc(rc))
 
     def aux_plain_garbage(self) -> Probe:
         """A plain request with garbage frames: the engine answers (with a failure inside), never ERROR."""
         frames = [self.rnd.randbytes(self.rnd.randrange(0, 300)) for _ in range(self.rnd.randrange(0, 4))]
         return probe("aux: plain, garbage payload", "aux", self._aux(self.jobs["s1-job"]), frames,
-                     expect_rc(P.Rc.OK, P.Rc.BAD_REQUEST))
+                     expect_rc(Rc.OK, Rc.BAD_REQUEST))
 
 
 # --- the tcp jobs socket, with random client keys ------------------------------------------------------
@@ -2477,24 +2477,24 @@ class JobInputs:
         body: dict[str, Any] = {"job_id": job_id, "secret": self._secret(), "pid": pid}
         if self.rnd.random() < 0.5:
             body["sealing_key"] = self.rnd.randbytes(32)
-        return probe("hello: wrong secret", "hello", body, check=expect_rc(P.Rc.UNAUTHORIZED))
+        return probe("hello: wrong secret", "hello", body, check=expect_rc(Rc.UNAUTHORIZED))
 
     def sealing_key_size(self) -> Probe:
         job_id, pid = self._job()
         size = self.rnd.choice([0, 1, 16, 31, 33, 40, 64, 72, 128, 129, 1000, 70_000])
         return probe("hello: sealing_key of a wrong size", "hello", {
             "job_id": job_id, "secret": self._secret(), "pid": pid, "sealing_key": self.rnd.randbytes(size)},
-            check=expect_rc(P.Rc.BAD_REQUEST))
+            check=expect_rc(Rc.BAD_REQUEST))
 
     def sealing_key_type(self) -> Probe:
         job_id, pid = self._job()
         key = self.rnd.choice(["k" * 40, "k" * 32, 32, 1.5, True, [self.rnd.randbytes(32)], {"k": b"k"}])
         return probe("hello: sealing_key of a wrong type", "hello", {
             "job_id": job_id, "secret": self._secret(), "pid": pid, "sealing_key": key},
-            check=expect_rc(P.Rc.BAD_REQUEST))
+            check=expect_rc(Rc.BAD_REQUEST))
 
     def garbage_hello(self) -> Probe:
-        body = {name: self.rnd.choice(POOL) for name in P.HELLO.fields if self.rnd.random() < 0.8}
+        body = {name: self.rnd.choice(POOL) for name in job_ops.HELLO.fields if self.rnd.random() < 0.8}
         if self.rnd.random() < 0.3:
             body[self.rnd.choice(["token", "job", "", "secret "])] = self.rnd.choice(POOL)
         return probe("hello: garbage", "hello", body, check=refused)
@@ -2516,7 +2516,7 @@ class JobInputs:
     def before_hello(self) -> Probe:
         op, body = next(self._before)
         # Refused before anything is done, so even a fire-and-forget aux is answered.
-        return probe(f"before hello: {op}", op, body, [b"payload"] if op == "aux" else (), expect_rc(P.Rc.UNAUTHORIZED))
+        return probe(f"before hello: {op}", op, body, [b"payload"] if op == "aux" else (), expect_rc(Rc.UNAUTHORIZED))
 
 
 # --- the remote admin socket, as a1 ----------------------------------------------------------------------
@@ -2611,7 +2611,7 @@ class AdminInputs:
     def _submit(self, kind: str, frames: list[bytes], **body: Any) -> Probe:
         body.setdefault("name", self.rnd.choice(["fuzz", "../../fuzz", "x" * 256, "", "é" * 80, "a\x00b"]))
         # NOT_READY: the parent reads a few submissions at a time and asks the rest to come back.
-        return probe(f"submit: {kind}", "submit", body, frames, expect_rc(P.Rc.BAD_REQUEST, P.Rc.NOT_READY))
+        return probe(f"submit: {kind}", "submit", body, frames, expect_rc(Rc.BAD_REQUEST, Rc.NOT_READY))
 
     def _with(self, *extra: tuple[tarfile.TarInfo, bytes | None], meta: bool = True) -> bytes:
         head = [member("meta.json", json.dumps(self.meta).encode())] if meta else []
@@ -2730,15 +2730,15 @@ class AdminInputs:
 
     def abort_unknown(self) -> Probe:
         return probe("abort: unknown job", "abort", {"job_id": self._unknown_job(), "reason": "fuzz"},
-                     check=expect_rc(P.Rc.NOT_FOUND))
+                     check=expect_rc(Rc.NOT_FOUND))
 
     def status_unknown(self) -> Probe:
-        return probe("status: unknown job", "status", {"job_id": self._unknown_job()}, check=expect_rc(P.Rc.NOT_FOUND))
+        return probe("status: unknown job", "status", {"job_id": self._unknown_job()}, check=expect_rc(Rc.NOT_FOUND))
 
     def remote_job_dir(self) -> Probe:
         """A folder on the parent's machine, named by a remote admin: always refused, even a valid one."""
         job_dir = self.rnd.choice([str(self.good_job), str(self.good_job), "/etc", "/", "../../etc", "job", ""])
-        return probe("submit: job_dir (remote)", "submit", {"job_dir": job_dir}, check=expect_rc(P.Rc.BAD_REQUEST))
+        return probe("submit: job_dir (remote)", "submit", {"job_dir": job_dir}, check=expect_rc(Rc.BAD_REQUEST))
 
 
 # --- connections that must get no answer ---------------------------------------------------------------
@@ -3219,7 +3219,7 @@ def run_kit(args: argparse.Namespace) -> int:
         server_key = s1.parent_public_key
         fake_tokens = lambda: {"fuzz-a": "not-a-token", "victim": jobs["victim"]}  # noqa: E731
 
-        def generic(name: str, table: P.OpTable, max_frame: int | None = None) -> Inputs:
+        def generic(name: str, table: Channel, max_frame: int | None = None) -> Inputs:
             gen = Inputs(name, table, random.Random(rnd.random()), fake_tokens, max_frame)
             gen.kinds = [k for k in gen.kinds if k[0] != "another site's token"]
             return gen
@@ -3230,15 +3230,15 @@ def run_kit(args: argparse.Namespace) -> int:
 
         surfaces = {
             "sites": Surface("sites", Peer(ctx, info["sites"], (s1.public_key, s1.secret_key, server_key)),
-                             generic("sites", P.SITE_OPS),
+                             generic("sites", site_ops.FROM_SITE),
                              SiteInputs(random.Random(rnd.random()), session, jobs,
                                         Sealer(s1.secret_key, random.Random(rnd.random()))).next),
             "jobs": Surface("jobs", Peer(ctx, info["jobs"], new_job_key(), forbid_ok=True),
-                            generic("jobs", P.JOB_OPS), JobInputs(random.Random(rnd.random()), jobs, pids).next,
+                            generic("jobs", job_ops.FROM_JOB), JobInputs(random.Random(rnd.random()), jobs, pids).next,
                             rekey=new_job_key),
             "remote-admin": Surface("remote-admin", Peer(ctx, info["remote_admin"], (a1.public_key, a1.secret_key,
                                                                                       server_key)),
-                                    generic("admin", P.ADMIN_OPS, max_frame=64 * B.MB),
+                                    generic("admin", admin_ops.FROM_ADMIN, max_frame=64 * B.MB),
                                     AdminInputs(random.Random(rnd.random()), good_job, root, many=1000).next,
                                     window=24),
         }
@@ -3262,7 +3262,7 @@ def run_kit(args: argparse.Namespace) -> int:
                     # submit queued before it.
                     t0 = time.monotonic()
                     try:
-                        fresh.call("submit", frames=[b""], name="queue-probe")
+                        fresh.call(admin_ops.SUBMIT, frames=[b""], name="queue-probe")
                         raise RuntimeError("an empty upload was accepted")
                     except BadRequest:
                         queue_waits.append(time.monotonic() - t0)

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 from flrunner import Controller
+from flrunner.transport.wire import Message
 
 try:  # in a job: next to job_components.py in its custom/ folder
     from job_components import _write
@@ -48,7 +49,7 @@ class FloodParent(Controller):
         while (time.monotonic() - t0 < self.min_seconds or not os.path.exists(stop)) \
                 and time.monotonic() - t0 < self.seconds and not abort_signal.triggered:
             for _ in range(max(1, self.per_second // 20)):
-                calls.append(link.call("heartbeat", {}, [self.blob]))
+                calls.append(link.call(Message("heartbeat", {}, frames=[self.blob])))
             time.sleep(0.05)
             if reason is None:
                 reason = _first_rate_limited(calls)

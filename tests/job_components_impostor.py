@@ -32,7 +32,7 @@ class Impostor(Controller):
         hello = {"job_id": self.other_job_id, "secret": session._secret, "pid": os.getpid()}
         out = {"fresh_connection": self._raw_hello(session.link.endpoint, hello)}
         try:
-            engine._require_link().request("hello", hello, timeout=5)
+            engine._require_link().request(Message("hello", hello), timeout=5)
             out["own_connection"] = "OK"
         except Exception as exc:
             out["own_connection"] = f"{type(exc).__name__}: {exc}"

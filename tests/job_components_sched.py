@@ -65,10 +65,10 @@ class WatchSites(Controller):
         syncs = []
         request = engine.link.request
 
-        def counting_request(op, *args, **kwargs):
-            if op == "sync_clients":
+        def counting_request(msg, *args, **kwargs):
+            if msg.op == "sync_clients":
                 syncs.append(time.time())
-            return request(op, *args, **kwargs)
+            return request(msg, *args, **kwargs)
 
         engine.link.request = counting_request
         seen = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zmq
 
 from flrunner.transport.link import Link
-from flrunner.protocol import Rc
+from flrunner.protocol import Rc, job_ops
 from flrunner.transport.wire import Message, decode, encode
 
 from .conftest import wait_for
@@ -16,7 +16,7 @@ def test_a_rate_limited_heartbeat_is_not_taken_for_a_parent_that_forgot_the_peer
     router.linger = 0
     router.bind(f"ipc://{tmp}/parent.sock")
     refused: list[str] = []
-    link = Link(f"ipc://{tmp}/parent.sock", lambda msg: None, heartbeat_interval=0.05,
+    link = Link(f"ipc://{tmp}/parent.sock", lambda msg: None, heartbeat_interval=0.05, heartbeat=job_ops.HEARTBEAT.message,
                 on_heartbeat_refused=lambda msg: refused.append(msg.rc))
     link.start()
     link.authenticated = True  # heartbeats start once the peer has said who it is

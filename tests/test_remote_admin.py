@@ -11,6 +11,7 @@ import tarfile
 import pytest
 import zmq
 
+from flrunner.protocol import admin_ops
 from flrunner.admin.client import AdminClient, StatusFeed, admin_credentials, pack_job_folder
 from flrunner.admin.embed import FLRunner
 from flrunner.errors import BadRequest, ParentUnavailable
@@ -144,7 +145,7 @@ def tar(entries: dict[str, bytes | str]) -> bytes:
 def test_bad_uploads_are_refused_with_a_reason(remote_parent, admin_of, bundle, reason, tmp):
     alice = admin_of("alice")
     with pytest.raises(BadRequest, match=reason):
-        alice.call("submit", frames=[bundle], name="bad")
+        alice.call(admin_ops.SUBMIT, frames=[bundle], name="bad")
     assert not (tmp / "escape.txt").exists()
     assert list((remote_parent.workspace / "uploads").iterdir()) == []  # staging folders are removed
     assert alice.jobs() == []
@@ -153,9 +154,9 @@ def test_bad_uploads_are_refused_with_a_reason(remote_parent, admin_of, bundle, 
 def test_a_remote_admin_cannot_name_paths_on_the_parents_machine(remote_parent, admin_of, make_job):
     alice = admin_of("alice")
     with pytest.raises(BadRequest, match="remote admin uploads"):
-        alice.call("submit", job_dir=str(make_job([("wf", "Progress", {"steps": 1})])))
+        alice.call(admin_ops.SUBMIT, job_dir=str(make_job([("wf", "Progress", {"steps": 1})])))
     with pytest.raises(BadRequest, match="either job_dir"):
-        alice.call("submit")
+        alice.call(admin_ops.SUBMIT)
 
 
 def test_an_upload_over_the_limit_is_refused_before_sending(remote_parent, admin_of):

@@ -10,6 +10,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from flrunner.errors import RequestTimeout
 from flrunner.transport.dealer import DealerClient
+from flrunner.transport.wire import Message
 
 
 @pytest.fixture
@@ -38,12 +39,12 @@ def test_sending_to_a_parent_that_refused_the_key_fails_instead_of_blocking(refu
     client = DealerClient(endpoint, curve=(*zmq.curve_keypair(), server_key))
     try:
         with pytest.raises(RequestTimeout):  # the first message is queued, and never answered
-            client.request("ping", timeout=0.5)
+            client.request(Message("ping", {}), timeout=0.5)
         # once the handshake has been refused libzmq drops the connection's queue: nothing can be sent
         deadline = time.monotonic() + 10
         while True:
             try:
-                client.send("unsubscribe", timeout=0)
+                client.send(Message("unsubscribe", {}), timeout=0)
             except RequestTimeout as exc:
                 assert "no connection" in str(exc) and endpoint in str(exc)
                 break
@@ -51,7 +52,7 @@ def test_sending_to_a_parent_that_refused_the_key_fails_instead_of_blocking(refu
             time.sleep(0.05)
         started = time.monotonic()
         with pytest.raises(RequestTimeout, match="could not send 'ping'"):
-            client.request("ping", timeout=0.3)
+            client.request(Message("ping", {}), timeout=0.3)
         assert time.monotonic() - started < 5
     finally:
         client.close()

@@ -21,10 +21,14 @@ class FakeLink:
     def __init__(self, *replies: dict) -> None:
         self.replies = list(replies)
         self.requests: list[tuple[str, dict]] = []
+        self.answers: list[Message] = []
 
-    def request(self, op: str, body: dict | None = None, **kw) -> Message:
-        self.requests.append((op, dict(body or {})))
-        return Message(op, self.replies.pop(0), re=1, rc="OK")
+    def request(self, msg: Message, timeout: float = 30.0) -> Message:
+        self.requests.append((msg.op, dict(msg.body)))
+        return Message(msg.op, self.replies.pop(0), re=1, rc="OK")
+
+    def reply(self, answer: Message) -> None:
+        self.answers.append(answer)
 
 
 def client(name: str, token: str | None = None) -> dict:
@@ -83,7 +87,7 @@ def test_full_sync_then_delta_at_matching_revision_is_applied(tmp_path):
     link = FakeLink({"clients": [client("a"), client("b")], "revision": 5})
     eng = ServerEngine("job-1", Workspace(tmp_path), link=link)
     assert names(eng.get_clients()) == ["a", "b"]
-    assert link.requests == [("sync_clients", {"since": None})]
+    assert link.requests == [("sync_clients", {})]
     assert eng.get_client_name_from_token("tok-a") == "a"
 
     eng.on_clients_changed({"base": 5, "revision": 6, "changes": [
@@ -110,7 +114,7 @@ def test_delta_at_other_revision_marks_cache_stale_and_forces_full_sync(tmp_path
     # not applied: the engine missed revisions 6 and 7
     assert names(eng.get_clients_cached()) == ["a"]
     assert names(eng.get_clients()) == ["x", "y"]
-    assert link.requests[-1] == ("sync_clients", {"since": None})  # stale: ask for the full list
+    assert link.requests[-1] == ("sync_clients", {})  # stale: ask for the full list
     assert len(link.requests) == 2
 
 
@@ -120,7 +124,7 @@ def test_incremental_sync_uses_last_revision(tmp_path):
     eng = ServerEngine("job-1", Workspace(tmp_path), link=link)
     eng.sync_clients_from_main_process()
     assert names(eng.sync_clients_from_main_process()) == ["a", "b"]
-    assert link.requests == [("sync_clients", {"since": None}), ("sync_clients", {"since": 5})]
+    assert link.requests == [("sync_clients", {}), ("sync_clients", {"since": 5})]
 
 
 def test_delta_before_first_sync_marks_stale(engine):
@@ -139,7 +143,9 @@ def test_push_dispatch(tmp_path):
     assert not eng.abort_signal.triggered
     eng.on_push(Message("abort", {"reason": "admin said so"}))
     assert eng.abort_signal.triggered and eng.abort_signal.value == "admin said so"
-    eng.on_push(Message("something_else", {}))  # ignored, no exception
+    assert link.answers == []  # pushes are not answered
+    eng.on_push(Message("something_else", {}, id=7))  # no exception: answered BAD_REQUEST, naming the op
+    assert [(a.re, a.rc) for a in link.answers] == [(7, "BAD_REQUEST")] and "something_else" in link.answers[0].body["reason"]
 
 
 # --- context, components, status ------------------------------------------------------------------
@@ -243,8 +249,8 @@ class PushDuringRequestLink(FakeLink):
         self.engine_ref = engine_ref
         self.push = push
 
-    def request(self, op: str, body: dict | None = None, **kw) -> Message:
-        reply = super().request(op, body, **kw)
+    def request(self, msg: Message, timeout: float = 30.0) -> Message:
+        reply = super().request(msg, timeout)
         if self.push is not None:
             self.engine_ref[0].on_clients_changed(self.push)
             self.push = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from flrunner import protocol as P
+from flrunner.protocol import Channel, Field, Op, Rc, admin_ops, aux_ops, job_ops, site_ops  # noqa: F401
 from flrunner.transport.wire import Message, decode, encode, next_id
 from parent.edge.limits import RateLimiter, format_bytes
 from parent.edge.endpoint import RouterEndpoint
@@ -112,10 +112,10 @@ def test_sizes_for_people():
 def test_a_socket_drops_what_is_over_the_byte_limit_and_tells_the_peer_once():
     clock = Clock()
     ctx = zmq.Context()
-    endpoint = RouterEndpoint(ctx, "admin", P.ADMIN_OPS, 1 << 20)
+    endpoint = RouterEndpoint(ctx, "admin", admin_ops.FROM_ADMIN, 1 << 20)
     peer = ctx.socket(zmq.DEALER)
     try:
-        endpoint.on(P.PING, lambda req: {"pong": True})
+        endpoint.on(admin_ops.PING, lambda req: {"pong": True})
         endpoint.limiter = RateLimiter(None, byte_rate=1000, byte_burst=10_000, clock=clock)
         address = endpoint.bind("inproc://limits")
         peer.connect(address)

@@ -7,7 +7,7 @@ import pytest
 import zmq
 from nacl.public import Box, PrivateKey, PublicKey
 
-from flrunner import protocol as P
+from flrunner.protocol import Channel, Field, Op, Rc, admin_ops, aux_ops, job_ops, site_ops  # noqa: F401
 from flrunner.errors import BadRequest
 from flrunner.aux.payload import decode_shareable, encode_shareable
 from flrunner.security.errors import SealedError
@@ -138,16 +138,16 @@ def test_an_opened_payload_that_is_not_a_list_of_frames_is_refused(job, sites):
 
 def test_the_aux_ops_carry_sealed_keys_checked_field_by_field():
     base = {"topic": "t", "timeout": 1.0}
-    args = P.AUX.validate({**base, "sealed": {"site-1": b"k" * SEALED_KEY_BYTES}, "sender_key": b"p" * KEY_BYTES})
+    args = aux_ops.FROM_JOB.validate({**base, "sealed": {"site-1": b"k" * SEALED_KEY_BYTES}, "sender_key": b"p" * KEY_BYTES})
     assert args["sealed"] == {"site-1": b"k" * SEALED_KEY_BYTES}
     with pytest.raises(BadRequest, match=r"field 'sealed.site-1' must be bytes, got str"):
-        P.AUX.validate({**base, "sealed": {"site-1": "text"}})
+        aux_ops.FROM_JOB.validate({**base, "sealed": {"site-1": "text"}})
     with pytest.raises(BadRequest, match=r"field 'sealed.site-1' is longer than"):
-        P.AUX.validate({**base, "sealed": {"site-1": b"k" * 1000}})
+        aux_ops.FROM_JOB.validate({**base, "sealed": {"site-1": b"k" * 1000}})
     with pytest.raises(BadRequest, match="field 'sealed' must have string keys, got bytes"):
-        P.AUX.validate({**base, "sealed": {b"site-1": b"k"}})
+        aux_ops.FROM_JOB.validate({**base, "sealed": {b"site-1": b"k"}})
     with pytest.raises(BadRequest, match="field 'sender_key' is longer than"):
-        P.SITE_AUX_REQUEST.validate({**base, "job_id": "j", "sealed_key": b"k", "sender_key": b"p" * 1000})
+        aux_ops.TO_SITE.validate({**base, "job_id": "j", "sealed_key": b"k", "sender_key": b"p" * 1000})
 
 
 def test_a_request_opens_only_for_the_job_and_topic_it_was_sealed_for(job, sites):
@@ -190,25 +190,25 @@ def test_a_box_opens_with_the_key_of_either_end_so_a_request_is_bound_to_its_dir
 def test_the_ops_of_a_sites_secure_request_and_of_the_job_key_check_their_fields():
     key, sealed_key = b"p" * KEY_BYTES, b"k" * SEALED_KEY_BYTES
     hello = {"job_id": "j", "secret": "s", "pid": 1}
-    assert P.HELLO.validate({**hello, "sealing_key": key})["sealing_key"] == key
-    assert P.HELLO.validate(hello)["sealing_key"] is None
+    assert job_ops.HELLO.validate({**hello, "sealing_key": key})["sealing_key"] == key
+    assert job_ops.HELLO.validate(hello)["sealing_key"] is None
     with pytest.raises(BadRequest, match="op 'hello': field 'sealing_key' must be bytes or null, got str"):
-        P.HELLO.validate({**hello, "sealing_key": "text"})
+        job_ops.HELLO.validate({**hello, "sealing_key": "text"})
     site_aux = {"token": "t", "job_id": "j", "topic": "t", "timeout": 1.0}
-    assert P.SITE_AUX.validate({**site_aux, "sealed_key": sealed_key})["sealed_key"] == sealed_key
+    assert aux_ops.FROM_SITE.validate({**site_aux, "sealed_key": sealed_key})["sealed_key"] == sealed_key
     with pytest.raises(BadRequest, match="op 'aux': field 'sealed_key' is longer than"):
-        P.SITE_AUX.validate({**site_aux, "sealed_key": b"k" * 1000})
+        aux_ops.FROM_SITE.validate({**site_aux, "sealed_key": b"k" * 1000})
     child_aux = {"site": "s", "topic": "t", "timeout": 1.0}
-    assert P.CHILD_AUX.validate({**child_aux, "sealed_key": sealed_key})["sealed_key"] == sealed_key
+    assert aux_ops.TO_JOB.validate({**child_aux, "sealed_key": sealed_key})["sealed_key"] == sealed_key
     with pytest.raises(BadRequest, match="field 'sealed_key' must be bytes or null, got list"):
-        P.CHILD_AUX.validate({**child_aux, "sealed_key": [1]})
-    assert P.SITE_JOB_KEY.validate({"job_id": "j", "key": key}) == {"job_id": "j", "key": key}
+        aux_ops.TO_JOB.validate({**child_aux, "sealed_key": [1]})
+    assert site_ops.JOB_KEY.validate({"job_id": "j", "key": key}) == {"job_id": "j", "key": key}
     with pytest.raises(BadRequest, match="op 'job_key': missing field 'key'"):
-        P.SITE_JOB_KEY.validate({"job_id": "j"})
+        site_ops.JOB_KEY.validate({"job_id": "j"})
     start = {"job_id": "j", "job_name": "n", "app": "a"}
-    assert P.SITE_START_JOB.validate({**start, "job_key": key})["job_key"] == key
+    assert site_ops.START_JOB.validate({**start, "job_key": key})["job_key"] == key
     with pytest.raises(BadRequest, match="op 'start_job': field 'job_key' is longer than"):
-        P.SITE_START_JOB.validate({**start, "job_key": b"p" * 1000})
+        site_ops.START_JOB.validate({**start, "job_key": b"p" * 1000})
 
 
 def test_key_pairs_made_without_pynacl_are_the_ones_libsodium_makes():

@@ -48,7 +48,7 @@ class FakeLink:
     def parent_lost(self) -> bool:
         return self.away[0] <= self.time.now < self.away[1]
 
-    def call(self, op, body=None, frames=None) -> FakeCall:
+    def call(self, msg) -> FakeCall:
         self.calls += 1
         return FakeCall(self.time, self.answer_at)
 
@@ -74,7 +74,7 @@ def test_a_call_waits_through_a_long_parent_pause_and_gets_its_answer():
     # The parent stops at t=5 for 90 s; the answer to the request (queued before the stop) comes
     # 1 s after it resumes, once it has answered a heartbeat queued before it.
     link = FakeLink(time, answer_at=96.0, away=(5.0, 95.0))
-    reply = session(time, link).request("run_status", {}, timeout=30.0)
+    reply = session(time, link).request(Message("run_status", {}), timeout=30.0)
     assert reply.body == {"status": "RUNNING"} and link.calls == 1  # waited; never sent twice
 
 
@@ -82,5 +82,5 @@ def test_a_serving_parent_that_does_not_answer_times_out():
     time = FakeTime()
     link = FakeLink(time, answer_at=None, away=(0.0, 0.0))
     with pytest.raises(RequestTimeout):
-        session(time, link).request("run_status", {}, timeout=30.0)
+        session(time, link).request(Message("run_status", {}), timeout=30.0)
     assert 30.0 <= time.now < 31.0

@@ -42,12 +42,12 @@ class Relay:
         self.on_reply: Callable[[Message], Message] = lambda msg: msg
 
     # --- the job's link
-    def request(self, op: str, body: dict | None = None, **kw) -> Message:
-        assert op == "sync_clients"
-        return Message(op, {"revision": 1, "clients": self.clients}, re=1, rc="OK")
+    def request(self, msg: Message, timeout: float = 30.0) -> Message:
+        assert msg.op == "sync_clients"
+        return Message(msg.op, {"revision": 1, "clients": self.clients}, re=1, rc="OK")
 
-    def reply(self, request: Message, body: dict, frames: list | None = None, rc: str = "OK") -> None:
-        self.replies.put(Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
+    def reply(self, answer: Message) -> None:
+        self.replies.put(answer)
 
     # --- the site's sender
     def send_to_server(self, topic: str, frames: list, timeout: float, fire_and_forget: bool,

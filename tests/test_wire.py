@@ -13,7 +13,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flrunner import protocol as P
+from flrunner.protocol import Channel, Field, Op, Rc, admin_ops, aux_ops, job_ops, site_ops  # noqa: F401
 from flrunner.errors import BadRequest, EncodeError, FrameError
 from flrunner.shareable import ReservedHeaderKey, Shareable
 from flrunner.transport.wire import (MAX_HEADER_BYTES, MAX_RAW_FRAMES, PROTOCOL_VERSION, Message, decode, encode, pack,
@@ -239,26 +239,26 @@ def test_shareable_from_wire_rejects_bad_shapes(wire):
 # --- Op.validate ---------------------------------------------------------------------------------
 
 def test_validate_fills_absent_optional_fields():
-    assert P.RUN_STATUS.validate({"status": "RUNNING"}) == {"status": "RUNNING", "progress": None, "error": None}
-    assert P.HELLO.validate({"job_id": "j", "secret": "s", "pid": 5}) == {"job_id": "j", "secret": "s", "pid": 5,
+    assert job_ops.RUN_STATUS.validate({"status": "RUNNING"}) == {"status": "RUNNING", "progress": None, "error": None}
+    assert job_ops.HELLO.validate({"job_id": "j", "secret": "s", "pid": 5}) == {"job_id": "j", "secret": "s", "pid": 5,
                                                                           "sealing_key": None}
 
 
 @pytest.mark.parametrize("op, body, words", [
-    (P.HELLO, {"secret": "s", "pid": 1}, ["'hello'", "missing", "'job_id'"]),
-    (P.HELLO, {"job_id": None, "secret": "s", "pid": 1}, ["'hello'", "missing", "'job_id'"]),
-    (P.HELLO, {"job_id": "j", "secret": "s", "pid": "1"}, ["'hello'", "'pid'", "int", "str"]),
-    (P.HELLO, {"job_id": "j", "secret": "s", "pid": True}, ["'hello'", "'pid'", "bool"]),
-    (P.HELLO, {"job_id": "j", "secret": "s", "pid": 1.0}, ["'hello'", "'pid'", "float"]),
-    (P.HELLO, {"job_id": "j" * 200, "secret": "s", "pid": 1}, ["'hello'", "'job_id'", "longer"]),
-    (P.SYNC_CLIENTS, {"since": False}, ["'sync_clients'", "'since'", "bool"]),
-    (P.AUX, {"topic": "t", "timeout": True}, ["'aux'", "'timeout'", "bool"]),
-    (P.AUX, {"topic": "t", "timeout": "1"}, ["'aux'", "'timeout'", "float or int"]),
-    (P.LOGIN, {"name": ["s1"]}, ["'login'", "'name'", "list"]),
-    (P.LOGIN, {"name": "s1", "resources": "lots"}, ["'login'", "'resources'", "dict"]),
-    (P.SITE_HEARTBEAT, {"token": 12}, ["'heartbeat'", "'token'"]),
-    (P.SUBMIT, {"job_dir": "/x", "extra": 1, "more": 2}, ["'submit'", "unknown", "extra", "more"]),
-    (P.PING, {"x": 1}, ["'ping'", "unknown", "x"]),
+    (job_ops.HELLO, {"secret": "s", "pid": 1}, ["'hello'", "missing", "'job_id'"]),
+    (job_ops.HELLO, {"job_id": None, "secret": "s", "pid": 1}, ["'hello'", "missing", "'job_id'"]),
+    (job_ops.HELLO, {"job_id": "j", "secret": "s", "pid": "1"}, ["'hello'", "'pid'", "int", "str"]),
+    (job_ops.HELLO, {"job_id": "j", "secret": "s", "pid": True}, ["'hello'", "'pid'", "bool"]),
+    (job_ops.HELLO, {"job_id": "j", "secret": "s", "pid": 1.0}, ["'hello'", "'pid'", "float"]),
+    (job_ops.HELLO, {"job_id": "j" * 200, "secret": "s", "pid": 1}, ["'hello'", "'job_id'", "longer"]),
+    (job_ops.SYNC_CLIENTS, {"since": False}, ["'sync_clients'", "'since'", "bool"]),
+    (aux_ops.FROM_JOB, {"topic": "t", "timeout": True}, ["'aux'", "'timeout'", "bool"]),
+    (aux_ops.FROM_JOB, {"topic": "t", "timeout": "1"}, ["'aux'", "'timeout'", "float or int"]),
+    (site_ops.LOGIN, {"name": ["s1"]}, ["'login'", "'name'", "list"]),
+    (site_ops.LOGIN, {"name": "s1", "resources": "lots"}, ["'login'", "'resources'", "dict"]),
+    (site_ops.HEARTBEAT, {"token": 12}, ["'heartbeat'", "'token'"]),
+    (admin_ops.SUBMIT, {"job_dir": "/x", "extra": 1, "more": 2}, ["'submit'", "unknown", "extra", "more"]),
+    (admin_ops.PING, {"x": 1}, ["'ping'", "unknown", "x"]),
 ])
 def test_validate_names_op_and_field(op, body, words):
     with pytest.raises(BadRequest) as ei:
@@ -270,9 +270,9 @@ def test_validate_names_op_and_field(op, body, words):
 
 def test_validate_unknown_fields_of_mixed_key_types_and_many_of_them():
     with pytest.raises(BadRequest, match=r"unknown field\(s\) b'x', y"):
-        P.PING.validate({b"x": 1, "y": 2})  # bytes and str keys do not sort together
+        admin_ops.PING.validate({b"x": 1, "y": 2})  # bytes and str keys do not sort together
     with pytest.raises(BadRequest) as ei:
-        P.PING.validate({f"f{i:05}": i for i in range(10_000)})
+        admin_ops.PING.validate({f"f{i:05}": i for i in range(10_000)})
     assert "and 9990 more" in str(ei.value) and len(str(ei.value)) < 1000
 
 
@@ -281,13 +281,13 @@ def test_validate_refuses_deeply_nested_field_values():
     for _ in range(200):
         deep = {"a": deep}
     with pytest.raises(BadRequest, match="'resources' is nested deeper"):
-        P.LOGIN.validate({"name": "s1", "resources": deep})
-    assert P.LOGIN.validate({"name": "s1", "resources": {"gpu": [{"mem": 1}], "n": list(range(10_000))}})
+        site_ops.LOGIN.validate({"name": "s1", "resources": deep})
+    assert site_ops.LOGIN.validate({"name": "s1", "resources": {"gpu": [{"mem": 1}], "n": list(range(10_000))}})
 
 
 def test_op_table_unknown_op_names_it_and_the_socket():
     with pytest.raises(BadRequest) as ei:
-        P.ADMIN_OPS.get("frobnicate")
+        admin_ops.FROM_ADMIN.get("frobnicate")
     assert "'frobnicate'" in str(ei.value) and "admin" in str(ei.value) and "ping" in str(ei.value)
 
 

@@ -13,10 +13,13 @@ import os
 import shutil
 import sys
 import time
+from functools import partial
 from typing import Any, Sequence
 
-from flrunner.status import is_final
 from flrunner.errors import FlrunnerError, NotFound, ParentUnavailable
+from flrunner.protocol import Op
+from flrunner.protocol.admin_ops import COMMANDS, Command
+from flrunner.status import is_final
 
 DEFAULT_WORKSPACE_ENV = "FLRUNNER_WORKSPACE"
 
@@ -345,6 +348,36 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_op(op: Op, command: Command, args: argparse.Namespace) -> int:
+    """An admin op that is a command (`flrunner.protocol.admin_ops.COMMANDS`) with no code of its
+    own here: its answer (or the field it names) printed as JSON or as ``key: value`` lines."""
+    fields = {name: getattr(args, name) for name in op.fields}
+    with _admin(args) as admin:
+        body = admin.call(op, **fields)
+    result = body[command.result] if command.result else body
+    if args.json:
+        _print_json(result)
+    elif isinstance(result, dict):
+        for key, value in sorted(result.items()):
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    elif isinstance(result, list) and all(isinstance(r, dict) for r in result) and result:
+        header = sorted({k for r in result for k in r})
+        _table([[r.get(k) for k in header] for r in result], [k.upper() for k in header])
+    else:
+        print(result)
+    return 0
+
+
+def _add_fields(sp: argparse.ArgumentParser, op: Op, command: Command) -> None:
+    """The op's fields as arguments: positional ones as the command says, the others as options."""
+    for name, spec in op.fields.items():
+        kind = next((t for t in spec.types if t in (int, float, str)), str)
+        if name in command.positional:
+            sp.add_argument(name, type=kind)
+        else:
+            sp.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, required=spec.required)
+
+
 # --- parser ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flrunner", description="Server-side job runtime for federated learning.")
@@ -430,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_abort)
     admin_cmd("clients", "the site registry").set_defaults(func=cmd_clients)
     admin_cmd("ps", "the parent and every job process: pid, job, status, cpu, rss, uptime").set_defaults(func=cmd_ps)
+    # Every other admin op that is a command: its fields as arguments, its answer printed.
+    for op, command in COMMANDS.items():
+        if not command.custom:
+            sp = admin_cmd(op.name, op.doc)
+            _add_fields(sp, op, command)
+            sp.set_defaults(func=partial(cmd_admin_op, op, command))
     sp = admin_cmd("logs", "print a job's log", json_flag=False)
     sp.add_argument("job_id")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
-from flrunner import protocol as P
+from flrunner.protocol import Op, admin_ops
+from flrunner.protocol.admin_ops import COMMANDS, Command
 from flrunner.errors import BadRequest, FlrunnerError, NotReady, ParentUnavailable, RequestTimeout
 from flrunner.transport.dealer import DealerClient
 from flrunner.workspace import Workspace
@@ -94,8 +95,10 @@ class AdminClient:
         kit_endpoint, curve = admin_credentials(kit_dir)
         return cls(endpoint or kit_endpoint, timeout, curve)
 
-    def call(self, op: str, frames: list | None = None, wait: float | None = None, **body: Any) -> dict:
-        """One request; its reply body. ``wait``: seconds to wait for the answer (default: the client's timeout).
+    def call(self, op: Op, frames: list | None = None, wait: float | None = None, **fields: Any) -> dict:
+        """One request of admin op ``op``; its answer's body (checked against the op's reply shape).
+
+        ``wait``: seconds to wait for the answer (default: the client's timeout).
 
         Raises:
             ParentUnavailable: no answer in time.
@@ -103,11 +106,11 @@ class AdminClient:
         """
         timeout = self.timeout if wait is None else wait
         try:
-            return self._client.request(op, body, timeout=timeout, frames=frames).body
+            return op.call(self._client, wait=timeout, frames=frames, **fields).body
         except RequestTimeout:
             hint = ("; check the endpoint, and that the parent allows this admin key (a refused CURVE key "
                     "looks like silence)") if self.curve is not None else ""
-            raise ParentUnavailable(f"the parent at {self.endpoint} did not answer '{op}' within "
+            raise ParentUnavailable(f"the parent at {self.endpoint} did not answer '{op.name}' within "
                                     f"{timeout:g}s{hint}") from None
 
     def submit(self, job_dir: str | os.PathLike) -> str:
@@ -121,7 +124,7 @@ class AdminClient:
         """
         if self.curve is None:
             path = os.path.abspath(job_dir)
-            return self._submit(lambda left: self.call("submit", job_dir=path, wait=left, timeout=left))
+            return self._submit(lambda left: self.call(admin_ops.SUBMIT, job_dir=path, wait=left, timeout=left))
         return self.submit_upload(pack_job_folder(job_dir), os.path.basename(os.path.abspath(job_dir)))
 
     def submit_upload(self, bundle: bytes, name: str) -> str:
@@ -130,7 +133,7 @@ class AdminClient:
         if isinstance(limit, int) and len(bundle) > limit:
             raise BadRequest(f"job folder '{name}' packs to {len(bundle)} bytes; the parent accepts uploads of at "
                              f"most {limit} bytes")
-        return self._submit(lambda left: self.call("submit", frames=[bundle], name=name[:256], wait=left,
+        return self._submit(lambda left: self.call(admin_ops.SUBMIT, frames=[bundle], name=name[:256], wait=left,
                                                    timeout=left))
 
     def _submit(self, once: Callable[[float], dict]) -> str:
@@ -146,25 +149,32 @@ class AdminClient:
             pause = min(pause * 2, SUBMIT_RETRY_MAX)
 
     def jobs(self) -> list[dict]:
-        return self.call("jobs")["jobs"]
+        """Every job, without its history."""
+        return self.call(admin_ops.JOBS)["jobs"]
 
     def status(self, job_id: str) -> dict:
-        return self.call("status", job_id=job_id)["job"]
+        """One job with its status history (a unique prefix of its id is enough)."""
+        return self.call(admin_ops.STATUS, job_id=job_id)["job"]
 
     def abort(self, job_id: str, reason: str | None = None) -> dict:
-        return self.call("abort", job_id=job_id, reason=reason)["job"]
+        """Abort a job; the job as it is now."""
+        return self.call(admin_ops.ABORT, job_id=job_id, reason=reason)["job"]
 
     def clients(self) -> list[dict]:
-        return self.call("clients")["clients"]
+        """The site registry."""
+        return self.call(admin_ops.CLIENTS)["clients"]
 
     def ps(self) -> dict:
-        return self.call("ps")
+        """The parent and every job process: pid, job, status, cpu, rss, uptime."""
+        return self.call(admin_ops.PS)
 
     def ping(self) -> dict:
-        return self.call("ping")
+        """Whether the parent serves (``ready``), its pid and workspace."""
+        return self.call(admin_ops.PING)
 
     def shutdown(self) -> None:
-        self.call("shutdown")
+        """Stop the parent gracefully (as SIGTERM does)."""
+        self.call(admin_ops.SHUTDOWN)
 
     def close(self) -> None:
         self._client.close()
@@ -174,6 +184,23 @@ class AdminClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _command_method(op: Op, command: Command) -> Callable[..., Any]:
+    """An `AdminClient` method for an admin op that is a command and has no method written for it."""
+    def method(self: AdminClient, *args: Any, **fields: Any) -> Any:
+        body = self.call(op, **dict(zip(command.positional, args)), **fields)
+        return body[command.result] if command.result else body
+
+    method.__name__ = method.__qualname__ = op.name
+    method.__doc__ = op.doc
+    return method
+
+
+# Every admin op that is a command is a method of the client: a new op needs none written here.
+for _op, _command in COMMANDS.items():
+    if not hasattr(AdminClient, _op.name):
+        setattr(AdminClient, _op.name, _command_method(_op, _command))
 
 
 def pack_job_folder(job_dir: str | os.PathLike) -> bytes:
@@ -217,7 +244,7 @@ class StatusFeed:
         self.endpoint = endpoint
         self._client = DealerClient(endpoint, curve=curve)
         try:
-            reply = self._client.request("subscribe", {}, timeout=timeout)
+            reply = admin_ops.SUBSCRIBE.call(self._client, wait=timeout)
         except RequestTimeout:
             self._client.close()
             raise ParentUnavailable(f"the parent at {endpoint} did not answer 'subscribe' within {timeout:g}s") from None
@@ -234,7 +261,7 @@ class StatusFeed:
             now = time.monotonic()
             if now >= self._renew_at:
                 try:
-                    self._client.send("ping", timeout=0)
+                    self._client.send(admin_ops.PING.message(), timeout=0)
                 except RequestTimeout:
                     pass  # no connection now; the renewal is tried again a third of a ttl later
                 self._renew_at = now + self.ttl / 3
@@ -244,7 +271,7 @@ class StatusFeed:
                 if wait <= 0:
                     return None
             msg = self._client.receive(wait)
-            if msg is not None and msg.op == P.JOB_STATUS_EVENT and not msg.is_reply:
+            if msg is not None and msg.op == admin_ops.JOB_STATUS.name and not msg.is_reply:
                 job = msg.body.get("job")
                 if isinstance(job, dict):
                     return job
@@ -257,7 +284,7 @@ class StatusFeed:
 
     def close(self) -> None:
         try:
-            self._client.send("unsubscribe", timeout=0)
+            self._client.send(admin_ops.UNSUBSCRIBE.message(), timeout=0)
         except RequestTimeout:
             pass  # not connected: the parent drops the subscription when its ttl runs out
         finally:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import psutil
 
-from flrunner import protocol as P
+from flrunner.protocol import Dispatcher, Rc, aux_ops, site_ops
 from flrunner.util.bundles import extract_bundle
 from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
 from flrunner.transport.link import Link
@@ -88,11 +88,16 @@ class SiteAgent:
             configure = partial(make_curve_client, public_key=kit.public_key, secret_key=kit.secret_key,
                                 server_key=kit.parent_public_key)
         self.link = Link(server, self._on_push, heartbeat_interval=5.0, parent_loss_timeout=20.0,
-                         on_parent_lost=self._forgotten, heartbeat_body=lambda: {"token": self.token or ""},
+                         on_parent_lost=self._forgotten,
+                         heartbeat=lambda: site_ops.HEARTBEAT.message(token=self.token or ""),
                          immediate=True, on_heartbeat_refused=lambda msg: self._forgotten(), configure=configure)
-        self._handlers = {"aux": self._aux, "check_resources": self._check_resources,
-                          "cancel_resources": self._cancel_resources, "start_job": self._start_job,
-                          "stop_job": self._stop_job, "job_key": self._job_key}
+        self._requests = Dispatcher(site_ops.TO_SITE, f"site agent {name}",
+                                    on_refused=lambda msg, exc: self._refusals.warning("site %s: '%s' refused: %s",
+                                                                                      self.name, msg.op[:60], exc))
+        for op, handler in ((aux_ops.TO_SITE, self._aux), (site_ops.CHECK_RESOURCES, self._check_resources),
+                            (site_ops.CANCEL_RESOURCES, self._cancel_resources), (site_ops.START_JOB, self._start_job),
+                            (site_ops.STOP_JOB, self._stop_job), (site_ops.JOB_KEY, self._job_key)):
+            self._requests.on(op, lambda req, handle=handler: handle(req.msg, req.args))
 
     # --- session ------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -128,9 +133,8 @@ class SiteAgent:
     def login(self, timeout: float | None = None) -> None:
         with self._jobs_lock:
             running = sorted(self.jobs)
-        body = self.link.request("login", {"name": self.name, "resources": self.resources, "pid": os.getpid(),
-                                           "jobs": running, "instance": self.instance},
-                                 timeout=timeout or self.request_timeout).body
+        body = site_ops.LOGIN.call(self.link, wait=timeout or self.request_timeout, name=self.name,
+                                   resources=self.resources, pid=os.getpid(), jobs=running, instance=self.instance).body
         for job_id in body.get("stop_jobs") or []:
             if isinstance(job_id, str):
                 self._control.submit(self._do_stop_job, job_id, "the parent does not run this job")
@@ -148,7 +152,7 @@ class SiteAgent:
         if self.token is None:
             return
         try:
-            self.link.request("logout", {"token": self.token}, timeout=min(self.request_timeout, 2.0))
+            site_ops.LOGOUT.call(self.link, wait=min(self.request_timeout, 2.0), token=self.token)
             log.info("site %s logged out", self.name)
         except FlrunnerError as exc:
             log.warning("site %s: logout failed: %s", self.name, exc)
@@ -167,27 +171,26 @@ class SiteAgent:
 
     # --- requests from the parent (I/O thread: hand work to threads, never block) -----------------
     def _on_push(self, msg: Message) -> None:
-        try:
-            args = P.SITE_PUSHES.get(msg.op).validate(msg.body)
-        except BadRequest as exc:
-            self.link.reply(msg, {"reason": str(exc)}, rc=P.Rc.BAD_REQUEST)
-            return
-        self._handlers[msg.op](msg, args)
+        self._requests.dispatch(msg, self.link.reply)
+
+    def _reply(self, request: Message, body: dict, frames: list | None = None, rc: Rc = Rc.OK) -> None:
+        """Answer a request of the parent (from any thread)."""
+        self.link.reply(Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
 
     def _aux(self, msg: Message, args: dict) -> None:
         with self._jobs_lock:
             job = self.jobs.get(args["job_id"])
         if job is None or job.stopped:
             if not args["fire_and_forget"]:
-                self.link.reply(msg, {"reason": f"job {args['job_id']} is not running on site {self.name}"},
-                                rc=P.Rc.NOT_FOUND)
+                self._reply(msg, {"reason": f"job {args['job_id']} is not running on site {self.name}"},
+                                rc=Rc.NOT_FOUND)
             return
         try:
             job.pool.submit(self._serve_aux, job, msg, args)
         except RuntimeError:  # the job stopped in between
             if not args["fire_and_forget"]:
-                self.link.reply(msg, {"reason": f"job {args['job_id']} stopped on site {self.name}"},
-                                rc=P.Rc.NOT_FOUND)
+                self._reply(msg, {"reason": f"job {args['job_id']} stopped on site {self.name}"},
+                                rc=Rc.NOT_FOUND)
 
     def _serve_aux(self, job: SiteJob, msg: Message, args: dict) -> None:
         try:
@@ -197,11 +200,11 @@ class SiteAgent:
             self._refusals.warning("site %s: job %s: a secure request for '%s' was refused: %s", self.name,
                                    args["job_id"], args["topic"], exc)
             if not args["fire_and_forget"]:
-                self.link.reply(msg, {"reason": f"site {self.name} cannot open the secure request: {exc}"},
+                self._reply(msg, {"reason": f"site {self.name} cannot open the secure request: {exc}"},
                                 rc=exc.rc)
             return
         except FrameError as exc:
-            reply = failure_reply(P.Rc.BAD_REQUEST, f"undecodable request: {exc}")
+            reply = failure_reply(Rc.BAD_REQUEST, f"undecodable request: {exc}")
         else:
             reply = job.handle(args["topic"], request)
         if args["fire_and_forget"]:
@@ -209,9 +212,9 @@ class SiteAgent:
         try:
             frames = self._seal(encode_shareable(reply), msg, args)
         except EncodeError as exc:
-            self.link.reply(msg, {"reason": f"the reply of '{args['topic']}' cannot travel: {exc}"}, rc=P.Rc.ERROR)
+            self._reply(msg, {"reason": f"the reply of '{args['topic']}' cannot travel: {exc}"}, rc=Rc.ERROR)
             return
-        self.link.reply(msg, {}, frames)
+        self._reply(msg, {}, frames)
 
     def _open(self, msg: Message, args: dict) -> list:
         """The payload frames of a request: as they came, or opened with the kit's key if sealed."""
@@ -244,7 +247,7 @@ class SiteAgent:
 
     def _check_resources(self, msg: Message, args: dict) -> None:
         ok, token, reason = self.resource_manager.check(args["job_id"], args["spec"], float(args["ttl"]))
-        self.link.reply(msg, {"token": token, "reason": reason}, rc=P.Rc.OK if ok else P.Rc.CONFLICT)
+        self._reply(msg, {"token": token, "reason": reason}, rc=Rc.OK if ok else Rc.CONFLICT)
 
     def _cancel_resources(self, msg: Message, args: dict) -> None:
         self.resource_manager.cancel(args["token"])
@@ -259,10 +262,10 @@ class SiteAgent:
         if running is not None:
             if args["job_key"] is not None:
                 running.engine.job_key = args["job_key"]
-            self.link.reply(msg, {"started": True, "reason": "already running"})
+            self._reply(msg, {"started": True, "reason": "already running"})
             return
         if args["token"] and not self.resource_manager.consume(args["token"], job_id):
-            self.link.reply(msg, {"reason": "the resource reservation expired or is unknown"}, rc=P.Rc.CONFLICT)
+            self._reply(msg, {"reason": "the resource reservation expired or is unknown"}, rc=Rc.CONFLICT)
             return
         job = SiteJob(self.name, job_id, args["job_name"], args["app"], self.workspace, self._sender(job_id),
                       self.job_threads, sealing_key=self.sealing_key, job_key=args["job_key"])
@@ -276,11 +279,11 @@ class SiteAgent:
             log.error("site %s: cannot start job %s: %s", self.name, job_id, exc)
             self.resource_manager.release_job(job_id)
             job.stop(f"failed to start: {exc}")
-            self.link.reply(msg, {"reason": f"{type(exc).__name__}: {exc}"[:2000]}, rc=P.Rc.ERROR)
+            self._reply(msg, {"reason": f"{type(exc).__name__}: {exc}"[:2000]}, rc=Rc.ERROR)
             return
         with self._jobs_lock:
             self.jobs[job_id] = job
-        self.link.reply(msg, {"started": True})
+        self._reply(msg, {"started": True})
 
     def _stop_job(self, msg: Message, args: dict) -> None:
         # Resources first, at once: the parent may ask for them for another job right after this.
@@ -305,14 +308,13 @@ class SiteAgent:
     def _sender(self, job_id: str) -> SendToServer:
         def send_to_server(topic: str, frames: list, timeout: float, fire_and_forget: bool,
                            sealed_key: bytes | None) -> Message | None:
-            body = {"token": self.token or "", "job_id": job_id, "topic": topic, "timeout": max(timeout, 0.0)}
-            if sealed_key is not None:
-                body["sealed_key"] = sealed_key
+            request = aux_ops.FROM_SITE.message(frames, token=self.token or "", job_id=job_id, topic=topic,
+                                                timeout=max(timeout, 0.0), sealed_key=sealed_key,
+                                                fire_and_forget=fire_and_forget or None)
             if fire_and_forget:
-                body["fire_and_forget"] = True
-                self.link.send("aux", body, frames)
+                self.link.send(request)
                 return None
-            call = self.link.call("aux", body, frames)
+            call = self.link.call(request)
             try:
                 if not call.wait(1, timeout):
                     return None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
 
-from flrunner.errors import FrameError, RequestTimeout, error_for_rc
-from flrunner.protocol import Rc
+from flrunner.errors import FrameError, Rc, RequestTimeout, error_for_rc
 from flrunner.transport.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,8 @@ class DealerClient:
         self.on_push = on_push
         self.bad_frames = 0
 
-    def send(self, op: str, body: dict | None = None, frames: list | None = None, mid: int | None = None,
-             timeout: float = 10.0) -> int:
-        """Queue one message; return its id.
+    def send(self, msg: Message, timeout: float = 10.0) -> int:
+        """Queue ``msg`` (given a fresh id); return its id.
 
         A DEALER holds messages only for a peer it has a connection to, and while it has none (the
         parent is gone, or refused this client's CURVE key) a plain send would block for good.
@@ -60,18 +59,17 @@ class DealerClient:
         Raises:
             RequestTimeout: no connection took the message within ``timeout`` seconds.
         """
-        mid = mid if mid is not None else next_id()
-        parts = encode(Message(op, body or {}, id=mid, frames=list(frames or [])))
+        mid = next_id()
+        parts = encode(replace(msg, id=mid))
         if self.sock.poll(int(max(timeout, 0) * 1000), zmq.POLLOUT):
             try:
                 self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
                 return mid
             except zmq.Again:
                 pass
-        raise RequestTimeout(f"could not send '{op}' to {self.endpoint} within {timeout:g}s: no connection to it")
+        raise RequestTimeout(f"could not send '{msg.op}' to {self.endpoint} within {timeout:g}s: no connection to it")
 
-    def request(self, op: str, body: dict | None = None, timeout: float = 10.0,
-                frames: list | None = None) -> Message:
+    def request(self, msg: Message, timeout: float = 10.0) -> Message:
         """Send and wait for the reply; raise the named error for a non-OK reply code.
 
         Raises:
@@ -79,20 +77,20 @@ class DealerClient:
             FlrunnerError: the peer replied with an error code (subclass chosen by the code).
         """
         deadline = time.monotonic() + timeout
-        mid = self.send(op, body, frames, timeout=timeout)
+        mid = self.send(msg, timeout=timeout)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RequestTimeout(f"no reply to '{op}' from {self.endpoint} within {timeout:g}s")
-            msg = self.receive(left)
-            if msg is None:
+                raise RequestTimeout(f"no reply to '{msg.op}' from {self.endpoint} within {timeout:g}s")
+            got = self.receive(left)
+            if got is None:
                 continue
-            if msg.re == mid:
-                if msg.rc != Rc.OK:
-                    raise error_for_rc(msg.rc or Rc.ERROR, str(msg.body.get("reason", msg.rc)))
-                return msg
-            if not msg.is_reply and self.on_push is not None:
-                self.on_push(msg)
+            if got.re == mid:
+                if got.rc != Rc.OK:
+                    raise error_for_rc(got.rc or Rc.ERROR, str(got.body.get("reason", got.rc)))
+                return got
+            if not got.is_reply and self.on_push is not None:
+                self.on_push(got)
 
     def receive(self, timeout: float) -> Message | None:
         """One decoded message, or None on timeout or an undecodable frame (counted)."""

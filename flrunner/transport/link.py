@@ -13,13 +13,13 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from flrunner.errors import FrameError, RequestTimeout, error_for_rc
-from flrunner.protocol import Rc
+from flrunner.errors import FrameError, Rc, RequestTimeout, error_for_rc
 from flrunner.transport.wakeup import WakePipe
 from flrunner.transport.wire import Message, decode, encode, next_id
 
@@ -75,7 +75,7 @@ class Link:
         heartbeat_interval: seconds between heartbeats (sent once `authenticated` is set).
         parent_loss_timeout: silence after which ``on_parent_lost`` is called (once).
         on_parent_lost: called on the I/O thread when the parent is considered gone.
-        heartbeat_body: the body of each heartbeat (a site sends its token).
+        heartbeat: makes each heartbeat message (a site's carries its token); None: no heartbeats.
         configure: called with the DEALER socket before it connects (e.g. to set CURVE keys).
         on_heartbeat_refused: called on the I/O thread when the parent answers a heartbeat with an
             error (it no longer knows this peer: it restarted, or expired the session); not for
@@ -94,7 +94,7 @@ class Link:
 
     def __init__(self, endpoint: str, on_push: Callable[[Message], None], heartbeat_interval: float = 2.0,
                  parent_loss_timeout: float = 20.0, on_parent_lost: Callable[[], None] | None = None,
-                 heartbeat_body: Callable[[], dict] | None = None, immediate: bool = False,
+                 heartbeat: Callable[[], Message] | None = None, immediate: bool = False,
                  on_heartbeat_refused: Callable[[Message], None] | None = None,
                  configure: Callable[[zmq.Socket], None] | None = None,
                  on_reconnected: Callable[[], None] | None = None, reconnect_interval: float = 0.1) -> None:
@@ -103,7 +103,7 @@ class Link:
         self.heartbeat_interval = heartbeat_interval
         self.parent_loss_timeout = parent_loss_timeout
         self.on_parent_lost = on_parent_lost
-        self.heartbeat_body = heartbeat_body or dict
+        self.heartbeat = heartbeat
         self.immediate = immediate
         self.on_heartbeat_refused = on_heartbeat_refused
         self.configure = configure
@@ -126,17 +126,17 @@ class Link:
     def start(self) -> None:
         self._thread.start()
 
-    def request(self, op: str, body: dict | None = None, timeout: float = 30.0, frames: list | None = None) -> Message:
-        """Send and wait for the parent's reply.
+    def request(self, msg: Message, timeout: float = 30.0) -> Message:
+        """Send ``msg`` (a request: it is given its id here) and wait for the parent's reply.
 
         Raises:
             RequestTimeout: no reply within ``timeout``.
             FlrunnerError: the parent answered with an error code (subclass chosen by it).
         """
-        call = self.call(op, body, frames)
+        call = self.call(msg)
         try:
             if not call.wait(1, timeout):
-                raise RequestTimeout(f"no reply to '{op}' from the parent within {timeout:g}s")
+                raise RequestTimeout(f"no reply to '{msg.op}' from the parent within {timeout:g}s")
         finally:
             self.end_call(call)
         reply = call.replies[0]
@@ -144,12 +144,12 @@ class Link:
             raise error_for_rc(reply.rc or Rc.ERROR, str(reply.body.get("reason", reply.rc)))
         return reply
 
-    def call(self, op: str, body: dict | None = None, frames: list | None = None) -> Call:
+    def call(self, msg: Message) -> Call:
         """Send a request whose replies (any number) collect in the returned `Call`; `end_call` it."""
-        call = Call(next_id(), op)
+        call = Call(next_id(), msg.op)
         with self._pending_lock:
             self._pending[call.mid] = call
-        self._post(Message(op, body or {}, id=call.mid, frames=list(frames or [])))
+        self._post(replace(msg, id=call.mid))
         return call
 
     def end_call(self, call: Call) -> None:
@@ -157,13 +157,13 @@ class Link:
         with self._pending_lock:
             self._pending.pop(call.mid, None)
 
-    def send(self, op: str, body: dict | None = None, frames: list | None = None) -> None:
+    def send(self, msg: Message) -> None:
         """Send without waiting for (or collecting) a reply."""
-        self._post(Message(op, body or {}, id=next_id(), frames=list(frames or [])))
+        self._post(replace(msg, id=next_id()))
 
-    def reply(self, request: Message, body: dict, frames: list | None = None, rc: str = Rc.OK) -> None:
-        """Answer a request the parent pushed."""
-        self._post(Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
+    def reply(self, answer: Message) -> None:
+        """Send the answer to a request the parent pushed (``re`` and ``rc`` set)."""
+        self._post(answer)
 
     def _post(self, msg: Message) -> None:
         self._outbox.put(encode(msg))
@@ -214,9 +214,9 @@ class Link:
                 now = time.monotonic()
                 if now >= next_beat:
                     last_beat = now
-                    if self.authenticated:
+                    if self.authenticated and self.heartbeat is not None:
                         self._heartbeat_id = next_id()
-                        self._send(sock, encode(Message("heartbeat", self.heartbeat_body(), id=self._heartbeat_id)))
+                        self._send(sock, encode(replace(self.heartbeat(), id=self._heartbeat_id)))
                     if now - self.last_heard > self.parent_loss_timeout and not self.parent_lost:
                         self.parent_lost = True
                         log.error("no word from the parent for %.1fs", now - self.last_heard)

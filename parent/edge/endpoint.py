@@ -1,23 +1,25 @@
-"""One ROUTER socket of the parent: receive, decode, validate, dispatch, reply.
+"""One ROUTER socket of the parent: receive, decode, limit, dispatch, answer, push.
 
-This is the only place that turns bytes from a peer into calls and errors into coded replies;
-nothing raised by a handler reaches the socket. Handlers are looked up by op name in the
-socket's `OpTable`; an unknown op, a bad field, or an undecodable frame is answered with
-``BAD_REQUEST`` (or counted and dropped when there is no id to answer) and the loop goes on.
+This is where bytes from a peer become messages and messages go out as bytes: a frame that does
+not decode is answered with ``BAD_REQUEST`` (or counted and dropped when there is no id to
+answer), a peer over its rate limit is told so once a second, and every decoded request goes to
+the socket's `flrunner.protocol.Dispatcher`, which validates it, calls its handler and turns what
+the handler raises into a coded answer. Nothing a peer sends stops the parent's loop.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
 
-from flrunner.errors import EncodeError, FlrunnerError, FrameError
-from flrunner.util.logthrottle import LogThrottle
-from flrunner.protocol import Op, OpTable, Rc
+from flrunner.errors import EncodeError, FlrunnerError, FrameError, Rc
+from flrunner.protocol import Channel, Dispatcher, Handler, Op, Request
+from flrunner.protocol.dispatch import Authorize
 from flrunner.transport.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
+from flrunner.util.logthrottle import LogThrottle
 
 from parent.edge.limits import RateLimiter
 
@@ -27,54 +29,29 @@ log = logging.getLogger(__name__)
 LOG_BURST = 20
 
 
-@dataclass
-class Request:
-    """A validated request from a peer.
-
-    Attributes:
-        user_id: the name the ZAP handler bound to the peer's CURVE key (None without CURVE).
-        frame: the first frame as received (CURVE sockets only), for `source_fd`.
-    """
-
-    identity: bytes
-    msg: Message
-    args: dict
-    user_id: str | None = None
-    frame: object | None = None
-
-    @property
-    def op(self) -> str:
-        return self.msg.op
-
-    @property
-    def source_fd(self) -> int | None:
-        """The file descriptor of the connection the request came in on (CURVE sockets only; see
-        `parent.edge.connections`). Asked for by the few handlers that need it, not for every message."""
-        try:
-            return self.frame.get(zmq.SRCFD)  # type: ignore[union-attr]
-        except Exception:
-            return None
-
-
-#: A handler gets the request and returns the reply body (and optional raw frames), or None to
-#: answer later with `RouterEndpoint.reply`.
-Handler = Callable[[Request], Any]
+def source_fd(req: Request) -> int | None:
+    """The file descriptor of the connection a request came in on (CURVE sockets only; see
+    `parent.edge.connections`). Asked for by the few handlers that need it, not for every message."""
+    try:
+        return req.frame.get(zmq.SRCFD)  # type: ignore[union-attr]
+    except Exception:
+        return None
 
 
 class RouterEndpoint:
-    """A bound ROUTER socket serving one `OpTable`.
+    """A bound ROUTER socket serving one `Channel`.
 
     Args:
         ctx: ZeroMQ context.
         name: ``"sites"``, ``"jobs"`` or ``"admin"`` (for logs and errors).
-        ops: the operations this socket serves.
+        channel: the operations peers send on this socket.
         max_msg_size: ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq.
     """
 
-    def __init__(self, ctx: zmq.Context, name: str, ops: OpTable, max_msg_size: int,
+    def __init__(self, ctx: zmq.Context, name: str, channel: Channel, max_msg_size: int,
                  max_header: int = MAX_HEADER_BYTES) -> None:
         self.name = name
-        self.ops = ops
+        self.channel = channel
         self.max_header = max_header
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -86,9 +63,7 @@ class RouterEndpoint:
         # Report a message to a peer that is gone (EHOSTUNREACH) instead of dropping it silently,
         # so a request to a departed site fails at once.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.handlers: dict[str, Handler] = {}
-        #: (identity, op, message, ZAP user id or None) -> None, or raises `Unauthorized`.
-        self.authorize: Callable[[bytes, Op, Message, str | None], None] | None = None
+        self.dispatcher = Dispatcher(channel, f"{name} socket", on_refused=self._refused)
         #: Receives replies peers send to this socket's pushes; without it they are dropped.
         self.on_reply: Callable[[bytes, Message], None] | None = None
         self.dropped = 0
@@ -106,9 +81,21 @@ class RouterEndpoint:
         return self.endpoint
 
     def on(self, op: Op, handler: Handler) -> None:
-        if op.name not in self.ops:
-            raise ValueError(f"op '{op.name}' is not served on the {self.name} socket")
-        self.handlers[op.name] = handler
+        """Serve ``op`` with ``handler``."""
+        self.dispatcher.on(op, handler)
+
+    @property
+    def authorize(self) -> Authorize | None:
+        """Called with each request before its handler; raises `Unauthorized` to refuse it."""
+        return self.dispatcher.authorize
+
+    @authorize.setter
+    def authorize(self, check: Authorize | None) -> None:
+        self.dispatcher.authorize = check
+
+    def _refused(self, msg: Message, exc: FlrunnerError) -> None:
+        self.errors += 1
+        self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
 
     def process_ready(self, budget: int = 256) -> None:
         """Serve the messages waiting on the socket, at most ``budget`` so other sockets get a turn."""
@@ -162,55 +149,33 @@ class RouterEndpoint:
             else:
                 self.dropped += 1
             return
-        user_id = _user_id(body_frames[0]) if self.curve else None
-        try:
-            op = self.ops.get(msg.op)
-            if self.authorize is not None:
-                self.authorize(identity, op, msg, user_id)
-            args = op.validate(msg.body)
-            handler = self.handlers.get(op.name)
-            if handler is None:
-                raise FlrunnerError(f"op '{op.name}' is not implemented yet")
-            result = handler(Request(identity, msg, args, user_id, body_frames[0] if self.curve else None))
-        except FlrunnerError as exc:
-            self.errors += 1
-            self._warn("%s -> %s: %s", msg.op[:60], exc.rc, exc, level=logging.INFO)
-            self.reply(identity, msg, {"reason": str(exc)}, rc=exc.rc)
-            return
-        except Exception as exc:  # a handler bug must not stop the parent
-            self.errors += 1
-            log.exception("%s socket: handler for '%s' failed", self.name, msg.op)
-            self.reply(identity, msg, {"reason": f"internal error: {type(exc).__name__}: {exc}"}, rc=Rc.ERROR)
-            return
-        if result is None:
-            return
-        if isinstance(result, tuple):
-            body, raw = result
-        else:
-            body, raw = result, []
-        self.reply(identity, msg, body, raw)
+        self.dispatcher.dispatch(msg, lambda answer: self._send(identity, answer), peer=identity,
+                                 user_id=_user_id(body_frames[0]) if self.curve else None,
+                                 frame=body_frames[0] if self.curve else None)
 
     def reply(self, identity: bytes, request: Message, body: dict, frames: list | None = None,
-              rc: str = Rc.OK) -> None:
+              rc: Rc = Rc.OK) -> None:
+        """Answer ``request`` of peer ``identity`` (for a handler that answers later)."""
         self._send(identity, Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
 
-    def push(self, identity: bytes, op: str, body: dict, frames: list | None = None,
-             prepared: tuple[int, list] | None = None) -> int | None:
-        """Send a request or notice to a peer; its message id, or None if it could not be sent.
+    def push(self, identity: bytes, msg: Message | None = None, prepared: tuple[int, list] | None = None) -> int | None:
+        """Send a request or notice (built by its op: ``op.message(...)``) to a peer; its message
+        id, or None if it could not be sent.
 
         ``prepared`` (from `prepare`) sends one message, encoded once, to many peers: the same id
         is fine, as replies are told apart by the peer that sends them.
         """
         if prepared is not None:
             mid, encoded = prepared
-            return mid if self._send_frames(identity, encoded, op) else None
+            return mid if self._send_frames(identity, encoded, "prepared message") else None
+        assert msg is not None
         mid = next_id()
-        return mid if self._send(identity, Message(op, body, id=mid, frames=list(frames or []))) else None
+        return mid if self._send(identity, replace(msg, id=mid)) else None
 
-    def prepare(self, op: str, body: dict, frames: list | None = None) -> tuple[int, list]:
+    def prepare(self, msg: Message) -> tuple[int, list]:
         """A push encoded once, for `push` to several peers (the header is packed and checked once)."""
         mid = next_id()
-        return mid, encode(Message(op, body, id=mid, frames=list(frames or [])))
+        return mid, encode(replace(msg, id=mid))
 
     def _send(self, identity: bytes, msg: Message) -> bool:
         try:

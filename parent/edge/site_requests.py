@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 from flrunner.protocol import Rc
+from flrunner.transport.wire import Message
 
 
 from parent.edge.awaited import OnFail, OnReply, AwaitedReplies
@@ -32,32 +33,32 @@ class SiteGateway:
         self.registry = registry
         self.awaited = awaited
 
-    def request(self, site: str, op: str, body: dict, timeout: float, on_reply: OnReply, on_fail: OnFail,
-                frames: list | None = None, job_id: str | None = None,
-                prepared: tuple[int, list] | None = None) -> None:
-        """Push a request to a site; ``prepared`` (`RouterEndpoint.prepare`) reuses one encoding."""
+    def request(self, site: str, msg: Message, timeout: float, on_reply: OnReply, on_fail: OnFail,
+                job_id: str | None = None, prepared: tuple[int, list] | None = None) -> None:
+        """Push request ``msg`` (built by its op) to a site; ``prepared`` (`RouterEndpoint.prepare`)
+        sends one encoding of it to several sites."""
         rec = self.registry.get(site)
         if rec is None:
             on_fail(Rc.UNAVAILABLE, f"site '{site}' is not logged in")
             return
-        mid = self.endpoint.push(rec.identity, op, body, frames, prepared)
+        mid = self.endpoint.push(rec.identity, msg, prepared)
         if mid is None:
             on_fail(Rc.UNAVAILABLE, f"site '{site}' cannot be reached")
             return
         self.awaited.expect(self.endpoint.name, rec.identity, mid, timeout, on_reply, on_fail, site=site,
                                 job_id=job_id)
 
-    def send(self, site: str, op: str, body: dict, frames: list | None = None) -> bool:
-        """Push without expecting a reply; False if the site is not logged in."""
+    def send(self, site: str, msg: Message) -> bool:
+        """Push ``msg`` without expecting a reply; False if the site is not logged in."""
         rec = self.registry.get(site)
         if rec is None:
             return False
-        return self.endpoint.push(rec.identity, op, body, frames) is not None
+        return self.endpoint.push(rec.identity, msg) is not None
 
-    def gather(self, sites: list[str], op: str, body_for: Callable[[str], dict], timeout: float,
-               done: Callable[[Results], None], frames_for: Callable[[str], list] | None = None,
-               job_id: str | None = None) -> None:
-        """Ask every site; call ``done`` once with each site's (ok, reply body or {"reason"})."""
+    def gather(self, sites: list[str], request_for: Callable[[str], Message], timeout: float,
+               done: Callable[[Results], None], job_id: str | None = None) -> None:
+        """Ask every site its request (``request_for(site)``); call ``done`` once with each site's
+        (ok, reply body or {"reason"})."""
         results: Results = {}
         if not sites:
             done(results)
@@ -69,10 +70,9 @@ class SiteGateway:
                 done(results)
 
         for site in sites:
-            self.request(site, op, body_for(site), timeout,
+            self.request(site, request_for(site), timeout,
                          lambda msg, s=site: finish(s, msg.rc == Rc.OK, dict(msg.body)),
-                         lambda rc, reason, s=site: finish(s, False, {"reason": f"{rc}: {reason}"}),
-                         frames=frames_for(site) if frames_for else None, job_id=job_id)
+                         lambda rc, reason, s=site: finish(s, False, {"reason": f"{rc}: {reason}"}), job_id=job_id)
 
 
 __all__ = ["OnFail", "OnReply", "Results", "SiteGateway"]

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-from flrunner import protocol as P
+from flrunner.protocol import Request, admin_ops
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
 from flrunner.protocol import Rc
 
@@ -27,7 +27,7 @@ from parent.jobs.manager import JobManager
 from parent.loop.offload import Offload
 from parent.jobs.store import JobRecord
 from parent.sites.registry import SiteRegistry
-from parent.edge.endpoint import Request, RouterEndpoint
+from parent.edge.endpoint import RouterEndpoint, source_fd
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,12 @@ class AdminService:
                 self._serve(ep)
 
     def _serve(self, ep: RouterEndpoint) -> None:
-        for op, handler in ((P.SUBMIT, partial(self.submit, ep)), (P.JOBS, self.jobs), (P.STATUS, self.status),
-                            (P.ABORT_JOB, self.abort), (P.CLIENTS, self.clients), (P.PS, self.ps),
-                            (P.SUBSCRIBE, partial(self.subscribe, ep)), (P.UNSUBSCRIBE, partial(self.unsubscribe, ep)),
-                            (P.PING, partial(self.ping, ep)), (P.SHUTDOWN, self.shutdown)):
+        for op, handler in ((admin_ops.SUBMIT, partial(self.submit, ep)), (admin_ops.JOBS, self.jobs),
+                            (admin_ops.STATUS, self.status), (admin_ops.ABORT, self.abort),
+                            (admin_ops.CLIENTS, self.clients), (admin_ops.PS, self.ps),
+                            (admin_ops.SUBSCRIBE, partial(self.subscribe, ep)),
+                            (admin_ops.UNSUBSCRIBE, partial(self.unsubscribe, ep)),
+                            (admin_ops.PING, partial(self.ping, ep)), (admin_ops.SHUTDOWN, self.shutdown)):
             handler = self._audited(op.name, handler) if op.name in AUDITED else handler
             ep.on(op, handler if ep is self.local else self._tracked(handler))
 
@@ -86,10 +88,10 @@ class AdminService:
         """Remember the connection of each remote admin peer, to close it if the admin is revoked."""
         def run(req: Request) -> Any:
             mine = self._connections.setdefault(req.user_id or "", {})
-            if req.identity not in mine:
-                conn = connection_of(req.source_fd)
+            if req.peer not in mine:
+                conn = connection_of(source_fd(req))
                 if conn is not None:
-                    mine[req.identity] = conn
+                    mine[req.peer] = conn
                     if len(mine) > MAX_TRACKED:
                         del mine[next(iter(mine))]  # the oldest: a CLI call per connection adds up
             return handler(req)
@@ -167,15 +169,15 @@ class AdminService:
                 rec = self.manager.accept(*prepared)
             except FlrunnerError as err:
                 self._audit({**entry, "result": err.rc, "reason": str(err)[:500]})
-                ep.reply(req.identity, req.msg, {"reason": str(err)}, rc=err.rc)
+                ep.reply(req.peer, req.msg, {"reason": str(err)}, rc=err.rc)
                 return
             except Exception as err:
                 log.exception("submit of %s failed", what)
                 self._audit({**entry, "result": Rc.ERROR, "reason": f"{type(err).__name__}: {err}"[:500]})
-                ep.reply(req.identity, req.msg, {"reason": f"internal error: {type(err).__name__}: {err}"}, rc=Rc.ERROR)
+                ep.reply(req.peer, req.msg, {"reason": f"internal error: {type(err).__name__}: {err}"}, rc=Rc.ERROR)
                 return
             self._audit({**entry, "result": "OK", "job_id": rec.job_id})
-            ep.reply(req.identity, req.msg, {"job_id": rec.job_id, "job": rec.to_dict()})
+            ep.reply(req.peer, req.msg, {"job_id": rec.job_id, "job": rec.to_dict()})
 
         # Reading and copying the folder happens off the loop; the reply follows when it is done.
         self._preparing += 1
@@ -222,14 +224,14 @@ class AdminService:
         return {"parent": parent, "jobs": jobs}
 
     def subscribe(self, ep: RouterEndpoint, req: Request) -> dict:
-        self.subscribers[(ep, req.identity)] = self.clock()
+        self.subscribers[(ep, req.peer)] = self.clock()
         if req.user_id:
-            self._subscriber_names[(ep, req.identity)] = req.user_id
+            self._subscriber_names[(ep, req.peer)] = req.user_id
         return {"ttl": self.subscriber_ttl}
 
     def unsubscribe(self, ep: RouterEndpoint, req: Request) -> dict:
-        self.subscribers.pop((ep, req.identity), None)
-        self._subscriber_names.pop((ep, req.identity), None)
+        self.subscribers.pop((ep, req.peer), None)
+        self._subscriber_names.pop((ep, req.peer), None)
         return {}
 
     def revoke(self, name: str) -> tuple[int, int]:
@@ -245,8 +247,8 @@ class AdminService:
         return len(keys), closed
 
     def ping(self, ep: RouterEndpoint, req: Request) -> dict:
-        if (ep, req.identity) in self.subscribers:
-            self.subscribers[(ep, req.identity)] = self.clock()
+        if (ep, req.peer) in self.subscribers:
+            self.subscribers[(ep, req.peer)] = self.clock()
         return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready and not self.manager.reconciling,
                 "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE), "store_error": self.manager.store.error}
 
@@ -258,9 +260,9 @@ class AdminService:
         """Push a status change to every subscriber."""
         if not self.subscribers:
             return
-        body = {"job": rec.to_dict()}
+        change = admin_ops.JOB_STATUS.message(job=rec.to_dict())
         for ep, identity in self.subscribers:
-            ep.push(identity, P.JOB_STATUS_EVENT, body)
+            ep.push(identity, change)
 
     def expire_subscribers(self) -> None:
         limit = self.clock() - self.subscriber_ttl

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from flrunner import protocol as P
+from flrunner.protocol import Rc, Request, aux_ops, job_ops
 from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, NotFound, Unauthorized
 from flrunner.transport.wire import Message
@@ -23,7 +23,7 @@ from flrunner.transport.wire import Message
 from parent.jobs.manager import JobManager
 from parent.edge.awaited import AwaitedReplies
 from parent.sites.registry import SiteRegistry
-from parent.edge.endpoint import Request, RouterEndpoint
+from parent.edge.endpoint import RouterEndpoint
 from parent.edge.site_requests import Results, SiteGateway
 from parent.jobs.site_apps import SiteApps
 from parent.jobs.running import RunningJob
@@ -54,11 +54,11 @@ class AuxService:
         self.login_grace_until = timers.clock() + login_grace
         self._awaiting_login: dict[str, list[tuple[Callable[[], None], Timer, str]]] = {}
         registry.listeners.append(self._on_registry_change)
-        jobs.on(P.AUX, self.job_aux)
-        jobs.on(P.CHECK_RESOURCES, self.check_resources)
-        jobs.on(P.CANCEL_RESOURCES, self.cancel_resources)
-        jobs.on(P.START_CLIENT_JOB, self.start_client_job)
-        sites.on(P.SITE_AUX, self.site_aux)
+        jobs.on(aux_ops.FROM_JOB, self.job_aux)
+        jobs.on(job_ops.CHECK_RESOURCES, self.check_resources)
+        jobs.on(job_ops.CANCEL_RESOURCES, self.cancel_resources)
+        jobs.on(job_ops.START_CLIENT_JOB, self.start_client_job)
+        sites.on(aux_ops.FROM_SITE, self.site_aux)
         jobs.on_reply = lambda identity, msg: self._on_reply(jobs, identity, msg)
         sites.on_reply = lambda identity, msg: self._on_reply(sites, identity, msg)
 
@@ -68,7 +68,7 @@ class AuxService:
 
     # --- job -> sites --------------------------------------------------------------------------
     def job_aux(self, req: Request) -> None:
-        job = self.manager.job_for(req.identity)
+        job = self.manager.job_for(req.peer)
         topic, timeout = req.args["topic"], float(req.args["timeout"])
         targets = req.args["targets"] or job.default_targets(self.registry.names())
         if not all(isinstance(t, str) for t in targets):
@@ -83,24 +83,24 @@ class AuxService:
             body["fire_and_forget"] = True
             for site in targets:
                 if job.may_address(site) and (sealed is None or site in sealed):
-                    self.gateway.send(site, "aux", _for_site(body, sealed, site), frames)
+                    self.gateway.send(site, aux_ops.TO_SITE.message(frames, **_for_site(body, sealed, site)))
             return None
         # First the plan (which sites will answer), then one reply per site as it comes. The
         # callbacks keep only who asked and the request id, not the payload, so a big request is
         # freed once it is sent rather than when the slowest site answers.
-        asker, request = req.identity, Message(req.msg.op, id=req.msg.id)
+        asker, request = req.peer, Message(req.msg.op, id=req.msg.id)
         self.jobs.reply(asker, request, {"targets": targets})
         # One encoding for every site; a secure request's header differs per site (its sealed
         # key), so there only the (ciphertext) frames are shared.
-        prepared = self.sites.prepare("aux", body, frames) if sealed is None else None
+        prepared = self.sites.prepare(aux_ops.TO_SITE.message(frames, **body)) if sealed is None else None
         for site in targets:
             if not job.may_address(site):
                 self.jobs.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
-                                rc=P.Rc.NOT_FOUND)
+                                rc=Rc.NOT_FOUND)
                 continue
             on_fail = (lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc))
             on_reply = (lambda m, s=site: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
-                                                          rc=m.rc or P.Rc.OK))
+                                                          rc=m.rc or Rc.OK))
             send = (lambda s=site, reply=on_reply, fail=on_fail: self._ask_site(
                 s, body, sealed, frames, prepared, timeout + SLACK, job.job_id, reply, fail))
             if (job.readopted and site in job.sites and site not in self.registry
@@ -116,10 +116,10 @@ class AuxService:
         """Send one site a job's aux request; a secure one only if it is sealed for that site (a site
         that is not logged in is left to the gateway, which says so)."""
         if sealed is not None and site not in sealed and site in self.registry:
-            on_fail(P.Rc.UNAUTHORIZED, self._not_sealed_for(site))
+            on_fail(Rc.UNAUTHORIZED, self._not_sealed_for(site))
             return
-        self.gateway.request(site, "aux", _for_site(body, sealed, site), timeout, on_reply=on_reply, on_fail=on_fail,
-                             frames=frames, job_id=job_id, prepared=prepared)
+        self.gateway.request(site, aux_ops.TO_SITE.message(frames, **_for_site(body, sealed, site)), timeout,
+                             on_reply=on_reply, on_fail=on_fail, job_id=job_id, prepared=prepared)
 
     def _not_sealed_for(self, site: str) -> str:
         """Why a secure request carries no sealed key for a logged-in site."""
@@ -133,7 +133,7 @@ class AuxService:
         """Hold a request of a re-adopted job for one of its sites until that site logs in again."""
         def expire() -> None:
             self._drop_awaiting(lambda w: w[1] is timer)
-            on_fail(P.Rc.UNAVAILABLE, f"site '{site}' did not log in again within {timeout:g}s")
+            on_fail(Rc.UNAVAILABLE, f"site '{site}' did not log in again within {timeout:g}s")
 
         timer = self.timers.call_later(timeout, expire)
         self._awaiting_login.setdefault(site, []).append((send, timer, job_id))
@@ -163,32 +163,32 @@ class AuxService:
                     send()
 
     def check_resources(self, req: Request) -> None:
-        job = self.manager.job_for(req.identity)
+        job = self.manager.job_for(req.peer)
         reqs = req.args["resource_reqs"]
         self._check_sites(job, reqs)
 
         def done(results: Results) -> None:
-            self.jobs.reply(req.identity, req.msg, {"results": {
+            self.jobs.reply(req.peer, req.msg, {"results": {
                 s: [ok, d.get("token") if ok else None, d.get("reason")] for s, (ok, d) in results.items()}})
 
         self.site_apps.check_resources(job.job_id, reqs, done, req.args["timeout"])
 
     def cancel_resources(self, req: Request) -> dict:
-        job = self.manager.job_for(req.identity)
+        job = self.manager.job_for(req.peer)
         tokens = req.args["tokens"]
         self._check_sites(job, tokens)
         self.site_apps.cancel_resources({s: t for s, t in tokens.items() if isinstance(t, str)})
         return {}
 
     def start_client_job(self, req: Request) -> None:
-        job = self.manager.job_for(req.identity)
+        job = self.manager.job_for(req.peer)
         sites = req.args["sites"]
         self._check_sites(job, {s: None for s in sites})
         tokens = {s: t for s, t in (req.args["tokens"] or {}).items() if isinstance(t, str)}
 
         def done(results: Results) -> None:
             job.sites.update(s for s, (ok, _) in results.items() if ok)
-            self.jobs.reply(req.identity, req.msg, {"results": {s: [ok, d.get("reason")] for s, (ok, d) in results.items()}})
+            self.jobs.reply(req.peer, req.msg, {"results": {s: [ok, d.get("reason")] for s, (ok, d) in results.items()}})
 
         assert job.job is not None
         self.site_apps.start(job.job, list(dict.fromkeys(sites)), tokens, done, req.args["timeout"],
@@ -213,16 +213,16 @@ class AuxService:
             body["sealed_key"] = req.args["sealed_key"]
         if req.args["fire_and_forget"]:
             body["fire_and_forget"] = True
-            self.jobs.push(job.identity, "aux", body, req.msg.frames)
+            self.jobs.push(job.identity, aux_ops.TO_JOB.message(req.msg.frames, **body))
             return None
-        mid = self.jobs.push(job.identity, "aux", body, req.msg.frames)
+        mid = self.jobs.push(job.identity, aux_ops.TO_JOB.message(req.msg.frames, **body))
         if mid is None:
             raise NotFound(f"job {job.job_id}'s process cannot be reached")
-        asker, request, job_id = req.identity, Message(req.msg.op, id=req.msg.id), job.job_id
+        asker, request, job_id = req.peer, Message(req.msg.op, id=req.msg.id), job.job_id
         self.awaited.expect(
             self.jobs.name, job.identity, mid, float(req.args["timeout"]) + SLACK,
             on_reply=lambda m: self.sites.reply(asker, request, {"job_id": job_id, **_reason(m)}, m.frames,
-                                                rc=m.rc or P.Rc.OK),
+                                                rc=m.rc or Rc.OK),
             on_fail=lambda rc, reason: self.sites.reply(asker, request, {"job_id": job_id, "reason": reason}, rc=rc),
             job_id=job_id)
         return None

@@ -7,14 +7,13 @@ import hmac
 import logging
 import os
 
-from flrunner import protocol as P
+from flrunner.protocol import Request, job_ops
 from flrunner.errors import BadRequest
 from flrunner.security.curve import KEY_BYTES
-from flrunner.transport.wire import Message
 
 from parent.jobs.manager import JobManager
 from parent.sites.registry import SiteRegistry
-from parent.edge.endpoint import Request, RouterEndpoint
+from parent.edge.endpoint import RouterEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +26,26 @@ class JobsService:
         self.manager = manager
         self.registry = registry
         endpoint.authorize = self._authorize
-        endpoint.on(P.HELLO, self.hello)
-        endpoint.on(P.SYNC_CLIENTS, self.sync_clients)
-        endpoint.on(P.RUN_STATUS, self.run_status)
-        endpoint.on(P.JOB_HEARTBEAT, self.heartbeat)
+        endpoint.on(job_ops.HELLO, self.hello)
+        endpoint.on(job_ops.SYNC_CLIENTS, self.sync_clients)
+        endpoint.on(job_ops.RUN_STATUS, self.run_status)
+        endpoint.on(job_ops.HEARTBEAT, self.heartbeat)
         registry.listeners.append(self._clients_changed)
 
-    def _authorize(self, identity: bytes, op: P.Op, msg: Message, user_id: str | None = None) -> None:
-        if op.needs_auth:
-            self.manager.job_for(identity)
+    def _authorize(self, req: Request) -> None:
+        if req.op.needs_auth:
+            self.manager.job_for(req.peer)
 
     def hello(self, req: Request) -> dict:
         key = req.args["sealing_key"]
         if key is not None and len(key) != KEY_BYTES:
             raise BadRequest(f"op 'hello': field 'sealing_key' must be a {KEY_BYTES}-byte public key, "
                              f"got {len(key)} bytes")
-        rec = self.manager.hello(req.identity, req.args["job_id"], req.args["secret"], req.args["pid"], key)
+        rec = self.manager.hello(req.peer, req.args["job_id"], req.args["secret"], req.args["pid"], key)
         return {"status": rec.status.value, "name": rec.name, "meta": rec.meta, "parent_pid": os.getpid()}
 
     def sync_clients(self, req: Request) -> dict:
-        job = self.manager.job_for(req.identity)
+        job = self.manager.job_for(req.peer)
         since = req.args["since"]
         changes = self.registry.changes_since(since) if since is not None else None
         job.synced_revision = self.registry.revision
@@ -56,20 +55,20 @@ class JobsService:
         return {"revision": self.registry.revision, "base": since, "changes": job_changes(changes, job.job_id)}
 
     def run_status(self, req: Request) -> dict:
-        job = self.manager.job_for(req.identity)
+        job = self.manager.job_for(req.peer)
         rec = self.manager.report_status(job, req.args["status"], req.args["progress"], req.args["error"])
         return {"status": rec.status.value, "durable": True}
 
     def heartbeat(self, req: Request) -> dict:
-        self.manager.job_for(req.identity)
+        self.manager.job_for(req.peer)
         return {}
 
     def _clients_changed(self, base: int, revision: int, changes: list[dict]) -> None:
         """Push the registry delta to every job process that has synced."""
         for job in self.manager.running.values():
             if job.identity is not None and job.synced_revision is not None:
-                self.endpoint.push(job.identity, "clients_changed",
-                                   {"base": base, "revision": revision, "changes": job_changes(changes, job.job_id)})
+                self.endpoint.push(job.identity, job_ops.CLIENTS_CHANGED.message(
+                    base=base, revision=revision, changes=job_changes(changes, job.job_id)))
                 job.synced_revision = revision
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from flrunner import protocol as P
+from flrunner.protocol import Request, site_ops
 from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, Conflict, Unauthorized
 from flrunner.job import NAME_RE
-from flrunner.transport.wire import Message
 
 from parent.edge.connections import Connection, connection_of, cut
 from parent.sites.registry import SiteRegistry
-from parent.edge.endpoint import Request, RouterEndpoint
+from parent.edge.endpoint import RouterEndpoint, source_fd
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,13 @@ class SitesService:
         self.heartbeat_interval = heartbeat_interval
         #: The connection each site logged in on (CURVE only), to cut it when the site is revoked.
         self.connections: dict[str, Connection] = {}
-        endpoint.on(P.LOGIN, self.login)
-        endpoint.on(P.SITE_HEARTBEAT, self.heartbeat)
-        endpoint.on(P.LOGOUT, self.logout)
+        endpoint.on(site_ops.LOGIN, self.login)
+        endpoint.on(site_ops.HEARTBEAT, self.heartbeat)
+        endpoint.on(site_ops.LOGOUT, self.logout)
         endpoint.authorize = self._authorize
 
-    def _authorize(self, identity: bytes, op: P.Op, msg: Message, user_id: str | None = None) -> None:
+    def _authorize(self, req: Request) -> None:
+        user_id, op, msg = req.user_id, req.op, req.msg
         if self.require_user_id and (not user_id or not self.allowed(user_id)):
             raise Unauthorized("this connection has no provisioned identity (or its access was revoked)")
         if op.needs_auth:
@@ -67,8 +67,8 @@ class SitesService:
         if key is not None:  # job processes seal secure aux requests for it
             props[PUBLIC_KEY_PROP] = key.decode("ascii")
         held = self.registry.get(name)
-        rec = self.registry.login(name, req.identity, props, req.args["instance"])
-        conn = connection_of(req.source_fd)
+        rec = self.registry.login(name, req.peer, props, req.args["instance"])
+        conn = connection_of(source_fd(req))
         if conn is not None:
             self.connections[name] = conn
         if rec is held:
@@ -91,7 +91,7 @@ class SitesService:
         return conn is not None and cut(conn)
 
     def heartbeat(self, req: Request) -> dict:
-        self.registry.heartbeat(req.args["token"], req.identity)
+        self.registry.heartbeat(req.args["token"], req.peer)
         return {}
 
     def logout(self, req: Request) -> dict:

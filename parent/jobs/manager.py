@@ -22,6 +22,8 @@ from typing import Any, Callable
 from flrunner.util.bundles import BundleLimitError, extract_bundle
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, LaunchError, NotFound, StoreUnavailable, Unauthorized
 from flrunner.linux import decode_exit
+from flrunner.protocol import job_ops
+from flrunner.transport.wire import Message
 from flrunner.job import Job, JobDefinition, load_job_folder, site_participants
 from flrunner.status import CHILD_REPORTABLE, RunStatus, clip_error, is_final, progress_problem
 from flrunner.workspace import Workspace
@@ -57,7 +59,7 @@ class ManagerHooks:
 
     watch_fd: Callable[[int, Callable[[], None]], None]
     unwatch_fd: Callable[[int], None]
-    push_to_child: Callable[[bytes, str, dict], None]
+    push_to_child: Callable[[bytes, Message], None]
     on_change: Callable[[JobRecord], None]
     #: The job's process is gone (before its final status is settled): (job, how, restarting).
     on_job_exit: Callable[[RunningJob, str, bool], None] = lambda job, how, restarting: None
@@ -383,7 +385,7 @@ class JobManager:
             left = max(0.0, float(timeout) - (time.time() - started))
             job.timers.append(self.timers.call_later(left, self._time_out, job_id, float(timeout)))
         if job.abort_reason is not None:
-            self.hooks.push_to_child(identity, "abort", {"reason": job.abort_reason})
+            self.hooks.push_to_child(identity, job_ops.ABORT.message(reason=job.abort_reason))
         return rec
 
     def _refuse_hello(self, job_id: str, secret: str) -> None:
@@ -520,7 +522,7 @@ class JobManager:
         def ask() -> bool:
             if job.identity is None:
                 return False
-            self.hooks.push_to_child(job.identity, "abort", {"reason": reason})
+            self.hooks.push_to_child(job.identity, job_ops.ABORT.message(reason=reason))
             return True
 
         self.escalation.start(job, ask)

@@ -11,6 +11,7 @@ import os
 from typing import Callable
 
 from flrunner.job import Job
+from flrunner.protocol import site_ops
 from flrunner.util.bundles import make_bundle
 from flrunner.workspace import Workspace
 
@@ -33,14 +34,14 @@ class SiteApps:
     def check_resources(self, job_id: str, reqs: dict[str, dict], done: Callable[[Results], None],
                         timeout: float | None = None) -> None:
         """Ask each site of ``reqs`` whether its spec fits, reserving it: ok -> {"token"}."""
-        self.gateway.gather(sorted(reqs), "check_resources",
-                            lambda s: {"job_id": job_id, "spec": reqs[s], "ttl": self.reservation_ttl},
+        self.gateway.gather(sorted(reqs), lambda s: site_ops.CHECK_RESOURCES.message(
+                                job_id=job_id, spec=reqs[s], ttl=self.reservation_ttl),
                             timeout or self.request_timeout, done, job_id=job_id)
 
     def cancel_resources(self, tokens: dict[str, str]) -> None:
         for site, token in tokens.items():
             if token:
-                self.gateway.send(site, "cancel_resources", {"token": token})
+                self.gateway.send(site, site_ops.CANCEL_RESOURCES.message(token=token))
 
     def start(self, job: Job, sites: list[str], tokens: dict[str, str], done: Callable[[Results], None],
               timeout: float | None = None, job_key: bytes | None = None) -> None:
@@ -63,21 +64,20 @@ class SiteApps:
         except (OSError, ValueError) as exc:
             finish({s: (False, {"reason": f"cannot bundle the app: {exc}"}) for s in to_start})
             return
-        self.gateway.gather(to_start, "start_job",
-                            lambda s: {"job_id": job.job_id, "job_name": job.name, "app": apps[s],
-                                       "token": tokens.get(s), "meta": job.meta, "job_key": job_key},
-                            timeout or self.request_timeout, finish, frames_for=lambda s: [bundles[s]],
-                            job_id=job.job_id)
+        self.gateway.gather(to_start, lambda s: site_ops.START_JOB.message(
+                                [bundles[s]], job_id=job.job_id, job_name=job.name, app=apps[s], token=tokens.get(s),
+                                meta=job.meta, job_key=job_key),
+                            timeout or self.request_timeout, finish, job_id=job.job_id)
 
     def send_job_key(self, job_id: str, sites: list[str], key: bytes) -> None:
         """Tell sites the public key of the job's process, which their secure aux requests to its
         engine are sealed to (fire and forget: a site not logged in gets it when it logs in)."""
         for site in sites:
-            self.gateway.send(site, "job_key", {"job_id": job_id, "key": key})
+            self.gateway.send(site, site_ops.JOB_KEY.message(job_id=job_id, key=key))
 
     def stop(self, job_id: str, sites: list[str], reason: str) -> None:
         for site in sites:
-            self.gateway.send(site, "stop_job", {"job_id": job_id, "reason": reason})
+            self.gateway.send(site, site_ops.STOP_JOB.message(job_id=job_id, reason=reason))
         for key in [k for k in self._bundles if k[0] == job_id]:
             del self._bundles[key]
 
