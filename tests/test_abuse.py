@@ -32,9 +32,7 @@ from zmq.utils import z85
 from flrunner.security.kit import load_kit
 from flrunner.transport.wire import Message, decode, encode, next_id
 
-from .conftest import wait_for
-from .test_hostile import call, peers  # noqa: F401  (peers: a fixture)
-from .test_security import names, project, raw_login, start_kit_site  # noqa: F401  (project: a fixture)
+from .support import call, raw_login, site_names, start_kit_site, wait_for
 
 MiB = 1 << 20
 #: Byte limits (RATE, BURST) of the flooded parents' site and admin peers, and of their job processes.
@@ -258,7 +256,7 @@ def test_no_secret_shows_in_any_process_argv_or_environment(start_parent, procs,
     options = ["--launcher", "cold"] if launcher == "cold" else []  # warm: the CLI's default
     parent = start_parent("--kit", str(project / "parent"), "--site-timeout", "60", *options)
     site = start_kit_site(procs, parent, project, "site-1")
-    wait_for(lambda: names(parent) == ["site-1"], 15, "the kit site to log in")
+    wait_for(lambda: site_names(parent) == ["site-1"], 15, "the kit site to log in")
     site2 = load_kit(project / "site-2")
     login = raw_login(parent.sites_endpoint, "site-2", (site2.public_key, site2.secret_key),
                       load_kit(project / "parent").public_key)

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import wait_for
+from .support import wait_for
 from .job_components_aux import SITE_TASKS
 
 SITE_APP = {"executors": [(SITE_TASKS, "job_components_aux.SiteTasks", {})]}

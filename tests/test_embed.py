@@ -9,7 +9,7 @@ import pytest
 from flrunner import FLRunner, JobFolderError
 from flrunner.errors import BadRequest
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 @pytest.fixture

@@ -25,8 +25,7 @@ import pytest
 
 from flrunner.snapshot import RunSnapshot
 
-from .conftest import wait_for
-from .test_fedavg import job_copy
+from .support import job_copy, wait_for
 
 TICKER = "job_components_faults.Ticker"
 

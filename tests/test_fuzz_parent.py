@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ROOT
+from .support import ROOT
 
 SCRIPT = ROOT / "scripts" / "fuzz_parent.py"
 

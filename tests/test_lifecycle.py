@@ -12,7 +12,7 @@ import pytest
 
 from flrunner.errors import Conflict
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def statuses(job: dict) -> list[str]:

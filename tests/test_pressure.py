@@ -24,8 +24,7 @@ import pytest
 from flrunner.admin.client import AdminClient
 from flrunner.errors import ParentUnavailable
 
-from .conftest import wait_for
-from .test_supervisor import PARENT_OPTS, START, Supervisor, sup  # noqa: F401  (sup is a fixture)
+from .support import PARENT_OPTS, START, wait_for
 
 CALLS = "job_components_pressure.CallsThroughRestarts"
 
@@ -47,7 +46,7 @@ def re_adoptions(job: dict) -> int:
 # --- a parent restart while a job is mid-call -----------------------------------------------------
 
 @pytest.mark.timeout(150)
-def test_engine_calls_in_flight_survive_kill9_of_the_parent_under_the_supervisor(sup, procs, make_job):  # noqa: F811
+def test_engine_calls_in_flight_survive_kill9_of_the_parent_under_the_supervisor(sup, procs, make_job):
     """A job calling its engine in a tight loop (aux to a site, client sync, durable progress)
     across three kill -9s of its parent: no call raises, the job completes, and every round's
     progress the parent acknowledged is there."""

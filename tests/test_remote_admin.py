@@ -17,7 +17,7 @@ from flrunner.admin.embed import FLRunner
 from flrunner.errors import BadRequest, ParentUnavailable
 from flrunner.security.kit import load_kit
 
-from .conftest import provision_project, wait_for
+from .support import provision_project, wait_for
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import zmq
 from flrunner.security.kit import load_kit
 from flrunner.transport.wire import Message, decode, encode
 
-from .conftest import provision_project
+from .support import provision_project
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def names(parent) -> list[str]:

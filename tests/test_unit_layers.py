@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .support import ROOT
 
 
 def imported_modules(path: Path) -> set[str]:
