@@ -149,6 +149,7 @@ def flood_message(socket_name: str, sock: zmq.Socket, kind: str):
     return lambda: encode(Message(op, body, id=next_id(), frames=frames))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["messages", "bytes"])
 @pytest.mark.parametrize("socket_name", ["sites", "admin"])
 def test_a_flooding_peer_is_rate_limited_while_others_are_served(start_parent, start_site, make_job, peers,
@@ -178,6 +179,7 @@ def test_a_flooding_peer_is_rate_limited_while_others_are_served(start_parent, s
     assert parent.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_job_flooding_the_parent_with_bytes_is_rate_limited_while_others_are_served(start_parent, start_site,
                                                                                      make_job):
     parent = start_parent("--site-timeout", "4", "--job-byte-limit", option(JOB_BYTE_LIMIT))

@@ -128,6 +128,7 @@ def flows_with(recorded: list[tuple[str, str, bytes]], marker: str) -> set[tuple
     return {(socket, direction) for socket, direction, data in recorded if needle in data}
 
 
+@pytest.mark.slow
 def test_the_parent_never_holds_a_secure_payload_but_does_hold_a_plain_one(embedded_secure_parent, recorded, project,
                                                                           procs, make_job, tmp):
     for kit in SITES:
@@ -348,6 +349,7 @@ def test_a_kit_sites_secure_request_reaches_the_engines_handler_and_its_reply_co
     assert marker not in (tmp / "ws" / "parent.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_parent_never_holds_a_sites_secure_payload_but_does_hold_a_plain_one(embedded_secure_parent, recorded,
                                                                                 project, procs, make_job, tmp):
     for kit in SITES:

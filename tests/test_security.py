@@ -53,6 +53,7 @@ def site_connections(site, endpoint: str) -> set[int]:
             if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == port}
 
 
+@pytest.mark.slow
 def test_a_revoked_site_is_dropped_disconnected_and_refused(secure_parent, project, procs):
     site = start_kit_site(procs, secure_parent, project, "site-1")
     other = start_kit_site(procs, secure_parent, project, "site-2")
