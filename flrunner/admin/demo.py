@@ -27,7 +27,6 @@ from flrunner.errors import FlrunnerError, ParentUnavailable
 from flrunner.examples import example_job
 from flrunner.util.processes import Processes, wait_for
 
-
 SAMPLE_JOB = "fedavg"
 FINAL_MODEL = "final_model.json"
 

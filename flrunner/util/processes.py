@@ -201,8 +201,8 @@ def kill_processes_under(root: Path, sweeps: int = 3, interval: float = 0.2) -> 
     return killed
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str = "condition", interval: float = POLL_INTERVAL,
-             *, proc: subprocess.Popen | None = None) -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str = "condition",
+             interval: float = POLL_INTERVAL, *, proc: subprocess.Popen | None = None) -> T:
     """Poll ``predicate`` until it returns something truthy, and return that.
 
     Args:
