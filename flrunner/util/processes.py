@@ -153,7 +153,9 @@ def processes_under(root: Path, where: Callable[[psutil.Process], bool] | None =
             cmdline, cwd and status.
     """
     me, prefix, found = os.getpid(), os.path.realpath(root), []
-    for p in psutil.process_iter(["pid", "name", "cmdline", "cwd", "status"]):
+    # Every process's cwd is read; its command line only when a filter may look at it.
+    attrs = ["pid", "cwd", "status"] + (["name", "cmdline"] if where is not None else [])
+    for p in psutil.process_iter(attrs):
         try:
             cwd = p.info["cwd"]
             if p.pid == me or not cwd or p.info["status"] == psutil.STATUS_ZOMBIE:
