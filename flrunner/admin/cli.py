@@ -16,8 +16,8 @@ import time
 from functools import partial
 from typing import Any, Sequence
 
-from flrunner.errors import FlrunnerError, NotFound, ParentUnavailable
 from flrunner import plugins
+from flrunner.errors import FlrunnerError, NotFound, ParentUnavailable
 from flrunner.protocol import Op
 from flrunner.protocol.admin_ops import COMMANDS, Command
 from flrunner.status import is_final
@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def admin_cmd(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--workspace", "-w", help=f"the parent's workspace (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
+        sp.add_argument("--workspace", "-w",
+                        help=f"the parent's workspace (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the parent's reply")
         sp.add_argument("--kit", help="an admin's start-up kit (flrunner provision --admin): talk to a remote parent "
                                       "over CURVE instead of the local workspace's")

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 from flrunner import plugins
 from flrunner.admin.client import AdminClient, StatusFeed, admin_credentials, find_parent
-from flrunner.plugins import EmbeddedParent
 from flrunner.errors import FlrunnerError, ParentUnavailable
+from flrunner.plugins import EmbeddedParent
 from flrunner.status import is_final, status_rank
 
 log = logging.getLogger(__name__)
