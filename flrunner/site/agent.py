@@ -26,12 +26,14 @@ import psutil
 
 from flrunner.protocol import Dispatcher, Rc, aux_ops, site_ops
 from flrunner.util.bundles import extract_bundle
-from flrunner.errors import BadRequest, EncodeError, FlrunnerError, FrameError
+from flrunner.errors import BadRequest, FlrunnerError
 from flrunner.transport.link import Link
 from flrunner.util.logthrottle import LogThrottle
-from flrunner.aux.payload import decode_shareable, encode_shareable, failure_reply
+from flrunner.aux.handling import serve_request
+from flrunner.aux.secure import Direction, SealedFrom, sealed_from
+from flrunner.protocol import Request
+from flrunner.security.curve import key_from_z85
 from flrunner.security.errors import SealedError
-from flrunner.security.sealed import key_from_z85, open_request, reply_context, request_context, seal_reply
 from flrunner.transport.wire import Message
 from flrunner.workspace import Workspace
 
@@ -94,7 +96,8 @@ class SiteAgent:
         self._requests = Dispatcher(site_ops.TO_SITE, f"site agent {name}",
                                     on_refused=lambda msg, exc: self._refusals.warning("site %s: '%s' refused: %s",
                                                                                       self.name, msg.op[:60], exc))
-        for op, handler in ((aux_ops.TO_SITE, self._aux), (site_ops.CHECK_RESOURCES, self._check_resources),
+        self._requests.on(aux_ops.TO_SITE, self._aux)
+        for op, handler in ((site_ops.CHECK_RESOURCES, self._check_resources),
                             (site_ops.CANCEL_RESOURCES, self._cancel_resources), (site_ops.START_JOB, self._start_job),
                             (site_ops.STOP_JOB, self._stop_job), (site_ops.JOB_KEY, self._job_key)):
             self._requests.on(op, lambda req, handle=handler: handle(req.msg, req.args))
@@ -177,7 +180,8 @@ class SiteAgent:
         """Answer a request of the parent (from any thread)."""
         self.link.reply(Message(request.op, body, re=request.id, rc=rc, frames=list(frames or [])))
 
-    def _aux(self, msg: Message, args: dict) -> None:
+    def _aux(self, req: Request) -> None:
+        msg, args = req.msg, req.args
         with self._jobs_lock:
             job = self.jobs.get(args["job_id"])
         if job is None or job.stopped:
@@ -186,53 +190,29 @@ class SiteAgent:
                                 rc=Rc.NOT_FOUND)
             return
         try:
-            job.pool.submit(self._serve_aux, job, msg, args)
+            job.pool.submit(self._serve_aux, job, req)
         except RuntimeError:  # the job stopped in between
             if not args["fire_and_forget"]:
                 self._reply(msg, {"reason": f"job {args['job_id']} stopped on site {self.name}"},
                                 rc=Rc.NOT_FOUND)
 
-    def _serve_aux(self, job: SiteJob, msg: Message, args: dict) -> None:
-        try:
-            frames = self._open(msg, args)
-            request = decode_shareable(frames)
-        except SealedError as exc:
-            self._refusals.warning("site %s: job %s: a secure request for '%s' was refused: %s", self.name,
-                                   args["job_id"], args["topic"], exc)
-            if not args["fire_and_forget"]:
-                self._reply(msg, {"reason": f"site {self.name} cannot open the secure request: {exc}"},
-                                rc=exc.rc)
-            return
-        except FrameError as exc:
-            reply = failure_reply(Rc.BAD_REQUEST, f"undecodable request: {exc}")
-        else:
-            reply = job.handle(args["topic"], request)
-        if args["fire_and_forget"]:
-            return
-        try:
-            frames = self._seal(encode_shareable(reply), msg, args)
-        except EncodeError as exc:
-            self._reply(msg, {"reason": f"the reply of '{args['topic']}' cannot travel: {exc}"}, rc=Rc.ERROR)
-            return
-        self._reply(msg, {}, frames)
+    def _serve_aux(self, job: SiteJob, req: Request) -> None:
+        job_id, topic = req.args["job_id"], req.args["topic"]
+        serve_request(
+            req, lambda: self._sealed_from(req), lambda frames: job.reply_to(topic, frames),
+            cannot_open=f"site {self.name} cannot open the secure request",
+            cannot_travel=f"the reply of '{topic}' cannot travel",
+            on_refused=lambda exc: self._refusals.warning("site %s: job %s: a secure request for '%s' was refused: %s",
+                                                          self.name, job_id, topic, exc))
 
-    def _open(self, msg: Message, args: dict) -> list:
-        """The payload frames of a request: as they came, or opened with the kit's key if sealed."""
-        if args["sealed_key"] is None:
-            return msg.frames
+    def _sealed_from(self, req: Request) -> SealedFrom:
+        """The keys of a sealed request: the site's own, and the job process's key it names."""
         if self.sealing_key is None:
             raise SealedError("this site has no provisioned key (it was not started with --kit)")
-        if args["sender_key"] is None:
+        if req.args["sender_key"] is None:
             raise SealedError("it names no sender key")
-        return open_request(msg.frames, args["sealed_key"], self.sealing_key, args["sender_key"],
-                            context=request_context(args["job_id"], args["topic"]))
-
-    def _seal(self, frames: list, request: Message, args: dict) -> list:
-        """A reply's frames: sealed to the job's key (and bound to ``request``) if the request was
-        sealed, else as they are."""
-        if args["sealed_key"] is None:
-            return frames
-        return seal_reply(frames, self.sealing_key, args["sender_key"], context=reply_context(request.frames[0]))
+        return sealed_from(self.sealing_key, req.args["sender_key"], Direction.TO_SITES, req.args["job_id"],
+                           req.args["topic"])
 
     def _job_key(self, msg: Message, args: dict) -> None:
         self._set_job_key(args["job_id"], args["key"])
@@ -243,7 +223,7 @@ class SiteAgent:
         with self._jobs_lock:
             job = self.jobs.get(job_id)
         if job is not None and isinstance(key, bytes):
-            job.engine.job_key = key
+            job.use_job_key(key)
 
     def _check_resources(self, msg: Message, args: dict) -> None:
         ok, token, reason = self.resource_manager.check(args["job_id"], args["spec"], float(args["ttl"]))
@@ -261,7 +241,7 @@ class SiteAgent:
             running = self.jobs.get(job_id)
         if running is not None:
             if args["job_key"] is not None:
-                running.engine.job_key = args["job_key"]
+                running.use_job_key(args["job_key"])
             self._reply(msg, {"started": True, "reason": "already running"})
             return
         if args["token"] and not self.resource_manager.consume(args["token"], job_id):
