@@ -1,4 +1,5 @@
-"""One job's part on one site: its app's components and executors, and the requests they serve."""
+"""One job's part on one site (its app's components and executors, and the requests they serve),
+and the table of the jobs running on a site."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,7 @@ from flrunner.shareable import Shareable
 from flrunner.workspace import Workspace
 
 from flrunner.site.engine import ClientEngine, SendToServer
+from flrunner.site.resources import ResourceManager
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +138,50 @@ class SiteJob:
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("site %s: job %s stopped (%s)", self.site_name, self.job_id, reason)
 
+
+class RunningJobs:
+    """The jobs running on this site, by id (thread-safe). Stopping a job releases its resources.
+
+    Args:
+        resources: the site's resource manager.
+    """
+
+    def __init__(self, resources: ResourceManager) -> None:
+        self._resources = resources
+        self._jobs: dict[str, SiteJob] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str) -> SiteJob | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def add(self, job: SiteJob) -> None:
+        with self._lock:
+            self._jobs[job.job_id] = job
+
+    def ids(self) -> list[str]:
+        """The ids of the jobs running here, sorted."""
+        with self._lock:
+            return sorted(self._jobs)
+
+    def use_key(self, job_id: str, key: Any) -> None:
+        """Use ``key`` for the secure requests of a job running here to its engine (a key for a job
+        that does not run here is dropped: its start_job carries the key)."""
+        job = self.get(job_id)
+        if job is not None and isinstance(key, bytes):
+            job.use_job_key(key)
+
+    def stop(self, job_id: str, reason: str) -> None:
+        """Stop a job (if it runs here) and release what it reserved."""
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        if job is not None:
+            job.stop(reason)
+        self._resources.release_job(job_id)
+
+    def stop_all(self, reason: str) -> None:
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.stop(reason)
+            self._resources.release_job(job.job_id)
