@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
+from child.clients import ClientMirror
+from child.port import NotAvailableYet, ParentPort
 from flrunner.aux.handling import REASON_HEADER, failure_reply, handler_reply, reply_from, serve_request
 from flrunner.aux.payload import encode_shareable
 from flrunner.aux.secure import Direction, KeyPair, SealedFrom, SealedRequest, seal_request, sealed_from
@@ -32,9 +34,6 @@ from flrunner.security.errors import SealedError
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.transport.wire import Message
 from flrunner.util.logthrottle import LogThrottle
-
-from child.clients import ClientMirror
-from child.port import NotAvailableYet, ParentPort
 
 log = logging.getLogger(__name__)
 #: A site sending requests that do not open must not fill the job's log.
@@ -109,7 +108,7 @@ class EngineAux:
         parent_trouble = False
         while True:
             epoch = port.epoch
-            moved = lambda: aborted() or port.epoch != epoch  # noqa: E731
+            moved = lambda epoch=epoch: aborted() or port.epoch != epoch  # noqa: E731
             call = aux_ops.FROM_JOB.start(port, frames, **body)
             answers: list[Message] = []
             try:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 
+from child.port import ParentPort
 from flrunner.client import Client
 from flrunner.protocol import job_ops
-
-from child.port import ParentPort
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
+from child.aux import EngineAux
+from child.clients import ClientMirror
+from child.port import NotAvailableYet, ParentPort, parent_pushes
+from child.status import StatusReporter
 from flrunner.aux.secure import KeyPair
 from flrunner.client import Client
 from flrunner.component import Widget
@@ -26,11 +30,6 @@ from flrunner.spec import ServerEngineSpec
 from flrunner.status import RunStatus
 from flrunner.transport.wire import Message
 from flrunner.workspace import Workspace
-
-from child.aux import EngineAux
-from child.clients import ClientMirror
-from child.port import NotAvailableYet, ParentPort, parent_pushes
-from child.status import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ class ServerEngine(EngineBase, ServerEngineSpec):
                 restorer(state, fl_ctx)
 
     # --- aux messaging (`EngineAux`) and site jobs --------------------------------------------------------
-    def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
+    def send_aux_request(self, targets: list, topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
         """Send ``request`` to sites through the parent; {site name: reply Shareable}.
 

@@ -1,8 +1,8 @@
 """``python -m child [--job-id ID --name NAME]``: one job process.
 
-The arguments are informational only (they reserve room for the process title). The parent writes the bootstrap (job id, endpoint, per-job secret, settings) as one msgpack map
-to this process's stdin and closes it; nothing secret is on the command line or in the
-environment.
+The arguments are informational only (they reserve room for the process title). The parent
+writes the bootstrap (job id, endpoint, per-job secret, settings) as one msgpack map to this
+process's stdin and closes it; nothing secret is on the command line or in the environment.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import sys
 
 import setproctitle
 
-from flrunner.aux.secure import KeyPair
-from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
-from flrunner.fl_signal import Signal
-from flrunner.util.output_capture import OutputCapture
-from flrunner.transport.wire import unpack
-from flrunner.workspace import Workspace
-
 from child.engine import ServerEngine
 from child.port import parent_pushes
 from child.runner import JobRunner
 from child.session import EXIT_PARENT_LOST, ParentSession
 from child.status import StatusReporter
+from flrunner.aux.secure import KeyPair
+from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
+from flrunner.fl_signal import Signal
+from flrunner.transport.wire import unpack
+from flrunner.util.output_capture import OutputCapture
+from flrunner.workspace import Workspace
 
 log = logging.getLogger("child")
 

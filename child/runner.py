@@ -7,14 +7,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from child.engine import ServerEngine
+from child.status import StatusReporter
 from flrunner.events import EventType
 from flrunner.job import parse_server_app
 from flrunner.loader import AppLoadError, add_custom_dir, instantiate
 from flrunner.snapshot import RunSnapshot
 from flrunner.status import RunStatus
-
-from child.engine import ServerEngine
-from child.status import StatusReporter
 
 log = logging.getLogger(__name__)
 

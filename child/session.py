@@ -34,8 +34,8 @@ from flrunner.errors import (
     Unauthorized,
     error_for_rc,
 )
-from flrunner.linux import is_stopped
 from flrunner.fl_signal import Signal
+from flrunner.linux import is_stopped
 from flrunner.protocol import Dispatcher, Rc, job_ops
 from flrunner.transport.link import Call, Link
 from flrunner.transport.wire import Message

@@ -13,12 +13,11 @@ import logging
 import time
 from typing import Any, Callable
 
+from child.port import ParentPort
 from flrunner.errors import FlrunnerError, NotReady, ParentUnavailable, RequestTimeout
 from flrunner.protocol import job_ops
 from flrunner.status import RunStatus, clip_error, progress_problem
 from flrunner.util.logthrottle import LogThrottle
-
-from child.port import ParentPort
 
 log = logging.getLogger(__name__)
 #: A parent that cannot store progress for a while must not fill the job's log.

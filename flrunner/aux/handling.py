@@ -56,7 +56,7 @@ def failure_reply(rc: str, reason: str) -> Shareable:
 def reply_from(msg: Message) -> Shareable:
     """The Shareable in a routed reply: the peer's payload, or a `failure_reply`."""
     if msg.rc not in (None, Rc.OK):
-        return failure_reply(msg.rc, str(msg.body.get("reason", msg.rc)))
+        return failure_reply(msg.rc or Rc.ERROR, str(msg.body.get("reason", msg.rc)))
     try:
         return decode_shareable(msg.frames)
     except FrameError as exc:

@@ -25,14 +25,13 @@ import psutil
 from flrunner.errors import FlrunnerError
 from flrunner.protocol import Dispatcher, aux_ops, site_ops
 from flrunner.security.curve import key_from_z85
-from flrunner.util.logthrottle import LogThrottle
-from flrunner.workspace import Workspace
-
 from flrunner.site.aux import SiteAux
 from flrunner.site.control import JobControl
 from flrunner.site.job import RunningJobs
 from flrunner.site.resources import ResourceManager
 from flrunner.site.session import SiteSession
+from flrunner.util.logthrottle import LogThrottle
+from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

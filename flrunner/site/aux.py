@@ -13,9 +13,8 @@ from flrunner.aux.secure import Direction, SealedFrom, sealed_from
 from flrunner.errors import Rc
 from flrunner.protocol import Request
 from flrunner.security.errors import SealedError
-from flrunner.util.logthrottle import LogThrottle
-
 from flrunner.site.job import RunningJobs, SiteJob
+from flrunner.util.logthrottle import LogThrottle
 
 
 class SiteAux:

@@ -13,12 +13,11 @@ from concurrent.futures import Executor
 
 from flrunner.errors import BadRequest, Rc
 from flrunner.protocol import Request
-from flrunner.util.bundles import extract_bundle
-from flrunner.workspace import Workspace
-
 from flrunner.site.job import RunningJobs, SiteJob
 from flrunner.site.resources import ResourceManager
 from flrunner.site.session import SiteSession
+from flrunner.util.bundles import extract_bundle
+from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

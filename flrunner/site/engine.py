@@ -61,7 +61,7 @@ class ClientEngine(EngineBase, EngineSpec):
         """The public key of the job's process; None until the parent has sent it."""
         return self._job_key.get()
 
-    def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
+    def send_aux_request(self, targets: list, topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
         """Send to the job's server engine (the only target a site has); returns {"server": reply}.
 

@@ -13,16 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from flrunner.aux.handling import handler_reply
+from flrunner.aux.secure import PeerKey
 from flrunner.events import EventType
 from flrunner.job import parse_client_app
 from flrunner.loader import AppLoadError, add_custom_dir, instantiate
-from flrunner.aux.handling import handler_reply
-from flrunner.aux.secure import PeerKey
 from flrunner.shareable import Shareable
-from flrunner.workspace import Workspace
-
 from flrunner.site.engine import ClientEngine, SendToServer
 from flrunner.site.resources import ResourceManager
+from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

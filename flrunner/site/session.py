@@ -19,11 +19,10 @@ from typing import Any, Callable
 
 from flrunner.errors import FlrunnerError
 from flrunner.protocol import Dispatcher, aux_ops, site_ops
-from flrunner.transport.link import Link
-from flrunner.transport.wire import Message
-
 from flrunner.site.engine import SendToServer
 from flrunner.site.job import RunningJobs
+from flrunner.transport.link import Link
+from flrunner.transport.wire import Message
 
 log = logging.getLogger(__name__)
 
