@@ -1,8 +1,8 @@
 """``python -m child [--job-id ID --name NAME]``: one job process.
 
-The arguments are informational only (they reserve room for the process title). The parent writes the bootstrap (job id, endpoint, per-job secret, settings) as one msgpack map
-to this process's stdin and closes it; nothing secret is on the command line or in the
-environment.
+The arguments are informational only (they reserve room for the process title). The parent
+writes the bootstrap (job id, endpoint, per-job secret, settings) as one msgpack map to this
+process's stdin and closes it; nothing secret is on the command line or in the environment.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import sys
 
 import setproctitle
 
-from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
-from flrunner.util.output_capture import OutputCapture
-from flrunner.transport.wire import unpack
-from flrunner.workspace import Workspace
-
 from child.engine import ServerEngine
+from child.port import parent_pushes
 from child.runner import JobRunner
 from child.session import EXIT_PARENT_LOST, ParentSession
+from child.status import StatusReporter
+from flrunner.aux.secure import KeyPair
+from flrunner.errors import FlrunnerError, ParentUnavailable, RequestTimeout
+from flrunner.fl_signal import Signal
+from flrunner.transport.wire import unpack
+from flrunner.util.output_capture import OutputCapture
+from flrunner.workspace import Workspace
 
 log = logging.getLogger("child")
 
@@ -81,8 +84,7 @@ def _run_job(boot: dict, workspace: Workspace) -> int:
     setproctitle.setproctitle(f"flrunner-job: {job_id} {boot['job_name']}")
     logging.basicConfig(stream=sys.stderr, level=boot.get("log_level", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = ServerEngine(job_id, workspace)
-    session = ParentSession(boot, engine)
+    session, engine = assemble(boot, workspace)
 
     def on_sigterm(signum: int, frame: object) -> None:
         log.warning("SIGTERM: aborting the job")
@@ -98,11 +100,28 @@ def _run_job(boot: dict, workspace: Workspace) -> int:
     boot.pop("secret", None)
     log.info("job %s (%s) running as pid %d", job_id, boot["job_name"], os.getpid())
 
-    status = JobRunner(engine, resume=bool(boot.get("resume"))).run()
+    status = JobRunner(engine, engine.status_reporter, resume=bool(boot.get("resume"))).run()
     log.info("job %s ends %s", job_id, status.value)
-    code = report_final(engine)
+    code = report_final(engine.status_reporter)
     session.close()
     return code
+
+
+def assemble(boot: dict, workspace: Workspace) -> tuple[ParentSession, ServerEngine]:
+    """The job process's objects, each given what it needs as it is made.
+
+    The session (the engine's port to the parent) and the engine meet through what both are
+    given: the dispatcher of the parent's pushes (received by the session, served by the engine),
+    the job's abort signal (the session triggers it when no parent takes the job back), and the
+    sealing key pair (the session's hello carries its public half).
+    """
+    pushes = parent_pushes()
+    abort_signal = Signal()
+    keys = KeyPair()
+    session = ParentSession(boot, pushes, abort_signal, sealing_key=keys.public)
+    engine = ServerEngine(boot["job_id"], workspace, session, pushes=pushes, keys=keys, abort_signal=abort_signal,
+                          status_patience=session.reconnect_grace)
+    return session, engine
 
 
 def run() -> None:
@@ -118,22 +137,18 @@ def run() -> None:
     os._exit(code)
 
 
-def report_final(engine: ServerEngine) -> int:
-    """Send the final status and wait for the parent's ack (a message queued just before exit can
-    be lost by ZeroMQ, libzmq #4660). `ServerEngine.update_job_run_status` retries while the
-    parent is away (up to the reconnect grace), so a restarted parent still gets the outcome.
+def report_final(status: StatusReporter) -> int:
+    """Send the final status and wait for the parent's ack; the process's exit code.
+
+    `StatusReporter.report_final` retries while the parent is away (up to the reconnect grace),
+    so a restarted parent still gets the outcome.
     """
-    while True:
-        try:
-            engine.update_job_run_status()
-            return EXIT_OK
-        except (RequestTimeout, ParentUnavailable) as exc:
-            log.error("the parent never acknowledged the final status %s: %s", engine.run_status.value, exc)
-            return EXIT_PARENT_LOST
-        except FlrunnerError as exc:
-            if engine.progress is not None:
-                log.warning("the parent refused the final status with its progress (%s); sending it without", exc)
-                engine.progress = None
-                continue
-            log.error("the parent refused the final status: %s", exc)
-            return EXIT_PARENT_REFUSED
+    try:
+        status.report_final()
+        return EXIT_OK
+    except (RequestTimeout, ParentUnavailable) as exc:
+        log.error("the parent never acknowledged the final status %s: %s", status.run_status.value, exc)
+        return EXIT_PARENT_LOST
+    except FlrunnerError as exc:
+        log.error("the parent refused the final status: %s", exc)
+        return EXIT_PARENT_REFUSED

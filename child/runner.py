@@ -7,22 +7,29 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from child.engine import ServerEngine
+from child.status import StatusReporter
 from flrunner.events import EventType
 from flrunner.job import parse_server_app
 from flrunner.loader import AppLoadError, add_custom_dir, instantiate
 from flrunner.snapshot import RunSnapshot
 from flrunner.status import RunStatus
 
-from child.engine import ServerEngine
-
 log = logging.getLogger(__name__)
 
 
 class JobRunner:
-    """Runs one job's server app in this process."""
+    """Runs one job's server app in this process.
 
-    def __init__(self, engine: ServerEngine, resume: bool = False) -> None:
+    Args:
+        engine: the job's engine (its components, events and abort signal).
+        outcome: where the run's outcome is recorded (the engine's status reporting).
+        resume: restore the components from the job's last snapshot first.
+    """
+
+    def __init__(self, engine: ServerEngine, outcome: StatusReporter, resume: bool = False) -> None:
         self.engine = engine
+        self.outcome = outcome
         self.resume = resume
         self.workflows: list[tuple[str, Any]] = []
 
@@ -84,6 +91,5 @@ class JobRunner:
         return self._finish(RunStatus.FINISHED_COMPLETED, None)
 
     def _finish(self, status: RunStatus, error: str | None) -> RunStatus:
-        self.engine.run_status = status
-        self.engine.exe_error = error
+        self.outcome.finish(status, error)
         return status

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import zmq
 
@@ -34,13 +34,11 @@ from flrunner.errors import (
     Unauthorized,
     error_for_rc,
 )
+from flrunner.fl_signal import Signal
 from flrunner.linux import is_stopped
-from flrunner.protocol import Rc, job_ops
+from flrunner.protocol import Dispatcher, Rc, job_ops
 from flrunner.transport.link import Call, Link
 from flrunner.transport.wire import Message
-
-if TYPE_CHECKING:
-    from child.engine import ServerEngine
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,8 @@ RECHECK = 0.5
 
 
 class ParentSession:
-    """Owns the link to the parent for one job process; the engine's port to its parent.
+    """Owns the link to the parent for one job process; the engine's port to its parent
+    (`child.port.ParentPort`).
 
     The engine calls `request`, `call`, `end_call`, `send` and `reply` as it would on a `Link`;
     `request` waits through a parent restart (see the module docstring). A multi-reply exchange
@@ -61,27 +60,32 @@ class ParentSession:
 
     Args:
         boot: the bootstrap (job id, secret, endpoint, timings, the parent's pid).
-        engine: the job's engine (its pushes, abort signal, client cache and sealing key).
+        pushes: serves what the parent pushes (`child.port.parent_pushes`; its handlers are the
+            engine's).
+        abort_signal: the job's abort signal, triggered once no parent will take the job back.
+        sealing_key: this job process's public key for secure aux, given in every hello (the
+            parent passes it to the job's sites); None: the job cannot serve secure requests.
         clock: monotonic seconds (injected for tests).
     """
 
-    def __init__(self, boot: dict, engine: ServerEngine, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, boot: dict, pushes: Dispatcher, abort_signal: Signal, sealing_key: bytes | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.job_id = boot["job_id"]
         self._secret = boot["secret"]
-        self.engine = engine
+        self._pushes = pushes
+        self._abort_signal = abort_signal
+        self._sealing_key = sealing_key
         self.clock = clock
         self.reconnect_grace = float(boot.get("reconnect_grace", 30.0))
         self.orphan_grace = float(boot.get("orphan_grace", 10.0))
         #: The parent's pid, to tell a paused parent from a gone one (updated at each hello).
         self.parent_pid: int | None = boot.get("parent_pid")
-        self.link = Link(boot["endpoint"], engine.on_push, float(boot.get("heartbeat_interval", 2.0)),
+        self.link = Link(boot["endpoint"], self._on_push, float(boot.get("heartbeat_interval", 2.0)),
                          float(boot.get("parent_loss_timeout", 20.0)), on_parent_lost=self._lost,
                          heartbeat=job_ops.HEARTBEAT.message, on_heartbeat_refused=lambda msg: self.parent_forgot_us(),
                          on_reconnected=self.parent_forgot_us, configure=_curve_client(boot.get("server_key")))
-        engine.link = self
-        engine.status_patience = self.reconnect_grace
         #: Bumped each time a parent re-adopts this job: requests sent before went to a parent
-        #: that will not answer them.
+        #: that will not answer them (and the engine's site-registry mirror starts over).
         self.epoch = 0
         self._adopted = threading.Condition()
         #: Set while the parent does not know this job (it restarted); cleared by the re-adoption.
@@ -109,11 +113,15 @@ class ParentSession:
 
     def _hello(self, timeout: float) -> Message:
         reply = job_ops.HELLO.call(self.link, wait=timeout, job_id=self.job_id, secret=self._secret, pid=os.getpid(),
-                                   sealing_key=self.engine.sealing_public_key())
+                                   sealing_key=self._sealing_key)
         pid = reply.body.get("parent_pid")
         if isinstance(pid, int) and not isinstance(pid, bool):
             self.parent_pid = pid
         return reply
+
+    def _on_push(self, msg: Message) -> None:
+        """A message the parent pushed (I/O thread): served by the engine's handlers."""
+        self._pushes.dispatch(msg, self.link.reply)
 
     # --- the engine's port: calls that survive a parent restart ------------------------------------
     def request(self, msg: Message, timeout: float = 30.0) -> Message:
@@ -250,7 +258,6 @@ class ParentSession:
                 continue
             self._rehello.clear()
             self._lost_since = None
-            self.engine.reset_clients()  # a new parent numbers its registry afresh
             with self._adopted:
                 self._forgotten.clear()
                 self.epoch += 1  # requests left with the old parent are sent again
@@ -275,7 +282,7 @@ class ParentSession:
         self.orphaned.set()
         with self._adopted:
             self._adopted.notify_all()
-        self.engine.abort_signal.trigger(reason)
+        self._abort_signal.trigger(reason)
         timer = threading.Timer(self.orphan_grace, self._exit, args=(reason,))
         timer.daemon = True
         timer.start()

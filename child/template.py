@@ -27,13 +27,13 @@ import socket
 import sys
 
 import msgpack
+import zmq  # noqa: F401,E402  (imported for the forks; never a context in the template)
 
 # Everything a job process needs, imported once here and shared by every fork.
 import child.main as child_main  # noqa: E402
-from flrunner.linux import pidfd_open, signal_group, stamp_environ  # noqa: E402
 import flrunner  # noqa: F401,E402  (imported for the forks, not used here)
 import flrunner.security.sealed  # noqa: F401,E402  (imported on first use in a cold job process)
-import zmq  # noqa: F401,E402  (imported for the forks; never a context in the template)
+from flrunner.linux import pidfd_open, signal_group, stamp_environ  # noqa: E402
 
 log = logging.getLogger("child.template")
 
@@ -92,9 +92,10 @@ def serve(sock: socket.socket) -> None:
     children: dict[int, int] = {}  # pidfd -> pid
     gc.freeze()
     while True:
-        readable, _, _ = select.select([sock, *children], [], [])
+        waiting: list[socket.socket | int] = [sock, *children]
+        readable, _, _ = select.select(waiting, [], [])
         for fd in readable:
-            if fd is sock:
+            if isinstance(fd, socket.socket):
                 packet = sock.recv(MAX_PACKET)
                 if not packet:
                     return  # the parent closed its end: it is gone or stopping
@@ -110,7 +111,7 @@ def serve(sock: socket.socket) -> None:
                     _run_forked_job(request, [sock.fileno(), *children])
                 children[pidfd_open(pid)] = pid
                 _send(sock, {"op": "launched", "id": request.get("id"), "pid": pid})
-            else:
+            else:  # a pidfd: that job process has exited
                 pid = children.pop(fd)
                 os.close(fd)
                 signal_group(pid, signal.SIGKILL)  # what the job left in its group; pid not yet reaped

@@ -19,12 +19,20 @@ class EngineBase:
 
     Not an `EngineSpec` itself: the engines that use it implement the spec (NVFlare's method
     names and arguments) and inherit these methods from here.
+
+    Args:
+        identity: ``server`` or the site's name.
+        job_id: the job.
+        workspace: where the job's folders are.
+        abort_signal: the job's abort signal, if something else (the job process's session) must
+            trigger it too; a fresh one if None.
     """
 
-    def __init__(self, identity: str, job_id: str, workspace: Workspace) -> None:
+    def __init__(self, identity: str, job_id: str, workspace: Workspace,
+                 abort_signal: Signal | None = None) -> None:
         self.job_id = job_id
         self.workspace = workspace
-        self.abort_signal = Signal()
+        self.abort_signal = abort_signal if abort_signal is not None else Signal()
         self.components: dict[str, Any] = {}
         self.aux_handlers: dict[str, Callable] = {}
         self.fl_ctx_mgr = FLContextManager(

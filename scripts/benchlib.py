@@ -562,7 +562,7 @@ class Bench(Controller):
 
         if self.sync_full:
             def full(i):
-                engine.reset_clients()
+                engine.client_mirror.reset()
                 got = engine.sync_clients_from_main_process()
                 if len(got) < self.expect_sites:
                     raise RuntimeError(f"full sync returned {len(got)} sites")
@@ -574,9 +574,10 @@ class Bench(Controller):
             def delta(i):
                 # Step the engine's cached revision back by one, so the parent answers with exactly
                 # the registry's last change (a real change would already have been pushed).
-                with engine._clients_lock:
-                    engine._revision -= 1
-                    engine._stale = False
+                mirror = engine.client_mirror
+                with mirror._lock:
+                    mirror._revision -= 1
+                    mirror._stale = False
                 engine.sync_clients_from_main_process()
             paired("sync_10k_delta", delta, self.sync_delta, "small",
                    lambda raw, i: raw.call("sync_clients", {"since": 7}))

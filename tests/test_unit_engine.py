@@ -18,6 +18,8 @@ from flrunner.workspace import Workspace
 class FakeLink:
     """Answers `request` from a queue of reply bodies and records what was asked."""
 
+    epoch = 0  # never re-adopted
+
     def __init__(self, *replies: dict) -> None:
         self.replies = list(replies)
         self.requests: list[tuple[str, dict]] = []
@@ -130,7 +132,7 @@ def test_incremental_sync_uses_last_revision(tmp_path):
 def test_delta_before_first_sync_marks_stale(engine):
     engine.on_clients_changed({"base": 0, "revision": 1, "changes": [{"op": "add", "client": client("a")}]})
     assert engine.get_clients_cached() == []
-    assert engine._stale is True
+    assert engine.client_mirror.stale is True
 
 
 def test_push_dispatch(tmp_path):
@@ -269,4 +271,4 @@ def test_push_during_sync_request_is_not_lost(tmp_path):
     eng.sync_clients_from_main_process()
     # Either the push is applied (b is listed) or the cache stays marked stale so the next
     # get_clients() resyncs; here it is neither, and b is missing until the registry changes again.
-    assert "b" in names(eng.get_clients_cached()) or eng._stale
+    assert "b" in names(eng.get_clients_cached()) or eng.client_mirror.stale

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from child.port import parent_pushes
 from child.session import ParentSession
+from flrunner.fl_signal import Signal
 from flrunner.errors import RequestTimeout
 from flrunner.transport.wire import Message
 
@@ -50,15 +52,9 @@ class FakeLink:
         pass
 
 
-class Engine:
-    abort_signal = None
-
-    def on_push(self, msg) -> None:
-        pass
-
-
 def session(time: FakeClock, link: FakeLink) -> ParentSession:
-    s = ParentSession({"job_id": "j", "secret": "s", "endpoint": "ipc:///nowhere"}, Engine(), clock=time)
+    s = ParentSession({"job_id": "j", "secret": "s", "endpoint": "ipc:///nowhere"}, parent_pushes(), Signal(),
+                      clock=time)
     s.link = link  # type: ignore[assignment]
     return s
 

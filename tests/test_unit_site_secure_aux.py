@@ -16,6 +16,7 @@ import pytest
 from zmq.utils import z85
 
 from child.engine import ServerEngine
+from flrunner.aux.secure import PeerKey
 from flrunner.client import PUBLIC_KEY_PROP, Client
 from flrunner.security.errors import SealedError
 from flrunner.security.sealed import new_secret_key, public_key_of
@@ -35,6 +36,7 @@ class Relay:
         props = {PUBLIC_KEY_PROP: z85.encode(site_public).decode()} if site_public is not None else {}
         self.clients = [Client(SITE, "tok", 1.0, props).to_dict(with_token=True)]
         self.server: ServerEngine | None = None
+        self.epoch = 0  # the parent never restarts here
         self.replies: queue.Queue[Message] = queue.Queue()
         #: Every frame that passed, both ways.
         self.carried: list[bytes] = []
@@ -70,9 +72,10 @@ class Pair:
         self.relay = Relay(public_key_of(site_secret) if synced else None)
         self.server = self.relay.server = ServerEngine("job-1", Workspace(tmp_path / "ws"), link=self.relay)
         self.server.register_aux_message_handler("echo", self._echo)
+        #: The job process's key as the site knows it (the parent passes it on).
+        self.job_key = PeerKey(self.server.sealing_public_key())
         self.site = ClientEngine(SITE, "job-1", Workspace(tmp_path / "site"), self.relay.send_to_server,
-                                 site_secret if site_has_kit else None)
-        self.site.job_key = self.server.sealing_public_key()
+                                 site_secret if site_has_kit else None, self.job_key)
 
     @staticmethod
     def _echo(topic: str, request: Shareable, fl_ctx) -> Shareable:
@@ -114,7 +117,7 @@ def test_a_site_without_a_kit_or_without_the_jobs_key_yet_cannot_seal_and_says_w
     with pytest.raises(SealedError, match=r"^site site-1 has no provisioned key \(it was not started with --kit\)"):
         no_kit.send()
     no_key = Pair(tmp_path)
-    no_key.site.job_key = None
+    no_key.job_key.set(None)
     with pytest.raises(SealedError, match=r"^the key of job job-1's process has not reached site site-1 yet"):
         no_key.send()
     assert no_key.relay.carried == []  # nothing was sent in the clear instead
@@ -128,7 +131,7 @@ def test_the_engine_refuses_a_site_it_holds_no_key_for_and_a_request_for_another
                              "provisioned key in the job's site list (secure aux needs a parent and sites started "
                              "with --kit)")
     stale = Pair(tmp_path)
-    stale.site.job_key = public_key_of(new_secret_key())  # e.g. the key of a process since relaunched
+    stale.job_key.set(public_key_of(new_secret_key()))  # e.g. the key of a process since relaunched
     reply = stale.send()
     assert reply.get_return_code() == "BAD_REQUEST_DATA"
     assert reason(reply).startswith("the job's engine cannot open the secure request of site 'site-1': its sealed key "

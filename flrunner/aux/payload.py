@@ -15,11 +15,8 @@ from typing import Any, Sequence
 import msgpack
 
 from flrunner.errors import EncodeError, FrameError
-from flrunner.shareable import ReturnCode, Shareable, make_reply
-from flrunner.transport.wire import MAX_HEADER_BYTES, Message, find_unencodable, has_bad_key_or_size
-
-#: Header of a failure reply Shareable that says why there is no real reply.
-REASON_HEADER = "reason"
+from flrunner.shareable import Shareable
+from flrunner.transport.wire import MAX_HEADER_BYTES, find_unencodable, has_bad_key_or_size
 
 #: Binary values at least this large travel as their own frame.
 INLINE_LIMIT = 64 * 1024
@@ -102,31 +99,3 @@ def decode_shareable(frames: Sequence[Any], max_bytes: int = MAX_HEADER_BYTES) -
         return Shareable.from_wire(wire)
     except Exception as exc:
         raise FrameError(f"payload is not a Shareable: {exc}") from None
-
-
-_RC_TO_RETURN_CODE = {
-    "TIMEOUT": ReturnCode.TIMEOUT,
-    "NOT_FOUND": ReturnCode.NOT_FOUND,
-    "UNAVAILABLE": ReturnCode.COMMUNICATION_ERROR,
-    "UNAUTHORIZED": ReturnCode.UNAUTHENTICATED,
-    "BAD_REQUEST": ReturnCode.BAD_REQUEST_DATA,
-}
-
-
-def failure_reply(rc: str, reason: str) -> Shareable:
-    """The reply Shareable standing in for a peer's answer that did not come (or came as an error).
-
-    Its return code says why (``TIMEOUT``, ``NOT_FOUND`` for an unknown target,
-    ``COMMUNICATION_ERROR`` for an offline or departed one, …) and header ``reason`` says more.
-    """
-    return make_reply(_RC_TO_RETURN_CODE.get(rc, ReturnCode.ERROR), {REASON_HEADER: reason})
-
-
-def reply_from(msg: Message) -> Shareable:
-    """The Shareable in a routed reply: the peer's payload, or a `failure_reply`."""
-    if msg.rc not in (None, "OK"):
-        return failure_reply(msg.rc, str(msg.body.get("reason", msg.rc)))
-    try:
-        return decode_shareable(msg.frames)
-    except FrameError as exc:
-        return failure_reply("BAD_REQUEST", f"undecodable reply: {exc}")

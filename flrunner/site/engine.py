@@ -10,15 +10,15 @@ sealed to this site's key.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Callable, Optional
 
+from flrunner.aux.handling import failure_reply, reply_from
+from flrunner.aux.payload import encode_shareable
+from flrunner.aux.secure import Direction, PeerKey, SealedRequest, seal_request
 from flrunner.engine_base import EngineBase
+from flrunner.errors import Rc
 from flrunner.fl_context import FLContext
-from flrunner.aux.payload import encode_shareable, failure_reply, reply_from
-from flrunner.protocol import Rc
 from flrunner.security.errors import SealedError
-from flrunner.security.sealed import open_reply, reply_context, seal_request, site_request_context
 from flrunner.shareable import Shareable
 from flrunner.spec import EngineSpec
 from flrunner.transport.wire import Message
@@ -44,19 +44,24 @@ class ClientEngine(EngineBase, EngineSpec):
         send_to_server: sends an aux request to the job's engine (`SendToServer`).
         sealing_key: this site's secret key (its kit's), which seals secure requests; None for a
             site started without a kit, which cannot send them.
+        job_key: the public key of the job's process, as the parent last sent it (after each hello
+            of that process); secure requests are sealed to it.
     """
 
     def __init__(self, site_name: str, job_id: str, workspace: Workspace, send_to_server: SendToServer,
-                 sealing_key: bytes | None = None) -> None:
+                 sealing_key: bytes | None = None, job_key: PeerKey | None = None) -> None:
         super().__init__(site_name, job_id, workspace)
         self.site_name = site_name
         self._send_to_server = send_to_server
         self._sealing_key = sealing_key
-        #: The public key of the job's process, from the parent (after each hello of that process);
-        #: None until it arrives. Secure requests are sealed to it.
-        self.job_key: bytes | None = None
+        self._job_key = job_key if job_key is not None else PeerKey()
 
-    def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
+    @property
+    def job_key(self) -> bytes | None:
+        """The public key of the job's process; None until the parent has sent it."""
+        return self._job_key.get()
+
+    def send_aux_request(self, targets: list, topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
         """Send to the job's server engine (the only target a site has); returns {"server": reply}.
 
@@ -74,41 +79,24 @@ class ClientEngine(EngineBase, EngineSpec):
         if any(n != SERVER for n in names):
             raise ValueError(f"a site can only send aux requests to 'server', not {names}")
         frames = encode_shareable(request)
-        sealed_key = job_key = None
-        if secure:
-            frames, sealed_key, job_key = self._seal_request(topic, frames)
-        reply = self._send_to_server(topic, frames, float(timeout), timeout <= 0, sealed_key)
+        sealed = self._seal_request(topic, frames) if secure else None
+        reply = self._send_to_server(topic, frames if sealed is None else sealed.frames, float(timeout), timeout <= 0,
+                                     None if sealed is None else sealed.keys[SERVER])
         if timeout <= 0:
             return {}
         if reply is None:
             return {SERVER: failure_reply(Rc.TIMEOUT, f"no reply from the job's engine within {timeout:g}s")}
-        if job_key is None:
+        if sealed is None:
             return {SERVER: reply_from(reply)}
-        return {SERVER: self._open_reply(reply, job_key, frames[0])}
+        return {SERVER: sealed.open_reply(reply, SERVER, f"job {self.job_id}'s engine")}
 
-    def _seal_request(self, topic: str, frames: list) -> tuple[list, bytes, bytes]:
-        """The request sealed to the job process's key: (its one ciphertext frame, its sealed key,
-        the job key it was sealed to, which must have sealed the reply)."""
-        job_key = self.job_key  # read once: the parent may send a new one meanwhile
+    def _seal_request(self, topic: str, frames: list) -> SealedRequest:
+        """The request sealed to the job process's key (which must then have sealed the reply)."""
+        job_key = self._job_key.get()  # read once: the parent may send a new one meanwhile
         if self._sealing_key is None:
             raise SealedError(f"site {self.site_name} has no provisioned key (it was not started with --kit): it "
                               f"cannot send secure aux requests")
         if job_key is None:
             raise SealedError(f"the key of job {self.job_id}'s process has not reached site {self.site_name} yet "
                               f"(the parent sends it once that process has said hello)")
-        blob, sealed = seal_request(frames, self._sealing_key, {SERVER: job_key},
-                                    context=site_request_context(self.job_id, topic))
-        return [blob], sealed[SERVER], job_key
-
-    def _open_reply(self, msg: Message, job_key: bytes, request_blob: bytes) -> Shareable:
-        """The engine's answer to a secure request: a reason in the clear (from the parent or the
-        engine, never payload), or a payload that opens only if the job's key sealed it for this
-        request."""
-        if msg.rc not in (None, Rc.OK):
-            return reply_from(msg)
-        try:
-            frames = open_reply(msg.frames, self._sealing_key, job_key, context=reply_context(request_blob))
-        except SealedError as exc:
-            return failure_reply(Rc.BAD_REQUEST, f"the secure reply of job {self.job_id}'s engine cannot be "
-                                                 f"opened: {exc}")
-        return reply_from(replace(msg, frames=frames))
+        return seal_request(frames, self._sealing_key, {SERVER: job_key}, Direction.TO_ENGINE, self.job_id, topic)

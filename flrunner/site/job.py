@@ -1,4 +1,5 @@
-"""One job's part on one site: its app's components and executors, and the requests they serve."""
+"""One job's part on one site (its app's components and executors, and the requests they serve),
+and the table of the jobs running on a site."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from flrunner.aux.handling import handler_reply
+from flrunner.aux.secure import PeerKey
 from flrunner.events import EventType
 from flrunner.job import parse_client_app
 from flrunner.loader import AppLoadError, add_custom_dir, instantiate
-from flrunner.aux.payload import REASON_HEADER
-from flrunner.shareable import ReturnCode, Shareable, make_reply
-from flrunner.workspace import Workspace
-
+from flrunner.shareable import Shareable
 from flrunner.site.engine import ClientEngine, SendToServer
+from flrunner.site.resources import ResourceManager
+from flrunner.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,8 @@ class SiteJob:
         self.job_name = job_name
         self.app_name = app_name
         self.workspace = workspace
-        self.engine = ClientEngine(site_name, job_id, workspace, send_to_server, sealing_key)
-        self.engine.job_key = job_key
+        self._job_key = PeerKey(job_key)
+        self.engine = ClientEngine(site_name, job_id, workspace, send_to_server, sealing_key, self._job_key)
         self.executors: dict[str, Any] = {}
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"job-{job_id[:8]}")
         self.stopped = False
@@ -97,26 +100,30 @@ class SiteJob:
         add_custom_dir(self.app_dir)
         importlib.invalidate_caches()
 
-    def handle(self, topic: str, request: Shareable, peer: str = "server") -> Shareable:
-        """Serve one request: an executor for a task topic, else an aux handler, else TOPIC_UNKNOWN."""
-        fl_ctx = self.engine.new_context()
-        fl_ctx.set_prop("__peer_name__", peer, private=True, sticky=False)
-        try:
-            executor = self.executors.get(topic)
+    def use_job_key(self, key: bytes) -> None:
+        """Seal this job's secure requests to ``key`` from now on (its process was relaunched, or
+        said hello again)."""
+        self._job_key.set(key)
+
+    def reply_to(self, topic: str, frames: list, peer: str = "server") -> Shareable:
+        """Serve one request (its payload frames, opened): an executor for a task topic, else an
+        aux handler, else TOPIC_UNKNOWN (`flrunner.aux.handling.handler_reply`)."""
+        executor = self.executors.get(topic)
+        aux_handler = self.engine.aux_handlers.get(topic)
+
+        def run(request: Shareable) -> Any:
+            fl_ctx = self.engine.new_context()
+            fl_ctx.set_prop("__peer_name__", peer, private=True, sticky=False)
             if executor is not None:
-                reply = executor.execute(topic, request, fl_ctx, self.engine.abort_signal)
-            elif topic in self.engine.aux_handlers:
-                reply = self.engine.aux_handlers[topic](topic, request, fl_ctx)
-            else:
-                return make_reply(ReturnCode.TOPIC_UNKNOWN,
-                                  {REASON_HEADER: f"site {self.site_name} has no executor or handler for '{topic}'"})
-        except Exception as exc:
+                return executor.execute(topic, request, fl_ctx, self.engine.abort_signal)
+            return aux_handler(topic, request, fl_ctx)  # type: ignore[misc]
+
+        def failed() -> None:
             log.error("site %s: job %s: '%s' failed:\n%s", self.site_name, self.job_id, topic, traceback.format_exc())
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION, {REASON_HEADER: f"{type(exc).__name__}: {exc}"[:2000]})
-        if not isinstance(reply, Shareable):
-            return make_reply(ReturnCode.EXECUTION_RESULT_ERROR,
-                              {REASON_HEADER: f"'{topic}' returned {type(reply).__name__}, not a Shareable"})
-        return reply
+
+        return handler_reply(frames, run if executor is not None or aux_handler is not None else None,
+                             unknown=f"site {self.site_name} has no executor or handler for '{topic}'",
+                             returned_by=f"'{topic}'", on_exception=failed)
 
     def stop(self, reason: str) -> None:
         """Abort what runs, fire the end events, and stop taking requests."""
@@ -129,3 +136,51 @@ class SiteJob:
         self.engine.fire_event(EventType.END_RUN, fl_ctx)
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("site %s: job %s stopped (%s)", self.site_name, self.job_id, reason)
+
+
+class RunningJobs:
+    """The jobs running on this site, by id (thread-safe). Stopping a job releases its resources.
+
+    Args:
+        resources: the site's resource manager.
+    """
+
+    def __init__(self, resources: ResourceManager) -> None:
+        self._resources = resources
+        self._jobs: dict[str, SiteJob] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str) -> SiteJob | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def add(self, job: SiteJob) -> None:
+        with self._lock:
+            self._jobs[job.job_id] = job
+
+    def ids(self) -> list[str]:
+        """The ids of the jobs running here, sorted."""
+        with self._lock:
+            return sorted(self._jobs)
+
+    def use_key(self, job_id: str, key: Any) -> None:
+        """Use ``key`` for the secure requests of a job running here to its engine (a key for a job
+        that does not run here is dropped: its start_job carries the key)."""
+        job = self.get(job_id)
+        if job is not None and isinstance(key, bytes):
+            job.use_job_key(key)
+
+    def stop(self, job_id: str, reason: str) -> None:
+        """Stop a job (if it runs here) and release what it reserved."""
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        if job is not None:
+            job.stop(reason)
+        self._resources.release_job(job_id)
+
+    def stop_all(self, reason: str) -> None:
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.stop(reason)
+            self._resources.release_job(job.job_id)

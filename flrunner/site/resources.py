@@ -61,7 +61,8 @@ class ResourceManager:
         if unknown:
             return False, None, f"unknown resource(s) {', '.join(unknown)}"
         for key, amount in spec.items():
-            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
+            if (not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount)
+                    or amount < 0):
                 return False, None, f"{key}: the amount must be a non-negative number, got {amount!r}"
         with self._lock:
             self._expire()
