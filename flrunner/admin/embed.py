@@ -150,7 +150,7 @@ class FLRunner:
         parent.start()
         thread = threading.Thread(target=parent.run, name="flrunner-parent", daemon=True)
         thread.start()
-        return cls(parent.admin.endpoint, parent, thread)
+        return cls(parent.admin_endpoint, parent, thread)
 
     @classmethod
     def attach(cls, workspace: str | os.PathLike, timeout: float = 10.0) -> FLRunner:
@@ -171,7 +171,7 @@ class FLRunner:
     @property
     def sites_endpoint(self) -> str | None:
         """Where sites connect (only known for a parent started by this process)."""
-        return self._parent.sites.endpoint if self._parent is not None else None
+        return self._parent.sites_endpoint if self._parent is not None else None
 
     # --- requests ------------------------------------------------------------------------------------
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
