@@ -31,9 +31,9 @@ class JobRunner:
         add_custom_dir(str(app_dir))
         app = parse_server_app(app_dir, app_dir.name)
         for cdef in app.components:
-            self.engine.add_component(cdef.id, instantiate(cdef))
+            self.engine.add_component(cdef.id, instantiate(cdef, str(app_dir)))
         for cdef in app.workflows:
-            wf = instantiate(cdef)
+            wf = instantiate(cdef, str(app_dir))
             for method in ("start_controller", "control_flow", "stop_controller"):
                 if not callable(getattr(wf, method, None)):
                     raise AppLoadError(f"workflow '{cdef.id}' ({cdef.path}) has no {method}() method")

@@ -11,17 +11,28 @@ from typing import TYPE_CHECKING
 
 from flrunner.client import Client
 from flrunner.component import Controller, FLComponent, Widget
-from flrunner.errors import (BadRequest, Conflict, EndpointError, FlrunnerError, JobFolderError, JobStoreError, NotFound,
-                     ParentUnavailable, RequestTimeout, Unauthorized, WorkspaceError)
+from flrunner.errors import (
+    BadRequest,
+    Conflict,
+    EndpointError,
+    FlrunnerError,
+    JobFolderError,
+    JobStoreError,
+    NotFound,
+    ParentUnavailable,
+    RequestTimeout,
+    Unauthorized,
+    WorkspaceError,
+)
 from flrunner.events import EventType
 from flrunner.fl_context import FLContext, FLContextKey, FLContextManager
 from flrunner.fl_signal import Signal
 from flrunner.job import Job, load_job_folder
-from flrunner.util.lazy import lazy_attributes
 from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.spec import EngineSpec, ServerEngineSpec
 from flrunner.status import RunStatus
+from flrunner.util.lazy import lazy_attributes
 from flrunner.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -32,8 +43,8 @@ __version__ = "0.1.0"
 
 #: Loaded on first use: a job process (and its start-up time and memory) never needs the admin
 #: client, the embedding API or psutil.
-_LAZY = {"AdminClient": "admin.client", "StatusFeed": "admin.client", "FLRunner": "admin.embed", "follow_job": "admin.embed",
-         "follow_jobs": "admin.embed"}
+_LAZY = {"AdminClient": "admin.client", "StatusFeed": "admin.client", "FLRunner": "admin.embed",
+         "follow_job": "admin.embed", "follow_jobs": "admin.embed"}
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

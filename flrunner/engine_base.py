@@ -29,7 +29,8 @@ class EngineBase:
         self.aux_handlers: dict[str, Callable] = {}
         self.fl_ctx_mgr = FLContextManager(
             engine=self, identity_name=identity, job_id=job_id,
-            private_stickers={FLContextKey.WORKSPACE_OBJECT: workspace, FLContextKey.RUN_ABORT_SIGNAL: self.abort_signal})
+            private_stickers={FLContextKey.WORKSPACE_OBJECT: workspace,
+                              FLContextKey.RUN_ABORT_SIGNAL: self.abort_signal})
 
     def add_component(self, component_id: str, component: Any) -> None:
         if component_id in self.components:
@@ -69,7 +70,8 @@ class EngineBase:
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"aux topic must be a non-empty string, got {topic!r}")
         if not callable(message_handle_func):
-            raise TypeError(f"aux handler for topic '{topic}' must be callable, got {type(message_handle_func).__name__}")
+            raise TypeError(f"aux handler for topic '{topic}' must be callable, "
+                            f"got {type(message_handle_func).__name__}")
         if topic in self.aux_handlers:
             raise ValueError(f"an aux handler is already registered for topic '{topic}'")
         self.aux_handlers[topic] = message_handle_func

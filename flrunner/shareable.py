@@ -82,7 +82,8 @@ class Shareable(dict):
 
     @classmethod
     def from_wire(cls, wire: Any) -> Shareable:
-        if not isinstance(wire, dict) or not isinstance(wire.get("h", {}), dict) or not isinstance(wire.get("d", {}), dict):
+        if not isinstance(wire, dict) or not isinstance(wire.get("h", {}), dict) \
+                or not isinstance(wire.get("d", {}), dict):
             raise BadRequest("a Shareable travels as a map {'h': headers map, 'd': data map}")
         s = cls(wire.get("d", {}))
         s[ReservedHeaderKey.HEADERS] = dict(wire.get("h", {}))

@@ -8,8 +8,8 @@ from typing import Any
 import msgpack
 
 from flrunner.errors import EncodeError
-from flrunner.util.fsutil import atomic_write
 from flrunner.transport.wire import find_unencodable
+from flrunner.util.fsutil import atomic_write
 
 _SNAPSHOT_LIMIT = 1 << 30
 

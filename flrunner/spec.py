@@ -52,11 +52,11 @@ class EngineSpec(ABC):
         """
 
     @abstractmethod
-    def send_aux_request(self, targets: [], topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
+    def send_aux_request(self, targets: list, topic: str, request: Shareable, timeout: float, fl_ctx: FLContext,
                          optional=False, secure=False) -> dict:
         """Send ``request`` to ``targets`` (None or [] means all) and return {site name: reply}."""
 
-    def fire_and_forget_aux_request(self, targets: [], topic: str, request: Shareable, fl_ctx: FLContext,
+    def fire_and_forget_aux_request(self, targets: list, topic: str, request: Shareable, fl_ctx: FLContext,
                                     optional=False, secure=False) -> dict:
         """Send without waiting for replies (a `send_aux_request` with timeout 0)."""
         return self.send_aux_request(targets, topic, request, 0.0, fl_ctx, optional, secure)

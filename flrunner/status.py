@@ -10,7 +10,6 @@ import enum
 import json
 from typing import Any
 
-
 _FINAL_PREFIX = "FINISHED:"
 
 

@@ -53,6 +53,8 @@ from flrunner.errors import ParentUnavailable  # noqa: E402
 from flrunner.aux.payload import encode_shareable  # noqa: E402
 from flrunner.shareable import Shareable  # noqa: E402
 from flrunner.transport.wire import Message, decode, encode, next_id  # noqa: E402
+from flrunner.util import processes as harness  # noqa: E402
+from flrunner.util.processes import processes_under  # noqa: E402,F401  (the scripts use B.processes_under)
 
 MB = 2 ** 20
 
@@ -161,76 +163,28 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def processes_under(root: Path) -> list[psutil.Process]:
-    """Live processes whose cwd is inside ``root``: everything the benchmark started, job processes too."""
-    # psutil reports the resolved cwd: compare with the resolved root (/tmp may be a symlink).
-    me, prefix, found = os.getpid(), os.path.realpath(root), []
-    for p in psutil.process_iter(["pid", "cwd", "status"]):
-        try:
-            cwd = p.info["cwd"]
-            if p.pid != me and cwd and (cwd == prefix or cwd.startswith(prefix + os.sep)) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-class Processes:
+class Processes(harness.Processes):
     """Every process the benchmark starts: own process group, cwd under ``root``, output in ``root``.
 
     `end_all` ends them (SIGTERM to each group, then SIGKILL), then kills whatever still runs with
     its cwd under ``root`` (job processes of a parent that could not stop them).
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[subprocess.Popen] = []
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        """The processes started so far, in order (`started`)."""
+        return self.started
 
-    def spawn(self, args: list[str], name: str, stdin: Any = subprocess.DEVNULL, stdout: Any = None,
-              env: dict | None = None) -> subprocess.Popen:
-        out = open(self.root / f"{name}.out", "ab")
+    def output(self, name: str, tail: int | None = 3000) -> str:
+        """The last ``tail`` characters a helper wrote ("" if none): for error messages."""
         try:
-            p = subprocess.Popen([sys.executable, *args], stdin=stdin, stdout=stdout or out,
-                                 stderr=out, cwd=self.root, start_new_session=True,
-                                 env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
-        finally:
-            out.close()
-        self.procs.append(p)
-        return p
-
-    def output(self, name: str) -> str:
-        try:
-            return (self.root / f"{name}.out").read_text(errors="replace")[-3000:]
+            return super().output(name, tail)
         except OSError:
             return ""
 
     def end(self, procs: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
         """SIGTERM each group, wait up to ``grace`` for all, then SIGKILL what is left."""
-        for p in procs:
-            if p.poll() is None:
-                _signal_group(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                p.wait(max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p.pid, signal.SIGKILL)
-            p.wait()
-            for stream in (p.stdin, p.stdout):
-                if stream is not None:
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
+        harness.stop(procs, grace)
 
     def end_all(self, grace: float = 10.0, sweeps: int = 3) -> list[str]:
         """End everything; return what had to be killed by the cwd sweep ("pid cmdline").
@@ -239,35 +193,12 @@ class Processes:
             grace: how long the process groups get to exit after SIGTERM.
             sweeps: how many times (0.2 s apart) the cwd sweep looks for processes left.
         """
-        self.end(list(reversed(self.procs)), grace)
-        swept = []
-        for _ in range(sweeps):
-            left = processes_under(self.root)
-            if not left:
-                break
-            for proc in left:
-                try:
-                    swept.append(f"{proc.pid} {' '.join(proc.cmdline())[:80]}")
-                except psutil.Error:
-                    swept.append(str(proc.pid))
-                for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-                    try:
-                        kill()
-                    except (ProcessLookupError, PermissionError, psutil.Error):
-                        pass
-            time.sleep(0.2)
-        return swept
+        self.end(list(reversed(self.started)), grace)
+        return harness.kill_processes_under(self.root, sweeps, 0.2)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+#: ``wait_until(predicate, timeout, what, interval=0.02)``: poll until truthy, else TimeoutError.
+wait_until = harness.wait_for
 
 
 def read_line(proc: subprocess.Popen, timeout: float, what: str) -> str:

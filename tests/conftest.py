@@ -1,110 +1,28 @@
 """Fixtures that start real parents, sites and job processes, and always end them.
 
 Every process a test starts runs in its own process group and has its cwd under the test's
-temporary folder; teardown SIGTERMs then SIGKILLs those groups, and an autouse check fails the
-test if any process with its cwd under that folder is still alive afterwards (job processes run
-in their run dir inside the workspace, so a leaked job is caught too).
+temporary folder; teardown SIGTERMs then SIGKILLs those groups, and the ``procs`` fixture fails
+the test if any process with its cwd under that folder is still alive afterwards (job processes
+run in their run dir inside the workspace, so a leaked job is caught too).
+
+Only fixtures live here; what they are built from (the process harness, `ParentHandle`, the job
+folder builder, the fake clock, raw peers) is in ``tests/support``, which test modules import.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import psutil
 import pytest
+import zmq
 
-from flrunner.admin.client import AdminClient, StatusFeed, find_parent
-from flrunner.errors import ParentUnavailable
+from flrunner.util.processes import Processes
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-def provision_project(tmp: Path, sites: Sequence[str] = (), admins: Sequence[str] = ()) -> Path:
-    """``flrunner provision`` of ``tmp/project`` with kits for ``sites`` and ``admins``; returns its folder."""
-    out = tmp / "project"
-    args = [a for name in sites for a in ("--site", name)] + [a for name in admins for a in ("--admin", name)]
-    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), *args], check=True,
-                   capture_output=True)
-    return out
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class Procs:
-    """Processes started by one test; all of them end at teardown."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.started: list[subprocess.Popen] = []
-
-    def spawn(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
-        log = open(self.root / f"{name}.out", "ab")
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        p = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             cwd=self.root, env=full_env, start_new_session=True)
-        log.close()
-        self.started.append(p)
-        return p
-
-    def output(self, name: str) -> str:
-        return (self.root / f"{name}.out").read_text(errors="replace")
-
-    def stop_all(self) -> None:
-        # Latest first (sites before the parent they talk to), each given a moment to leave
-        # cleanly; then whatever is left of every group is killed.
-        deadline = time.monotonic() + 15
-        for p in reversed(self.started):
-            if p.poll() is None:
-                _kill_group(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(max(0.1, min(5.0, deadline - time.monotonic())))
-                except subprocess.TimeoutExpired:
-                    pass
-        for p in reversed(self.started):
-            _kill_group(p.pid, signal.SIGKILL)
-            p.wait()
-
-
-def processes_under(root: Path) -> list[psutil.Process]:
-    """Live processes whose cwd is inside ``root`` (our parents, sites and job processes)."""
-    me = os.getpid()
-    found = []
-    prefix = str(root)
-    for p in psutil.process_iter(["pid", "cwd", "status"]):
-        try:
-            cwd = p.info["cwd"]
-            if p.pid != me and cwd and (cwd == prefix or cwd.startswith(prefix + os.sep)) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+from .support import JobFolders, ParentHandle, Supervisor, provision_project, runtime_processes_under, wait_for
+from .support.processes import describe_all, end_leftovers
 
 
 @pytest.fixture
@@ -139,84 +57,15 @@ def mount_tmpfs(tmp: Path):
 @pytest.fixture
 def procs(tmp: Path):
     """Start processes for a test; end them at teardown and fail if any process outlives it."""
-    tracker = Procs(tmp)
+    tracker = Processes(tmp)
     yield tracker
     tracker.stop_all()
-    deadline = time.monotonic() + 5
-    left = processes_under(tmp)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = processes_under(tmp)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left if p.is_running()]}"
-
-
-class ParentHandle:
-    """A real parent process started by a test."""
-
-    def __init__(self, procs: Procs, workspace: Path, name: str, args: list[str]) -> None:
-        self.procs = procs
-        self.workspace = workspace
-        self.name = name
-        self.proc = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(workspace),
-                                 "--sites", "tcp://127.0.0.1:*", *args], name)
-        self.info = wait_for(self._info, 20, f"parent {name} to publish parent.json")
-        self.admin = AdminClient(self.info["admin"], timeout=10)
-
-    def _info(self) -> dict | None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"parent exited with {self.proc.returncode}:\n{self.procs.output(self.name)}")
-        try:
-            info = find_parent(self.workspace)
-        except ParentUnavailable:
-            return None
-        return info if info.get("pid") == self.proc.pid else None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def sites_endpoint(self) -> str:
-        return self.info["sites"]
-
-    def feed(self) -> StatusFeed:
-        return StatusFeed(self.info["admin"])
-
-    def wait_status(self, job_id: str, predicate: Callable[[dict], bool], timeout: float = 20.0) -> dict:
-        """Wait, on pushed status changes, until ``predicate(job)`` holds; return the job with history."""
-        with self.feed() as feed:
-            deadline = time.monotonic() + timeout
-            job = self.admin.status(job_id)
-            while not predicate(job):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"job {job_id} never matched; last: {json.dumps(self.admin.status(job_id), indent=1)}")
-                event = feed.next(min(left, 0.5))
-                job = self.admin.status(job_id) if event is None or event["job_id"] == job_id else job
-            return self.admin.status(job_id)
-
-    def wait_final(self, job_id: str, timeout: float = 20.0) -> dict:
-        return self.wait_status(job_id, lambda j: j["status"].startswith("FINISHED:"), timeout)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        self.admin.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill9(self) -> None:
-        self.admin.close()
-        self.proc.kill()
-        self.proc.wait()
+    left = end_leftovers(tmp)
+    assert not left, f"processes left behind (now killed): {left}"
 
 
 @pytest.fixture
-def start_parent(procs: Procs, tmp: Path):
+def start_parent(procs: Processes, tmp: Path):
     """``start_parent(*extra_cli_args, workspace=None, name="parent")`` -> `ParentHandle`."""
     handles: list[ParentHandle] = []
 
@@ -237,7 +86,7 @@ def parent(start_parent) -> ParentHandle:
 
 
 @pytest.fixture
-def start_site(procs: Procs):
+def start_site(procs: Processes):
     """``start_site(parent, name)`` -> the site's Popen; it is logged in when this returns."""
 
     def start(parent: ParentHandle, name: str, wait: bool = True) -> subprocess.Popen:
@@ -260,83 +109,48 @@ def make_job(tmp: Path):
     and is deployed to ``sites`` (a list of names, default ``["@ALL"]``-style: every site).
     Extra keyword arguments go into ``meta.json``.
     """
-    counter = [0]
+    return JobFolders(tmp)
 
-    def path(cls: str) -> str:
-        return cls if "." in cls else f"job_components.{cls}"
 
-    def entries(items):
-        return [{"id": i, "path": path(cls), "args": args} for i, cls, args in items]
+@pytest.fixture
+def peers():
+    """``connect(endpoint, identity=None)`` -> a raw DEALER; every socket is closed at teardown."""
+    ctx = zmq.Context()
+    opened: list[zmq.Socket] = []
 
-    def app(folder: Path, configs: dict[str, dict]) -> None:
-        (folder / "config").mkdir(parents=True)
-        (folder / "custom").mkdir()
-        for module in HERE.glob("job_components*.py"):
-            shutil.copy(module, folder / "custom" / module.name)
-        for config_name, config in configs.items():
-            (folder / "config" / config_name).write_text(json.dumps(config))
+    def connect(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+        assert endpoint.startswith(("ipc://", "tcp://127.0.0.1:")), endpoint
+        sock = ctx.socket(zmq.DEALER)
+        opened.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 5000)  # never hang a test on a dead parent
+        if identity is not None:
+            sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.connect(endpoint)
+        return sock
 
-    def make(workflows: list, components: list = (), name: str = "test-job", site_app: dict | None = None,
-             sites: list | None = None, **meta: Any) -> Path:
-        counter[0] += 1
-        folder = tmp / f"job{counter[0]}"
-        server = {"format_version": 2, "workflows": entries(workflows), "components": entries(components)}
-        if site_app is None:
-            app(folder / "app_server", {"config_fed_server.json": server})
-            deploy_map = {"app_server": ["server"]}
-        else:
-            client = {"format_version": 2, "components": entries(site_app.get("components", [])),
-                      "executors": [{"tasks": list(tasks), "executor": {"path": path(cls), "args": args}}
-                                    for tasks, cls, args in site_app.get("executors", [])]}
-            if sites:  # the server's app and the sites' app apart
-                app(folder / "app_server", {"config_fed_server.json": server})
-                app(folder / "app_site", {"config_fed_client.json": client})
-                deploy_map = {"app_server": ["server"], "app_site": list(sites)}
-            else:  # one app for the server and every site
-                app(folder / "app", {"config_fed_server.json": server, "config_fed_client.json": client})
-                deploy_map = {"app": ["@ALL"]}
-        (folder / "meta.json").write_text(json.dumps({"name": name, "deploy_map": deploy_map, **meta}))
-        return folder
+    yield connect
+    for sock in opened:
+        sock.close(0)
+    ctx.term()
 
-    return make
+
+@pytest.fixture
+def project(tmp: Path) -> Path:
+    """A provisioned project (``tmp/project``): kits for the parent, sites ``site-1`` and ``site-2``, admin ``alice``."""
+    return provision_project(tmp, ["site-1", "site-2"], ["alice"])
+
+
+@pytest.fixture
+def sup(procs: Processes, tmp: Path):
+    """``scripts/flrunner-supervisor``, run with cwd=tmp (a `Supervisor`); its watchdogs and parents are
+    ended at teardown (then ``procs`` checks that nothing is left)."""
+    runner = Supervisor(tmp)
+    yield runner
+    runner.end_all()
 
 
 # --- session-wide: no runtime process outlives the test session ----------------------------------------
-
-#: What `ps` shows for flrunner's processes (DESIGN.md, "Process titles"; the warm launcher's template too).
-RUNTIME_TITLES = ("flrunner-parent", "flrunner-job", "flrunner-site", "flrunner-template")
-
-
-def _is_runtime_process(cmdline: list[str], name: str) -> bool:
-    """A parent, job process, site or template: by its title, or by ``python -m child[.…]`` before it set one."""
-    text = " ".join(cmdline)
-    if any(title in text or name.startswith(title) for title in RUNTIME_TITLES):
-        return True
-    return any(a == "-m" and (b == "child" or b.startswith("child.")) for a, b in zip(cmdline, cmdline[1:]))
-
-
-def runtime_processes_under(root: Path) -> list[psutil.Process]:
-    """Live flrunner processes whose cwd is inside ``root``.
-
-    The cwd is what ties a process to this session (every process a test starts runs under the
-    session's base temp dir; a job process in its run dir in the workspace): processes of
-    another pytest session, or an operator's parent, have theirs elsewhere and are never touched.
-    """
-    prefix = os.path.realpath(root)
-    me = os.getpid()
-    found = []
-    for p in psutil.process_iter(["pid", "name", "cmdline", "cwd", "status"]):
-        try:
-            cwd = p.info["cwd"]
-            if p.pid == me or p.info["status"] == psutil.STATUS_ZOMBIE or not cwd:
-                continue
-            if (cwd == prefix or cwd.startswith(prefix + os.sep)) and \
-                    _is_runtime_process(p.info["cmdline"] or [], p.info["name"] or ""):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
 
 @pytest.fixture(scope="session", autouse=True)
 def no_runtime_process_outlives_the_session(tmp_path_factory):
@@ -351,10 +165,9 @@ def no_runtime_process_outlives_the_session(tmp_path_factory):
         left = runtime_processes_under(base)
     if not left:
         return
-    described = []
+    described = describe_all(left)
     for p in left:
         try:
-            described.append(f"pid {p.pid} cwd {p.cwd()}: {' '.join(p.cmdline()).strip()}")
             p.kill()
         except psutil.Error:
             continue

@@ -32,9 +32,7 @@ from zmq.utils import z85
 from flrunner.security.kit import load_kit
 from flrunner.transport.wire import Message, decode, encode, next_id
 
-from .conftest import wait_for
-from .test_hostile import call, peers  # noqa: F401  (peers: a fixture)
-from .test_security import names, project, raw_login, start_kit_site  # noqa: F401  (project: a fixture)
+from .support import call, raw_login, site_names, start_kit_site, wait_for
 
 MiB = 1 << 20
 #: Byte limits (RATE, BURST) of the flooded parents' site and admin peers, and of their job processes.
@@ -151,6 +149,7 @@ def flood_message(socket_name: str, sock: zmq.Socket, kind: str):
     return lambda: encode(Message(op, body, id=next_id(), frames=frames))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["messages", "bytes"])
 @pytest.mark.parametrize("socket_name", ["sites", "admin"])
 def test_a_flooding_peer_is_rate_limited_while_others_are_served(start_parent, start_site, make_job, peers,
@@ -180,6 +179,7 @@ def test_a_flooding_peer_is_rate_limited_while_others_are_served(start_parent, s
     assert parent.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_job_flooding_the_parent_with_bytes_is_rate_limited_while_others_are_served(start_parent, start_site,
                                                                                      make_job):
     parent = start_parent("--site-timeout", "4", "--job-byte-limit", option(JOB_BYTE_LIMIT))
@@ -258,7 +258,7 @@ def test_no_secret_shows_in_any_process_argv_or_environment(start_parent, procs,
     options = ["--launcher", "cold"] if launcher == "cold" else []  # warm: the CLI's default
     parent = start_parent("--kit", str(project / "parent"), "--site-timeout", "60", *options)
     site = start_kit_site(procs, parent, project, "site-1")
-    wait_for(lambda: names(parent) == ["site-1"], 15, "the kit site to log in")
+    wait_for(lambda: site_names(parent) == ["site-1"], 15, "the kit site to log in")
     site2 = load_kit(project / "site-2")
     login = raw_login(parent.sites_endpoint, "site-2", (site2.public_key, site2.secret_key),
                       load_kit(project / "parent").public_key)

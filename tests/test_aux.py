@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import wait_for
+from .support import wait_for
 from .job_components_aux import SITE_TASKS
 
 SITE_APP = {"executors": [(SITE_TASKS, "job_components_aux.SiteTasks", {})]}
@@ -231,7 +231,7 @@ def test_target_that_logs_out_mid_request_fails_at_once(parent, start_site, make
 
 @pytest.mark.parametrize("site_timeout, aux_timeout, expect_rc, limit", [
     (2.0, 30.0, "COMMUNICATION_ERROR", 6.0),  # the parent drops the silent site first
-    (5.0, 1.5, "TIMEOUT", 2.5),  # the aux timeout comes first
+    pytest.param(5.0, 1.5, "TIMEOUT", 2.5, marks=pytest.mark.slow),  # the aux timeout comes first
 ], ids=["site-timeout-first", "aux-timeout-first"])
 def test_site_crashing_mid_request(start_parent, start_site, make_job, tmp, site_timeout, aux_timeout, expect_rc,
                                    limit):

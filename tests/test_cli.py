@@ -8,7 +8,7 @@ import sys
 
 import psutil
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def cli(ws, *args, check=True, timeout=60):

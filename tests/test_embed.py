@@ -9,7 +9,7 @@ import pytest
 from flrunner import FLRunner, JobFolderError
 from flrunner.errors import BadRequest
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 @pytest.fixture
@@ -100,6 +100,7 @@ def test_a_job_end_is_announced_once_with_its_exit_code(embedded, make_job):
     assert on_status_ends == [("FINISHED:COMPLETED", 0)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_many_concurrent_submissions_all_get_in(embedded, make_job):
     """More submissions at once than the parent reads at once (it answers NOT_READY beyond eight):

@@ -25,8 +25,7 @@ import pytest
 
 from flrunner.snapshot import RunSnapshot
 
-from .conftest import wait_for
-from .test_fedavg import job_copy
+from .support import job_copy, wait_for
 
 TICKER = "job_components_faults.Ticker"
 
@@ -157,6 +156,7 @@ def hold(tmp, monkeypatch):
 
 # --- the parent dies ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill9_of_the_parent_re_adopts_every_running_job_and_they_complete(start_parent, make_job, tmp):
     parent = start_parent()
     job = make_job([("wf", TICKER, {"steps": 60, "interval": 0.1})])
@@ -219,6 +219,7 @@ def test_re_adopted_job_processes_are_watched_like_native_ones(start_parent, mak
                  f"every process of re-adopted job {job_id} to be gone")
 
 
+@pytest.mark.slow
 def test_a_fedavg_job_survives_kill9_of_the_parent(start_parent, start_site, tmp):
     # The sites reconnect to the same endpoint, so both parents listen on one fixed port.
     with socket.socket() as sock:
@@ -237,6 +238,7 @@ def test_a_fedavg_job_survives_kill9_of_the_parent(start_parent, start_site, tmp
     assert job["status"] == "FINISHED:COMPLETED", job["history"][-1]["reason"]
 
 
+@pytest.mark.slow
 def test_parent_down_longer_than_the_grace_job_processes_end_themselves_and_are_recorded_lost(
         start_parent, make_job, tmp):
     args = ("--reconnect-grace", "2", "--abort-grace", "1", "--term-grace", "1")
@@ -349,6 +351,7 @@ def test_kill9_while_the_final_status_is_in_flight_ends_in_one_consistent_final_
     assert parent.admin.ping()["pid"] == parent.pid
 
 
+@pytest.mark.slow
 def test_a_sigstopped_job_process_is_detected_as_hung_and_killed(start_parent, make_job):
     parent = start_parent("--hung-timeout", "2", "--abort-grace", "1", "--term-grace", "1")
     job_id = parent.admin.submit(make_job([("wf", "Sleeper", {"seconds": 60})]))
@@ -422,6 +425,7 @@ def fedavg_job(tmp: Path, name: str, train_timeout: float = 30.0, **meta) -> Pat
     return folder
 
 
+@pytest.mark.slow
 def test_a_fedavg_job_killed_in_round_7_resumes_at_round_7_with_the_same_final_model(parent, start_site, tmp):
     for name in ("site-1", "site-2"):
         start_site(parent, name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +23,7 @@ from flrunner.shareable import ReturnCode, Shareable, make_reply
 from flrunner.snapshot import RunSnapshot
 from flrunner.workspace import Workspace
 
-from .conftest import ROOT, processes_under, wait_for
+from .support import ROOT, job_copy, processes_under, wait_for
 
 JOB = example_job("fedavg")
 SITES = ["site-1", "site-2", "site-3"]
@@ -276,23 +275,6 @@ def test_workflow_stops_on_abort_without_counting_the_round(tmp_path):
 
 
 # --- end to end, real processes -----------------------------------------------------------------------------
-def job_copy(tmp: Path, name: str, server_args: dict | None = None, trainer_args: dict | None = None) -> Path:
-    """A copy of the example job with some arguments changed."""
-    folder = tmp / name
-    shutil.copytree(JOB, folder)
-    for config, args, path in (("config_fed_server.json", server_args, ("workflows", 0, "args")),
-                               ("config_fed_client.json", trainer_args, ("executors", 0, "executor", "args"))):
-        if args:
-            cfg_path = folder / "app" / "config" / config
-            cfg = json.loads(cfg_path.read_text())
-            target = cfg
-            for key in path:
-                target = target[key]
-            target.update(args)
-            cfg_path.write_text(json.dumps(cfg))
-    return folder
-
-
 def test_fedavg_across_three_real_sites_is_correct_and_deterministic(parent, start_site, tmp):
     for name in SITES:
         start_site(parent, name)

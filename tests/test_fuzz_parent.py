@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ROOT
+from .support import ROOT
 
 SCRIPT = ROOT / "scripts" / "fuzz_parent.py"
 
@@ -20,6 +20,7 @@ def findings(output: str) -> list[str]:
     return [line[4:] for line in rest.splitlines() if line.startswith("  - ")] if found else []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fuzz_parent_quick_finds_nothing(procs, tmp):
     fuzz = procs.spawn([str(SCRIPT), "--quick"], "fuzz", env={"TMPDIR": str(tmp)})

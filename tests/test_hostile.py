@@ -18,7 +18,9 @@ import msgpack
 import pytest
 import zmq
 
-from flrunner.transport.wire import Message, decode, encode, next_id
+from flrunner.transport.wire import Message, encode, next_id
+
+from .support import call, receive, reply_to
 
 SOCKETS = ("sites", "jobs", "admin")
 
@@ -33,52 +35,6 @@ WRONG_TYPES = {
     "admin": [("status", {"job_id": 5}, "job_id"), ("submit", {"job_dir": ["/x"]}, "job_dir"),
               ("abort", {"job_id": "x", "reason": 5}, "reason"), ("ping", {"extra": 1}, "extra")],
 }
-
-
-# --- raw peers -------------------------------------------------------------------------------------
-
-@pytest.fixture
-def peers():
-    """``connect(endpoint, identity=None)`` -> a raw DEALER; every socket is closed at teardown."""
-    ctx = zmq.Context()
-    opened: list[zmq.Socket] = []
-
-    def connect(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
-        assert endpoint.startswith(("ipc://", "tcp://127.0.0.1:")), endpoint
-        sock = ctx.socket(zmq.DEALER)
-        opened.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDTIMEO, 5000)  # never hang a test on a dead parent
-        if identity is not None:
-            sock.setsockopt(zmq.ROUTING_ID, identity)
-        sock.connect(endpoint)
-        return sock
-
-    yield connect
-    for sock in opened:
-        sock.close(0)
-    ctx.term()
-
-
-def receive(sock: zmq.Socket, timeout: float) -> Message | None:
-    if not sock.poll(int(timeout * 1000)):
-        return None
-    return decode(sock.recv_multipart())
-
-
-def call(sock: zmq.Socket, op: str, body: dict | None = None, timeout: float = 5.0, **header) -> Message:
-    """Send a well-framed request and return the reply to it (failing the test without one)."""
-    mid = next_id()
-    sock.send_multipart(encode(Message(op, body or {}, id=mid, **header)))
-    return reply_to(sock, mid, timeout)
-
-
-def reply_to(sock: zmq.Socket, mid: int, timeout: float = 5.0) -> Message:
-    """The next message, which must be the reply to ``mid`` (anything before it is a failure)."""
-    msg = receive(sock, timeout)
-    assert msg is not None, f"no reply to message {mid} within {timeout}s"
-    assert msg.re == mid, f"expected the reply to {mid}, got {msg}"
-    return msg
 
 
 def raw_header(**fields) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from flrunner.admin.client import AdminClient
 from flrunner.errors import BadRequest
 
-from .conftest import ParentHandle, provision_project
+from .support import ParentHandle, provision_project
 
 
 def refused(parent: ParentHandle, job_dir: Path, within: float = 5.0) -> str:

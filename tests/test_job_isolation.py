@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def test_a_job_cannot_say_hello_as_another_job_or_reach_its_sites(parent, start_site, make_job, tmp):

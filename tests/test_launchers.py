@@ -10,7 +10,7 @@ import signal
 import psutil
 import pytest
 
-from .conftest import wait_for
+from .support import wait_for
 
 LAUNCHERS = ["warm", "cold"]
 

@@ -12,7 +12,7 @@ import pytest
 
 from flrunner.errors import Conflict
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def statuses(job: dict) -> list[str]:
@@ -198,3 +198,14 @@ def test_a_stray_thread_does_not_keep_a_finished_job_process_alive(parent, make_
     job_id = parent.admin.submit(make_job([("wf", "LeaveThreadRunning", {})]))
     job = parent.wait_status(job_id, lambda j: j["status"].startswith("FINISHED:") and j["exit_code"] is not None)
     assert job["status"] == "FINISHED:COMPLETED" and job["exit_code"] == 0
+
+
+@pytest.mark.parametrize("clash", ["child", "parent"])
+def test_a_job_module_named_like_one_of_flrunners_packages_gets_an_error_naming_the_clash(parent, make_job, clash):
+    job = make_job([("wf", f"{clash}.Workflow", {})])
+    (job / "app_server" / "custom" / f"{clash}.py").write_text(
+        "from flrunner import Controller\n\nclass Workflow(Controller):\n    def control_flow(self, abort_signal, fl_ctx):\n"
+        "        pass\n")
+    final = parent.wait_final(parent.admin.submit(job))
+    assert final["status"] == "FINISHED:EXECUTION_EXCEPTION"
+    assert f"custom/{clash}.py' has the name of flrunner's own package '{clash}'" in final["error"], final["error"]

@@ -8,7 +8,7 @@ from flrunner.transport.link import Link
 from flrunner.protocol import Rc, job_ops
 from flrunner.transport.wire import Message, decode, encode
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def test_a_rate_limited_heartbeat_is_not_taken_for_a_parent_that_forgot_the_peer(tmp):

@@ -24,8 +24,7 @@ import pytest
 from flrunner.admin.client import AdminClient
 from flrunner.errors import ParentUnavailable
 
-from .conftest import wait_for
-from .test_supervisor import PARENT_OPTS, START, Supervisor, sup  # noqa: F401  (sup is a fixture)
+from .support import PARENT_OPTS, START, wait_for
 
 CALLS = "job_components_pressure.CallsThroughRestarts"
 
@@ -46,8 +45,9 @@ def re_adoptions(job: dict) -> int:
 
 # --- a parent restart while a job is mid-call -----------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_engine_calls_in_flight_survive_kill9_of_the_parent_under_the_supervisor(sup, procs, make_job):  # noqa: F811
+def test_engine_calls_in_flight_survive_kill9_of_the_parent_under_the_supervisor(sup, procs, make_job):
     """A job calling its engine in a tight loop (aux to a site, client sync, durable progress)
     across three kill -9s of its parent: no call raises, the job completes, and every round's
     progress the parent acknowledged is there."""
@@ -90,6 +90,7 @@ def test_engine_calls_in_flight_survive_kill9_of_the_parent_under_the_supervisor
 RUN_UNTIL_GO = "job_components_pressure.RunUntilGo"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_a_paused_parent_keeps_its_healthy_jobs_and_its_sites(start_parent, start_site, make_job):
     """SIGSTOP of the parent for several times every liveness limit (hung jobs, silent sites, a
@@ -193,6 +194,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_jobs_that_end_while_the_disk_is_full_end_with_their_real_status_once_it_is_freed(
         mount_tmpfs, start_parent, make_job):
@@ -250,6 +252,7 @@ def copying(parent) -> bool:
     return any(d.name not in known for d in (parent.workspace / "jobs").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_a_large_folder_being_copied_delays_neither_a_small_submission_nor_a_restart(start_parent, make_job):
     parent = start_parent("--max-job-files", "100000", "--abort-grace", "1", "--term-grace", "1")
@@ -282,6 +285,7 @@ def test_a_large_folder_being_copied_delays_neither_a_small_submission_nor_a_res
     assert parent.wait_final(crasher)["status"] == "FINISHED:COMPLETED"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_submission_its_client_gave_up_on_does_not_become_a_job(start_parent, make_job):
     parent = start_parent("--max-job-files", "100000")

@@ -17,7 +17,7 @@ from flrunner.admin.embed import FLRunner
 from flrunner.errors import BadRequest, ParentUnavailable
 from flrunner.security.kit import load_kit
 
-from .conftest import provision_project, wait_for
+from .support import provision_project, wait_for
 
 
 @pytest.fixture
@@ -83,6 +83,7 @@ def test_the_cli_speaks_to_a_remote_parent_with_a_kit(remote_parent, make_job, p
     assert r.returncode == 1 and "--kit" in r.stderr
 
 
+@pytest.mark.slow
 def test_keys_that_are_not_an_admins_get_nothing(remote_parent, project, admin_of):
     endpoint = remote_parent.info["remote_admin"]
     parent_key = load_kit(project / "parent").public_key

@@ -11,7 +11,7 @@ import zmq
 from flrunner.security.kit import load_kit
 from flrunner.transport.wire import Message, decode, encode
 
-from .conftest import provision_project
+from .support import provision_project
 
 
 @pytest.fixture
@@ -69,6 +69,7 @@ def test_the_tcp_jobs_socket_needs_curve_and_a_jobs_secret(start_parent, project
     assert parent.wait_final(job_id)["status"] == "FINISHED:COMPLETED"  # the real job is served all along
 
 
+@pytest.mark.slow
 def test_a_tcp_job_is_re_adopted_by_a_restarted_parent(start_parent, project, make_job):
     args = ["--kit", str(project / "parent"), "--jobs", f"tcp://127.0.0.1:{free_port()}"]
     parent = start_parent(*args)

@@ -22,7 +22,7 @@ import pytest
 
 from flrunner.errors import FlrunnerError
 
-from .conftest import ParentHandle, Procs, wait_for
+from .support import ParentHandle, Processes, wait_for
 
 ECHO_APP = {"executors": [(["echo"], "EchoExecutor", {})]}
 SCHED = "job_components_sched"
@@ -31,7 +31,7 @@ SCHED = "job_components_sched"
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-def start_gpu_site(procs: Procs, parent: ParentHandle, name: str, gpus: int = 1, wait: bool = True) -> subprocess.Popen:
+def start_gpu_site(procs: Processes, parent: ParentHandle, name: str, gpus: int = 1, wait: bool = True) -> subprocess.Popen:
     p = procs.spawn(["-m", "flrunner", "site", "--name", name, "--server", parent.sites_endpoint,
                      "--gpus", str(gpus)], f"site-{name}")
     if wait:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,9 +30,8 @@ from flrunner.security.sealed import (key_from_z85, new_secret_key, open_reply, 
 from flrunner.transport.wire import Message, decode, encode, next_id
 from parent.edge.endpoint import RouterEndpoint
 
-from .conftest import wait_for
 from .job_components_secure import marker_payload
-from .test_security import start_kit_site
+from .support import start_kit_site, wait_for
 
 SITES = ["site-1", "site-2"]
 SITE_APP = {"executors": [(["seen"], "job_components_secure.SeenBySite", {})]}
@@ -69,15 +66,6 @@ def assert_echoed(replies: dict, marker: str) -> None:
     for site, reply in replies.items():
         assert reply["rc"] == "OK", (site, reply)
         assert reply["data"] == echo(site, marker)
-
-
-@pytest.fixture
-def project(tmp) -> Path:
-    """A provisioned project: the parent's kit, and one kit for each of `SITES`."""
-    out = tmp / "project"
-    subprocess.run([sys.executable, "-m", "flrunner", "provision", "--out", str(out), "--site", SITES[0], "--site",
-                    SITES[1]], check=True, capture_output=True)
-    return out
 
 
 # --- through a real provisioned parent ----------------------------------------------------------------
@@ -140,6 +128,7 @@ def flows_with(recorded: list[tuple[str, str, bytes]], marker: str) -> set[tuple
     return {(socket, direction) for socket, direction, data in recorded if needle in data}
 
 
+@pytest.mark.slow
 def test_the_parent_never_holds_a_secure_payload_but_does_hold_a_plain_one(embedded_secure_parent, recorded, project,
                                                                           procs, make_job, tmp):
     for kit in SITES:
@@ -360,6 +349,7 @@ def test_a_kit_sites_secure_request_reaches_the_engines_handler_and_its_reply_co
     assert marker not in (tmp / "ws" / "parent.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_parent_never_holds_a_sites_secure_payload_but_does_hold_a_plain_one(embedded_secure_parent, recorded,
                                                                                 project, procs, make_job, tmp):
     for kit in SITES:

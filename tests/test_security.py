@@ -11,14 +11,8 @@ import psutil
 import pytest
 import zmq
 
-from flrunner.transport.wire import Message, decode, encode
 
-from .conftest import provision_project, wait_for
-
-
-@pytest.fixture
-def project(tmp):
-    return provision_project(tmp, ["site-1", "site-2"], ["alice"])
+from .support import raw_login, site_names, start_kit_site, wait_for
 
 
 @pytest.fixture
@@ -26,44 +20,15 @@ def secure_parent(start_parent, project):
     return start_parent("--kit", str(project / "parent"))
 
 
-def names(parent) -> list[str]:
-    return sorted(c["name"] for c in parent.admin.clients())
-
-
-def start_kit_site(procs, parent, project, kit: str, name: str | None = None):
-    args = ["-m", "flrunner", "site", "--kit", str(project / kit), "--server", parent.sites_endpoint]
-    if name:
-        args += ["--name", name]
-    return procs.spawn(args, f"site-{kit}")
-
-
 def test_provisioned_sites_log_in_and_serve_a_job(secure_parent, project, procs, make_job, tmp):
     start_kit_site(procs, secure_parent, project, "site-1")
     start_kit_site(procs, secure_parent, project, "site-2")
-    wait_for(lambda: names(secure_parent) == ["site-1", "site-2"], 15, "both sites to log in over CURVE")
+    wait_for(lambda: site_names(secure_parent) == ["site-1", "site-2"], 15, "both sites to log in over CURVE")
     job_id = secure_parent.admin.submit(make_job([("wf", "AuxRoundTrip", {"payload": {"x": 1}})],
                                                  site_app={"executors": [(["echo"], "EchoExecutor", {})]}))
     assert secure_parent.wait_final(job_id)["status"] == "FINISHED:COMPLETED"
     replies = json.loads((tmp / "ws" / "jobs" / job_id / "aux.json").read_text())
     assert {s: r["rc"] for s, r in replies.items()} == {"site-1": "OK", "site-2": "OK"}
-
-
-def raw_login(endpoint: str, name: str, keys: tuple[bytes, bytes] | None, server_key: bytes | None,
-              timeout_ms: int = 1500) -> Message | None:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    if keys is not None:
-        sock.curve_publickey, sock.curve_secretkey = keys
-        sock.curve_serverkey = server_key
-    sock.connect(endpoint)
-    try:
-        sock.send_multipart(encode(Message("login", {"name": name}, id=1)))
-        if not sock.poll(timeout_ms):
-            return None
-        return decode(sock.recv_multipart())
-    finally:
-        sock.close()
 
 
 def test_unknown_keys_no_keys_and_other_names_are_refused(secure_parent, project):
@@ -88,15 +53,16 @@ def site_connections(site, endpoint: str) -> set[int]:
             if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == port}
 
 
+@pytest.mark.slow
 def test_a_revoked_site_is_dropped_disconnected_and_refused(secure_parent, project, procs):
     site = start_kit_site(procs, secure_parent, project, "site-1")
     other = start_kit_site(procs, secure_parent, project, "site-2")
-    wait_for(lambda: names(secure_parent) == ["site-1", "site-2"], 15, "the sites to log in")
+    wait_for(lambda: site_names(secure_parent) == ["site-1", "site-2"], 15, "the sites to log in")
     endpoint = secure_parent.sites_endpoint
     [revoked_conn], [other_conn] = site_connections(site, endpoint), site_connections(other, endpoint)
     subprocess.run([sys.executable, "-m", "flrunner", "revoke", "--out", str(project), "site-1"], check=True,
                    capture_output=True)
-    wait_for(lambda: names(secure_parent) == ["site-2"], 10, "the revoked site to be dropped")
+    wait_for(lambda: site_names(secure_parent) == ["site-2"], 10, "the revoked site to be dropped")
     wait_for(lambda: revoked_conn not in site_connections(site, endpoint), 10, "the revoked site's connection to close")
     assert "site site-1: access revoked; dropped from the registry and its connection closed" in \
         (secure_parent.workspace / "parent.log").read_text()
@@ -106,6 +72,6 @@ def test_a_revoked_site_is_dropped_disconnected_and_refused(secure_parent, proje
     assert raw_login(endpoint, "site-1", (site1.public_key, site1.secret_key),
                      load_kit(project / "parent").public_key) is None
     time.sleep(1.0)  # the revoked site keeps reconnecting; it is never let in, and the other site is untouched
-    assert names(secure_parent) == ["site-2"]
+    assert site_names(secure_parent) == ["site-2"]
     assert site_connections(other, endpoint) == {other_conn}
     assert site.poll() is None

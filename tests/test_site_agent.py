@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from .conftest import wait_for
+from .support import wait_for
 
 
 def names(parent) -> list[str]:
@@ -46,6 +46,7 @@ def test_silent_site_is_dropped_then_logs_in_again(start_parent, start_site):
     wait_for(lambda: names(parent) == ["sleepy-site"], 10, "the site to log in again")
 
 
+@pytest.mark.slow
 def test_site_logs_in_again_after_a_parent_restart(start_parent, start_site, procs):
     port = free_port()
     parent = start_parent("--sites", f"tcp://127.0.0.1:{port}")
@@ -84,6 +85,7 @@ def test_a_second_agent_with_a_logged_in_name_is_refused_until_the_first_logs_ou
     wait_for(lambda: "logged in to" in procs.output("site-twin-site-2"), 5, "the second agent to log its login")
 
 
+@pytest.mark.slow
 def test_a_site_that_lost_a_paused_parent_resumes_its_session(start_parent, start_site, make_job, procs, tmp):
     """The parent is stopped (SIGSTOP) for longer than the site's parent-loss timeout (site
     timeout 2 s: heartbeats every 0.5 s, loss after 2 s), then continued. The site's logins,

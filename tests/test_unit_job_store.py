@@ -13,19 +13,17 @@ from flrunner.errors import IllegalTransition, NotFound
 from flrunner.status import TRANSITIONS, RunStatus, can_move
 from parent.jobs.store import JobStore, QuietCheckpoints
 
+from .support import FakeClock
 
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
 
-    def __call__(self) -> float:
-        self.now += 1.0  # every reading is one second later: history times are strictly ordered
-        return self.now
+def history_clock() -> FakeClock:
+    """Every reading one second later than the last: history times are strictly ordered."""
+    return FakeClock(1_700_000_000.0, step=1.0)
 
 
 @pytest.fixture
 def store(tmp_path: Path):
-    s = JobStore(str(tmp_path / "jobs.db"), clock=FakeClock())
+    s = JobStore(str(tmp_path / "jobs.db"), clock=history_clock())
     yield s
     s.close()
 
@@ -216,7 +214,7 @@ def test_list_filters_by_status_in_submit_order(store):
 
 def test_data_survives_close_and_reopen(tmp_path):
     path = str(tmp_path / "jobs.db")
-    s = JobStore(path, clock=FakeClock())
+    s = JobStore(path, clock=history_clock())
     s.add("j1", "first", "/d1", {"name": "first", "deploy_map": {"app": ["server"]}})
     s.transition("j1", RunStatus.DISPATCHED, "launched", pid=77, pid_create_time=12.5)
     s.update("j1", progress={"round": 2, "of": 3})
@@ -227,7 +225,7 @@ def test_data_survives_close_and_reopen(tmp_path):
     meta_before = s.get("j1").meta
     s.close()
 
-    s2 = JobStore(path, clock=FakeClock())
+    s2 = JobStore(path, clock=history_clock())
     try:
         after = {j: s2.get(j).to_dict(with_history=True) for j in ("j1", "j2")}
         assert after == before
@@ -292,16 +290,8 @@ def test_checkpoint_truncates_the_wal_and_never_waits_for_another_connection(tmp
     store.close()
 
 
-class StepClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_quiet_checkpoints_wait_for_a_pause_after_writes(store):
-    clock = StepClock()
+    clock = FakeClock(0.0)
     ran = []
     store.checkpoint = lambda: ran.append(clock.now) or True  # type: ignore[method-assign]
     quiet = QuietCheckpoints(store, 10.0, clock)
@@ -324,7 +314,7 @@ def test_quiet_checkpoints_wait_for_a_pause_after_writes(store):
 
 
 def test_quiet_checkpoints_retry_while_busy(store):
-    clock = StepClock()
+    clock = FakeClock(0.0)
     answers = [False, False, True]
     store.checkpoint = lambda: answers.pop(0)  # type: ignore[method-assign]
     quiet = QuietCheckpoints(store, 1.0, clock)

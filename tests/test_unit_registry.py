@@ -9,16 +9,7 @@ from hypothesis import strategies as st
 from flrunner.errors import Conflict, Unauthorized
 from parent.sites.registry import ADDED, REMOVED, SiteRecord, SiteRegistry
 
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
+from .support import FakeClock
 
 
 class ChangesSeen:
@@ -33,7 +24,7 @@ class ChangesSeen:
 
 def make_registry(timeout: float = 10.0, change_log: int = 4096,
                   events: ChangesSeen | None = None) -> tuple[SiteRegistry, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     wall = FakeClock(1_700_000_000.0)
     return SiteRegistry(timeout, clock=clock, wall=wall, change_log=change_log, events=events), clock  # type: ignore[arg-type]
 

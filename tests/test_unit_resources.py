@@ -11,23 +11,14 @@ import pytest
 from flrunner.job import RESOURCE_KEYS
 from flrunner.site.resources import ResourceManager
 
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
+from .support import FakeClock
 
 
 CAPACITY = {"num_cpus": 8, "mem_gb": 16, "num_gpus": 2}
 
 
 def make(capacity: dict | None = None) -> tuple[ResourceManager, FakeClock]:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     return ResourceManager(dict(CAPACITY if capacity is None else capacity), clock=clock), clock
 
 

@@ -27,17 +27,11 @@ from parent.sites.registry import SiteRegistry
 from parent.jobs.scheduler import Scheduler
 from parent.loop.timers import Timers
 
+from .support import FakeClock
+
 SUBMITTED = RunStatus.SUBMITTED
 ALL = {"app": ["@ALL"]}
 SERVER_ONLY = {"app_server": ["server"]}
-
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeSiteJobs:

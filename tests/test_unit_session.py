@@ -9,19 +9,13 @@ from child.session import ParentSession
 from flrunner.errors import RequestTimeout
 from flrunner.transport.wire import Message
 
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from .support import FakeClock
 
 
 class FakeCall:
     """Answered at ``answer_at`` (fake time); each wait advances the clock by its timeout."""
 
-    def __init__(self, time: FakeTime, answer_at: float | None) -> None:
+    def __init__(self, time: FakeClock, answer_at: float | None) -> None:
         self.time = time
         self.answer_at = answer_at
         self.replies: list[Message] = []
@@ -38,7 +32,7 @@ class FakeCall:
 class FakeLink:
     """The parent is silent (lost) between ``away_from`` and ``away_until``."""
 
-    def __init__(self, time: FakeTime, answer_at: float | None, away: tuple[float, float]) -> None:
+    def __init__(self, time: FakeClock, answer_at: float | None, away: tuple[float, float]) -> None:
         self.time = time
         self.answer_at = answer_at
         self.away = away
@@ -63,14 +57,14 @@ class Engine:
         pass
 
 
-def session(time: FakeTime, link: FakeLink) -> ParentSession:
+def session(time: FakeClock, link: FakeLink) -> ParentSession:
     s = ParentSession({"job_id": "j", "secret": "s", "endpoint": "ipc:///nowhere"}, Engine(), clock=time)
     s.link = link  # type: ignore[assignment]
     return s
 
 
 def test_a_call_waits_through_a_long_parent_pause_and_gets_its_answer():
-    time = FakeTime()
+    time = FakeClock(0.0)
     # The parent stops at t=5 for 90 s; the answer to the request (queued before the stop) comes
     # 1 s after it resumes, once it has answered a heartbeat queued before it.
     link = FakeLink(time, answer_at=96.0, away=(5.0, 95.0))
@@ -79,7 +73,7 @@ def test_a_call_waits_through_a_long_parent_pause_and_gets_its_answer():
 
 
 def test_a_serving_parent_that_does_not_answer_times_out():
-    time = FakeTime()
+    time = FakeClock(0.0)
     link = FakeLink(time, answer_at=None, away=(0.0, 0.0))
     with pytest.raises(RequestTimeout):
         session(time, link).request(Message("run_status", {}), timeout=30.0)

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from parent.loop.timers import StallClock, Timers
 
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from .support import FakeClock
 
 
 def test_time_the_loop_said_it_would_sleep_is_not_a_stall():
-    t = FakeTime()
+    t = FakeClock()
     clock = StallClock(t, threshold=0.5)
     start = clock()
     clock.sleeping(1.0)
@@ -23,7 +17,7 @@ def test_time_the_loop_said_it_would_sleep_is_not_a_stall():
 
 
 def test_a_late_wake_up_is_left_out_of_the_clock():
-    t = FakeTime()
+    t = FakeClock()
     clock = StallClock(t, threshold=0.5)
     start = clock()
     clock.sleeping(1.0)
@@ -32,7 +26,7 @@ def test_a_late_wake_up_is_left_out_of_the_clock():
 
 
 def test_a_stall_between_two_reads_outside_a_poll_is_left_out_too():
-    t = FakeTime()
+    t = FakeClock()
     clock = StallClock(t, threshold=0.5)
     start = clock()
     t.now += 0.2  # ordinary work: counted
@@ -42,7 +36,7 @@ def test_a_stall_between_two_reads_outside_a_poll_is_left_out_too():
 
 
 def test_the_allowance_is_for_one_sleep_only():
-    t = FakeTime()
+    t = FakeClock()
     clock = StallClock(t, threshold=0.5)
     clock.sleeping(5.0)
     t.now += 1.0
@@ -53,7 +47,7 @@ def test_the_allowance_is_for_one_sleep_only():
 
 
 def test_timers_on_a_stall_clock_are_postponed_by_the_stall():
-    t = FakeTime()
+    t = FakeClock()
     clock = StallClock(t, threshold=0.5)
     timers = Timers(clock)
     fired = []

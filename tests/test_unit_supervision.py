@@ -12,13 +12,7 @@ from parent.jobs.kill_escalation import KillEscalation
 from parent.jobs.running import RunningJob
 from parent.loop.timers import Timers
 
-
-class FakeClock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from .support import FakeClock
 
 
 class FakeJobProcess(JobProcess):

@@ -31,7 +31,7 @@ from flrunner.errors import EndpointError, ParentUnavailable
 from flrunner.workspace import Workspace
 from parent.jobs.store import JobStore
 
-from .conftest import ParentHandle, Procs, wait_for
+from .support import ParentHandle, Processes, wait_for
 
 TICKER = "job_components_faults.Ticker"
 
@@ -86,7 +86,7 @@ def test_parent_json_of_another_running_parent_is_left_alone(parent):
     wait_for(lambda: admin_reaches(parent), 10, "the parent to publish itself again")
 
 
-def test_deleted_lock_file_is_taken_again(parent, procs: Procs):
+def test_deleted_lock_file_is_taken_again(parent, procs: Processes):
     lock = parent.workspace / "parent.lock"
     lock.unlink()
     wait_for(lambda: "parent.lock was deleted" in parent_log(parent), 10, "the parent to lock a new parent.lock")
@@ -131,7 +131,7 @@ def test_deleted_socket_dir_is_recreated_and_jobs_keep_running(where, start_pare
 
 
 # --- a workspace the parent cannot use -----------------------------------------------------------------------
-def parent_refuses(procs: Procs, workspace: str | Path, name: str, *args: str) -> str:
+def parent_refuses(procs: Processes, workspace: str | Path, name: str, *args: str) -> str:
     """Start ``flrunner parent`` on ``workspace``; it must exit 1 with one line on stderr: return it."""
     p = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(workspace), "--sites", "tcp://127.0.0.1:*",
                      "--launcher", "cold", *args], name)

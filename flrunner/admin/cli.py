@@ -16,6 +16,7 @@ import time
 from functools import partial
 from typing import Any, Sequence
 
+from flrunner import plugins
 from flrunner.errors import FlrunnerError, NotFound, ParentUnavailable
 from flrunner.protocol import Op
 from flrunner.protocol.admin_ops import COMMANDS, Command
@@ -24,7 +25,7 @@ from flrunner.status import is_final
 DEFAULT_WORKSPACE_ENV = "FLRUNNER_WORKSPACE"
 
 
-def _workspace(args: argparse.Namespace) -> str:
+def workspace_of(args: argparse.Namespace) -> str:
     return os.path.abspath(args.workspace or os.environ.get(DEFAULT_WORKSPACE_ENV) or "workspace")
 
 
@@ -36,7 +37,7 @@ def _admin(args: argparse.Namespace):
         return AdminClient.with_kit(args.kit, args.parent, timeout=args.timeout)
     if args.parent:
         raise FlrunnerError("--parent names a remote parent's admin endpoint: give the admin's kit with --kit too")
-    return AdminClient.for_workspace(_workspace(args), timeout=args.timeout)
+    return AdminClient.for_workspace(workspace_of(args), timeout=args.timeout)
 
 
 def _runner(args: argparse.Namespace):
@@ -44,7 +45,7 @@ def _runner(args: argparse.Namespace):
 
     if args.kit:
         return FLRunner.connect(args.kit, args.parent, timeout=args.timeout)
-    return FLRunner.attach(_workspace(args), timeout=args.timeout)
+    return FLRunner.attach(workspace_of(args), timeout=args.timeout)
 
 
 def _print_json(doc: Any) -> None:
@@ -76,7 +77,7 @@ def _progress(p: Any) -> str:
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-def _size(text: str) -> int:
+def size(text: str) -> int:
     """Bytes, with an optional K, M or G suffix (KiB, MiB, GiB): ``64M``. Raises ValueError."""
     text = text.strip().upper()
     if text[-1:] in _SIZE_UNITS:
@@ -84,10 +85,10 @@ def _size(text: str) -> int:
     return int(text)
 
 
-def _positive_size(text: str) -> int:
+def positive_size(text: str) -> int:
     """A positive size for argparse: bytes with an optional K, M or G suffix."""
     try:
-        n = _size(text)
+        n = size(text)
         if n > 0:
             return n
     except ValueError:
@@ -96,7 +97,7 @@ def _positive_size(text: str) -> int:
                                      f"(e.g. 512M), got '{text}'")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         n = int(text)
         if n > 0:
@@ -106,10 +107,10 @@ def _positive_int(text: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
 
 
-def _byte_limit(text: str) -> tuple[int, int]:
+def byte_limit(text: str) -> tuple[int, int]:
     """``RATE,BURST``: bytes a second and bytes at once, e.g. ``64M,1G``."""
     try:
-        rate, burst = (_size(part) for part in text.split(","))
+        rate, burst = (size(part) for part in text.split(","))
         if rate > 0 and burst > 0:
             return rate, burst
     except ValueError:
@@ -119,32 +120,6 @@ def _byte_limit(text: str) -> tuple[int, int]:
 
 
 # --- commands ---------------------------------------------------------------------------------------
-def cmd_parent(args: argparse.Namespace) -> int:
-    import logging
-
-    from parent import Parent, ParentConfig, ProcessLauncher, WarmLauncher
-
-    logging.basicConfig(stream=sys.stderr, level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = ParentConfig(workspace=_workspace(args), sites_endpoint=args.sites, max_concurrent_jobs=args.max_jobs,
-                       site_timeout=args.site_timeout, abort_grace=args.abort_grace, term_grace=args.term_grace,
-                       schedule_attempts=args.schedule_attempts, schedule_backoff=args.schedule_backoff,
-                       hung_timeout=args.hung_timeout, start_timeout=args.start_timeout, child_heartbeat_interval=min(2.0, args.hung_timeout / 4),
-                       reconnect_grace=args.reconnect_grace, adopt_window=args.adopt_window,
-                       parent_loss_timeout=min(20.0, args.reconnect_grace),
-                       site_byte_rate=args.site_byte_limit[0], site_byte_burst=args.site_byte_limit[1],
-                       admin_byte_rate=args.admin_byte_limit[0], admin_byte_burst=args.admin_byte_limit[1],
-                       job_byte_rate=args.job_byte_limit[0], job_byte_burst=args.job_byte_limit[1],
-                       log_level=args.log_level, set_process_title=True, install_signal_handlers=True,
-                       launcher=WarmLauncher(log_path=os.path.join(_workspace(args), "template.log"))
-                       if args.launcher == "warm" else ProcessLauncher(), kit=args.kit, admin_endpoint=args.admin,
-                       jobs_endpoint=args.jobs,
-                       max_job_files=args.max_job_files, max_job_bytes=args.max_job_bytes,
-                       job_log_max_bytes=args.job_log_size, job_log_backups=args.job_log_backups)
-    Parent(cfg).run()
-    return 0
-
-
 def cmd_site(args: argparse.Namespace) -> int:
     import logging
 
@@ -271,7 +246,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     if args.kit:
         raise FlrunnerError("logs are read from the parent's workspace; over remote admin they are not available yet")
-    ws = Workspace(_workspace(args))
+    ws = Workspace(workspace_of(args))
     job_id, final = args.job_id, True
     try:
         with _admin(args) as admin:
@@ -382,10 +357,14 @@ def _add_fields(sp: argparse.ArgumentParser, op: Op, command: Command) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flrunner", description="Server-side job runtime for federated learning.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Commands of the packages above flrunner (``flrunner parent``), through their entry points.
+    for ep in plugins.group(plugins.COMMANDS):
+        ep.load()(sub)
 
     def admin_cmd(name: str, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--workspace", "-w", help=f"the parent's workspace (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
+        sp.add_argument("--workspace", "-w",
+                        help=f"the parent's workspace (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the parent's reply")
         sp.add_argument("--kit", help="an admin's start-up kit (flrunner provision --admin): talk to a remote parent "
                                       "over CURVE instead of the local workspace's")
@@ -394,49 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
         return sp
 
-    sp = sub.add_parser("parent", help="run the parent in the foreground (SIGTERM/SIGINT: graceful stop)")
-    sp.add_argument("--workspace", "-w", help=f"workspace folder (default: ${DEFAULT_WORKSPACE_ENV}, else ./workspace)")
-    sp.add_argument("--sites", default="tcp://127.0.0.1:8002", help="endpoint sites connect to (default %(default)s)")
-    sp.add_argument("--kit", help="the parent's start-up kit (flrunner provision): CURVE on the sites socket, "
-                                   "only allowlisted site keys admitted")
-    sp.add_argument("--jobs", metavar="ENDPOINT", help="job processes connect on this tcp endpoint instead of the "
-                                                        "workspace's ipc socket (needs --kit: CURVE)")
-    sp.add_argument("--admin", metavar="ENDPOINT", help="also serve remote admin on this tcp endpoint (needs --kit: "
-                                                         "CURVE, provisioned admin keys only)")
-    sp.add_argument("--max-jobs", type=int, default=8, help="jobs running at once (default %(default)s)")
-    sp.add_argument("--launcher", choices=("warm", "cold"), default="warm",
-                    help="warm: fork job processes from a template with the runtime imported (fast); "
-                         "cold: a fresh interpreter per job (default %(default)s)")
-    sp.add_argument("--site-timeout", type=float, default=30.0, help="drop a site silent this long (s)")
-    sp.add_argument("--abort-grace", type=float, default=5.0, help="abort request -> SIGTERM (s)")
-    sp.add_argument("--term-grace", type=float, default=3.0, help="SIGTERM -> SIGKILL (s)")
-    sp.add_argument("--start-timeout", type=float, default=60.0,
-                    help="a job process that has not said hello this long is killed: FINISHED:ABNORMAL (s)")
-    sp.add_argument("--hung-timeout", type=float, default=30.0,
-                    help="a job process without a heartbeat this long is aborted and ends FINISHED:ABNORMAL (s)")
-    sp.add_argument("--reconnect-grace", type=float, default=60.0,
-                    help="a job process whose parent is gone waits this long for a parent to re-adopt it (s)")
-    sp.add_argument("--adopt-window", type=float, default=15.0,
-                    help="a restarted parent waits this long for left-over job processes to reconnect (s)")
-    sp.add_argument("--schedule-attempts", type=int, default=10,
-                    help="tries before a job that cannot get its sites ends FINISHED:CAN_NOT_SCHEDULE")
-    sp.add_argument("--schedule-backoff", type=float, default=1.0, help="seconds before the second try; doubled after")
-    for who, default in (("site", "64M,1G"), ("admin", "8M,32M"), ("job", "1G,4G")):
-        sp.add_argument(f"--{who}-byte-limit", type=_byte_limit, default=default, metavar="RATE,BURST",
-                        help=f"bytes a second one {who} connection may send on average, and at once; beyond it "
-                             f"messages are dropped (K, M, G: KiB, MiB, GiB; default %(default)s)")
-    sp.add_argument("--max-job-files", type=_positive_int, default=10_000, metavar="N",
-                    help="the most files and folders a submitted job folder may hold (default %(default)s)")
-    sp.add_argument("--max-job-bytes", type=_positive_size, default="1G", metavar="SIZE",
-                    help="the most bytes a submitted job folder's files may add up to (K, M, G: KiB, MiB, GiB; "
-                         "default %(default)s)")
-    sp.add_argument("--job-log-size", type=_positive_size, default="64M", metavar="SIZE",
-                    help="a job's log (its output and its processes') is rotated at this size, so no job fills the "
-                         "disk (K, M, G; at least 64K; default %(default)s)")
-    sp.add_argument("--job-log-backups", type=int, default=1, metavar="N",
-                    help="rotated logs kept per job (log.txt.1 ... log.txt.N; default %(default)s)")
-    sp.add_argument("--log-level", default="INFO")
-    sp.set_defaults(func=cmd_parent)
 
     sp = sub.add_parser("site", help="run a site agent in the foreground")
     sp.add_argument("--name", help="the site's name (from the kit with --kit)")

@@ -15,12 +15,11 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
+from flrunner.errors import BadRequest, FlrunnerError, NotReady, ParentUnavailable, RequestTimeout
 from flrunner.protocol import Op, admin_ops
 from flrunner.protocol.admin_ops import COMMANDS, Command
-from flrunner.errors import BadRequest, FlrunnerError, NotReady, ParentUnavailable, RequestTimeout
 from flrunner.transport.dealer import DealerClient
 from flrunner.workspace import Workspace
-
 
 #: Seconds before a submission the parent was not ready for is sent again; doubled up to the max.
 SUBMIT_RETRY = 0.05
@@ -217,8 +216,9 @@ def pack_job_folder(job_dir: str | os.PathLike) -> bytes:
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
             if os.path.islink(os.path.join(folder, name)):
-                raise BadRequest(f"job folder {root} holds a symbolic link ({os.path.relpath(os.path.join(folder, name), root)}); "
-                                 "an upload carries plain files and folders only")
+                link = os.path.relpath(os.path.join(folder, name), root)
+                raise BadRequest(f"job folder {root} holds a symbolic link ({link}); an upload carries plain files and "
+                                 "folders only")
     try:
         return make_bundle(root)
     except ValueError as exc:
@@ -247,7 +247,8 @@ class StatusFeed:
             reply = admin_ops.SUBSCRIBE.call(self._client, wait=timeout)
         except RequestTimeout:
             self._client.close()
-            raise ParentUnavailable(f"the parent at {endpoint} did not answer 'subscribe' within {timeout:g}s") from None
+            raise ParentUnavailable(f"the parent at {endpoint} did not answer 'subscribe' within {timeout:g}s") \
+                from None
         except BaseException:
             self._client.close()
             raise

@@ -16,10 +16,7 @@ Everything runs as real processes in a temporary workspace, and every process is
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,45 +25,7 @@ from pathlib import Path
 from flrunner.admin.client import AdminClient, find_parent
 from flrunner.errors import FlrunnerError, ParentUnavailable
 from flrunner.examples import example_job
-
-
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "ab")
-    try:
-        return subprocess.Popen([sys.executable, "-m", "flrunner", *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    finally:
-        log.close()
-
-
-def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)  # the process and anything it left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
-        p.wait()
-
-
-def _wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise FlrunnerError(f"{what}: the process exited with code {proc.returncode}")
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise FlrunnerError(f"timed out after {timeout:g}s waiting for {what}")
-
+from flrunner.util.processes import Processes, wait_for
 
 SAMPLE_JOB = "fedavg"
 FINAL_MODEL = "final_model.json"
@@ -123,7 +82,7 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
     """Run the demo; returns 0 when the sample job ends ``FINISHED:COMPLETED``."""
     root = Path(tempfile.mkdtemp(prefix="flrunner-demo-"))
     ws = root / "workspace"
-    procs: list[subprocess.Popen] = []
+    procs = Processes(root)  # each in its own process group, cwd and output in root
 
     def say(msg: str) -> None:
         print(msg, file=out, flush=True)
@@ -132,9 +91,8 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
         say(f"workspace: {ws}")
         project = _provision(root, sites, say) if secure else None
         secure_args = ["--kit", str(project / "parent"), "--admin", "tcp://127.0.0.1:*"] if project else []
-        parent = _spawn(["parent", "--workspace", str(ws), "--sites", "tcp://127.0.0.1:*", "--site-timeout", "10",
-                         *secure_args], root / "parent.out")
-        procs.append(parent)
+        parent = procs.spawn(["-m", "flrunner", "parent", "--workspace", str(ws), "--sites", "tcp://127.0.0.1:*",
+                              "--site-timeout", "10", *secure_args], "parent")
 
         def parent_up():
             try:
@@ -142,15 +100,15 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
             except ParentUnavailable:
                 return None
 
-        info = _wait_for("the parent to start", parent_up, 30, parent)
+        info = wait_for(parent_up, 30, "the parent to start", 0.05, proc=parent)
         say(f"parent pid {info['pid']}; sites connect to {info['sites']}"
             + (f" (CURVE); remote admin on {info['remote_admin']} (CURVE)" if project else ""))
         for i in range(1, sites + 1):
             who = ["--kit", str(project / f"site-{i}")] if project else ["--name", f"site-{i}"]
-            procs.append(_spawn(["site", *who, "--server", info["sites"],
-                                 "--workspace", str(root / f"site-{i}")], root / f"site-{i}.out"))
+            procs.spawn(["-m", "flrunner", "site", *who, "--server", info["sites"],
+                         "--workspace", str(root / f"site-{i}")], f"site-{i}")
         with AdminClient(info["admin"]) as admin:
-            _wait_for(f"{sites} sites to log in", lambda: len(admin.clients()) >= sites, 30)
+            wait_for(lambda: len(admin.clients()) >= sites, 30, f"{sites} sites to log in", 0.05)
             say("sites logged in: " + ", ".join(sorted(c["name"] for c in admin.clients())))
 
             job_dir = _prepare_job(root, sites, rounds, secure)
@@ -184,8 +142,8 @@ def run_demo(sites: int = 3, rounds: int = 5, keep: bool = False, out=sys.stdout
         say(f"demo failed: {exc}")
         return 1
     finally:
-        _stop(procs[1:])  # sites first, so they log out cleanly
-        _stop(procs[:1])
+        procs.stop(procs.started[1:])  # sites first, so they log out cleanly
+        procs.stop(procs.started[:1])
         if keep:
             say(f"kept {root}")
         else:

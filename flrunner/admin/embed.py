@@ -22,8 +22,10 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from flrunner import plugins
 from flrunner.admin.client import AdminClient, StatusFeed, admin_credentials, find_parent
 from flrunner.errors import FlrunnerError, ParentUnavailable
+from flrunner.plugins import EmbeddedParent
 from flrunner.status import is_final, status_rank
 
 log = logging.getLogger(__name__)
@@ -121,12 +123,11 @@ def _is_news(event: dict, known: dict) -> bool:
 class FLRunner:
     """A handle on one parent. Thread-safe."""
 
-    def __init__(self, admin_endpoint: str, parent: Any = None, thread: threading.Thread | None = None,
-                 timeout: float = 10.0, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
+    def __init__(self, admin_endpoint: str, embedded: EmbeddedParent | None = None, timeout: float = 10.0,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.admin_endpoint = admin_endpoint
         self.timeout = timeout
-        self._parent = parent
-        self._thread = thread
+        self._embedded = embedded
         self._curve = curve
         self._client = AdminClient(admin_endpoint, timeout, curve)
         self._lock = threading.Lock()
@@ -143,14 +144,9 @@ class FLRunner:
             JobStoreError: its job store cannot be opened (not a SQLite database, corrupt).
             EndpointError: an endpoint cannot be bound (e.g. the sites port is taken).
         """
-        from parent import Parent, ParentConfig
-
-        options.setdefault("sites_endpoint", "tcp://127.0.0.1:*")
-        parent = Parent(ParentConfig(workspace=str(workspace), **options))
-        parent.start()
-        thread = threading.Thread(target=parent.run, name="flrunner-parent", daemon=True)
-        thread.start()
-        return cls(parent.admin_endpoint, parent, thread)
+        # The parent plugs itself in (`flrunner.plugins`): flrunner does not import it.
+        embedded = plugins.load(plugins.EMBEDDING, "parent")(workspace, **options)
+        return cls(embedded.admin_endpoint, embedded)
 
     @classmethod
     def attach(cls, workspace: str | os.PathLike, timeout: float = 10.0) -> FLRunner:
@@ -171,7 +167,7 @@ class FLRunner:
     @property
     def sites_endpoint(self) -> str | None:
         """Where sites connect (only known for a parent started by this process)."""
-        return self._parent.sites_endpoint if self._parent is not None else None
+        return self._embedded.sites_endpoint if self._embedded is not None else None
 
     # --- requests ------------------------------------------------------------------------------------
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -223,12 +219,10 @@ class FLRunner:
         for w in self._watchers:
             w.cancel()
         self._watchers.clear()
-        if self._parent is not None:
-            self._parent.stop("stopped by the embedding program")
-            if self._thread is not None:
-                self._thread.join(timeout)
-                if self._thread.is_alive():
-                    raise FlrunnerError(f"the parent did not stop within {timeout}s")
+        if self._embedded is not None:
+            self._embedded.stop("stopped by the embedding program")
+            if not self._embedded.join(timeout):
+                raise FlrunnerError(f"the parent did not stop within {timeout}s")
         self._client.close()
 
     def __enter__(self) -> FLRunner:

@@ -30,7 +30,11 @@ class Port(Protocol):
 
     def request(self, msg: Message, timeout: float = ...) -> Message: ...
 
-    def send(self, msg: Message) -> None: ...
+    def send(self, msg: Message) -> object: ...
+
+
+class CallPort(Port, Protocol):
+    """A port that also collects several answers to one request (aux: one per site)."""
 
     def call(self, msg: Message) -> Call: ...
 
@@ -90,7 +94,7 @@ class Op:
         """Send without waiting for an answer."""
         port.send(self.message(frames, **values))
 
-    def start(self, port: Port, frames: list | None = None, **values: Any) -> Call:
+    def start(self, port: CallPort, frames: list | None = None, **values: Any) -> Call:
         """Send a request whose answers (any number) collect in the returned `Call`."""
         return port.call(self.message(frames, **values))
 
@@ -132,7 +136,7 @@ class Op:
             spec.check(self.name, name, body[name])
             out[name] = body[name]
         # Keys may be str or bytes (msgpack bin): sort by text, and list only a few.
-        unknown = sorted((str(k)[:60] for k in body if k not in self.fields))
+        unknown = sorted(str(k)[:60] for k in body if k not in self.fields)
         if unknown:
             more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise BadRequest(f"op '{self.name}': unknown field(s) {', '.join(unknown[:10])}{more}")

@@ -9,9 +9,16 @@ The layout and file formats are documented in `flrunner.security.kit`.
 
 from __future__ import annotations
 
+from flrunner.security.errors import (
+                     InsecurePermissions,
+                     InvalidEndpoint,
+                     InvalidName,
+                     KitError,
+                     ParticipantExists,
+                     SecurityError,
+                     UnknownParticipant,
+)
 from flrunner.util.lazy import lazy_attributes
-from flrunner.security.errors import (InsecurePermissions, InvalidEndpoint, InvalidName, KitError, ParticipantExists, SecurityError,
-                     UnknownParticipant)
 
 # The kit and provisioning modules (and zmq.auth behind them) load on first use: a job process
 # imports `flrunner.security.errors` and `.curve`, and must not pay ~25 ms at start for them.

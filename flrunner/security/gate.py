@@ -57,7 +57,7 @@ class Gate:
         self._last_refusal_line = float("-inf")
 
     def _stamps(self) -> tuple:
-        out = []
+        out: list[tuple[int, int, int] | None] = []
         for f in allowlist_files(self.dir):
             try:
                 st = f.stat()
@@ -113,7 +113,8 @@ class Gate:
         p = self.participant(z85_key)
         allowed = p is not None and p.role == self.role
         if not allowed:
-            self._log_refusal(z85_key, "not on the allowlist" if p is None else f"role {p.role.value}, not {self.role.value}")
+            why = "not on the allowlist" if p is None else f"role {p.role.value}, not {self.role.value}"
+            self._log_refusal(z85_key, why)
         return allowed
 
     def _log_refusal(self, z85_key: bytes, why: str) -> None:

@@ -49,8 +49,14 @@ from typing import Any, NamedTuple
 
 from flrunner.job import ALL_SITES, NAME_RE, SERVER
 from flrunner.security.errors import InvalidEndpoint, InvalidName, KitError
-from flrunner.security.keys import check_not_writable_by_others, is_z85_key, public_key_path, read_public_key, read_secret_key, \
-    secret_key_path
+from flrunner.security.keys import (
+    check_not_writable_by_others,
+    is_z85_key,
+    public_key_path,
+    read_public_key,
+    read_secret_key,
+    secret_key_path,
+)
 
 #: Version of kit.json, allowlist.json and revoked.json; loaders refuse any other.
 FORMAT = 1
@@ -169,7 +175,8 @@ def load_kit(path: str | os.PathLike) -> Kit:
     try:
         role = Role(_field(kit_file, doc, "role"))
     except ValueError:
-        raise KitError(kit_file, f"field 'role': expected one of {[r.value for r in Role]}, got {doc['role']!r}") from None
+        raise KitError(kit_file, f"field 'role': expected one of {[r.value for r in Role]}, "
+                                 f"got {doc['role']!r}") from None
     name = _field(kit_file, doc, "name")
     if role is Role.PARENT:
         if name != PARENT:
@@ -187,7 +194,8 @@ def load_kit(path: str | os.PathLike) -> Kit:
     public_key = read_public_key(public_key_path(kit_dir, name))
     secret_public, secret_key = read_secret_key(secret_key_path(kit_dir, name))
     if secret_public != public_key:
-        raise KitError(secret_key_path(kit_dir, name), f"does not hold the key of {public_key_path(kit_dir, name).name}")
+        raise KitError(secret_key_path(kit_dir, name),
+                       f"does not hold the key of {public_key_path(kit_dir, name).name}")
     parent_key = public_key if role is Role.PARENT else read_public_key(public_key_path(kit_dir, PARENT))
     return Kit(path=kit_dir, name=name, role=role, public_key=public_key, secret_key=secret_key,
                parent_public_key=parent_key, endpoint=endpoint)

@@ -30,11 +30,26 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from flrunner.util.fsutil import atomic_write, fsync_dir
 from flrunner.security.errors import InvalidName, KitError, ParticipantExists, UnknownParticipant
 from flrunner.security.keys import DIR_MODE, PUBLIC_MODE, create_keypair, make_private_dir, public_key_path
-from flrunner.security.kit import ALLOWED_DIR, ALLOWLIST_FILE, DEFAULT_ENDPOINT, FORMAT, KIT_FILE, PARENT, REVOKED_DIR, REVOKED_FILE, \
-    Kit, Role, load_kit, read_entries, read_json, validate_endpoint, validate_name
+from flrunner.security.kit import (
+    ALLOWED_DIR,
+    ALLOWLIST_FILE,
+    DEFAULT_ENDPOINT,
+    FORMAT,
+    KIT_FILE,
+    PARENT,
+    REVOKED_DIR,
+    REVOKED_FILE,
+    Kit,
+    Role,
+    load_kit,
+    read_entries,
+    read_json,
+    validate_endpoint,
+    validate_name,
+)
+from flrunner.util.fsutil import atomic_write, fsync_dir
 
 
 class Status(str, Enum):
@@ -299,8 +314,8 @@ def provision(out: str | os.PathLike, sites: Iterable[str] = (), admins: Iterabl
                               public_key_path(out / plan.name, plan.name).read_bytes())
             doc = read_json(parent_dir / ALLOWLIST_FILE)
             for plan in changed:
-                doc["participants"][plan.name] = {"role": plan.role.value, "public_key": plan.public_key.decode("ascii"),
-                                                  "added": _utc(now)}
+                doc["participants"][plan.name] = {"role": plan.role.value,
+                                                  "public_key": plan.public_key.decode("ascii"), "added": _utc(now)}
             _replace_file(parent_dir / ALLOWLIST_FILE, _json_bytes(doc))
 
     reports = [Report(PARENT, Role.PARENT, parent_status, parent.path, parent.public_key, parent.endpoint)]
@@ -335,7 +350,8 @@ def revoke(out: str | os.PathLike, name: str, reason: str | None = None,
         entry = active.get(name)
         if entry is None and name in revoked:
             e = revoked[name]
-            return Report(name, Role(e["role"]), Status.ALREADY_REVOKED, out / name, e["public_key"].encode("ascii"), None)
+            return Report(name, Role(e["role"]), Status.ALREADY_REVOKED, out / name, e["public_key"].encode("ascii"),
+                          None)
         if entry is None:
             # A kit whose provisioning stopped before the allowlist: revoke it all the same, so
             # a later run cannot restore it.

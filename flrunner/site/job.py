@@ -66,9 +66,9 @@ class SiteJob:
         self._use_own_custom_code()
         app = parse_client_app(Path(self.app_dir), Path(self.app_dir).name)
         for cdef in app.components:
-            self.engine.add_component(cdef.id, instantiate(cdef))
+            self.engine.add_component(cdef.id, instantiate(cdef, self.app_dir))
         for tasks, cdef in app.executors:
-            executor = instantiate(cdef)
+            executor = instantiate(cdef, self.app_dir)
             if not callable(getattr(executor, "execute", None)):
                 raise AppLoadError(f"executor '{cdef.id}' ({cdef.path}) has no execute() method")
             self.engine.add_component(cdef.id, executor)

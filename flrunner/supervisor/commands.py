@@ -34,10 +34,9 @@ import psutil
 
 from flrunner.admin.client import AdminClient, find_parent
 from flrunner.admin.embed import FLRunner, follow_jobs
-from flrunner.status import is_final
 from flrunner.errors import BadRequest, FlrunnerError, ParentUnavailable
 from flrunner.job import load_job_folder
-
+from flrunner.status import is_final
 from flrunner.supervisor.errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, SupervisorError
 from flrunner.supervisor.watchdog import PROG, WORKSPACE_ENV, Files, RestartPolicy, Watchdog, live_watchdog, read_state
 

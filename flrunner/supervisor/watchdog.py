@@ -246,18 +246,18 @@ class Watchdog:
     # --- the loop ------------------------------------------------------------------------------------
     def _supervise(self) -> int:
         while not self.stop_requested:
-            self._spawn_parent()
-            code = self._wait_parent()
+            parent = self._spawn_parent()
+            code = self._wait_parent(parent)
             self._write_state()
             if code is None or self.stop_requested:
                 return EXIT_OK
             uptime = time.monotonic() - self.parent_started_monotonic
             if code == 0:
                 log.info("the parent %d exited with code 0 after %.1fs without a stop request from this "
-                         "supervisor (e.g. an admin shutdown): not restarting it", self.parent.pid, uptime)
+                         "supervisor (e.g. an admin shutdown): not restarting it", parent.pid, uptime)
                 return EXIT_OK
             output = f"; its last output: {last_line(self.files.parent_out)!r}" if code > 0 else ""
-            log.warning("the parent %d %s after %.1fs%s", self.parent.pid, ended(code), uptime, output)
+            log.warning("the parent %d %s after %.1fs%s", parent.pid, ended(code), uptime, output)
             delay = self.policy.on_crash(time.monotonic())
             if delay is None:
                 log.error("giving up: the parent crashed %d times within %gs (last: it %s); see %s",
@@ -274,7 +274,7 @@ class Watchdog:
         while not self.stop_requested and (left := deadline - time.monotonic()) > 0:
             self._wait([], left)
 
-    def _spawn_parent(self) -> None:
+    def _spawn_parent(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "flrunner", "parent", "--workspace", str(self.files.workspace), *self.parent_args]
         with open(self.files.parent_out, "ab") as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -282,21 +282,23 @@ class Watchdog:
             out.flush()
             # A session of its own: a terminal's Ctrl-C reaches the watchdog only, which then asks
             # the parent once (a second signal would make the parent skip its graces).
-            self.parent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                           start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                                           preexec_fn=parent_death_signal_preexec(signal.SIGTERM, os.getpid()))
+            parent = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                      preexec_fn=parent_death_signal_preexec(signal.SIGTERM, os.getpid()))
+        self.parent = parent
         self.parent_started = time.time()
         self.parent_started_monotonic = time.monotonic()
         self._write_state()
-        log.info("started the parent %d: %s", self.parent.pid, " ".join(cmd))
+        log.info("started the parent %d: %s", parent.pid, " ".join(cmd))
+        return parent
 
-    def _wait_parent(self) -> int | None:
+    def _wait_parent(self, parent: subprocess.Popen) -> int | None:
         """Wait until the parent exits (its return code) or a stop is requested (None)."""
-        pidfd = pidfd_open(self.parent.pid)
+        pidfd = pidfd_open(parent.pid)
         try:
             while not self.stop_requested:
                 if self._wait([pidfd], None):
-                    return self.parent.wait()
+                    return parent.wait()
             return None
         finally:
             os.close(pidfd)

@@ -203,7 +203,7 @@ class Link:
                 # The interval is read each time: a site learns it from the parent at login.
                 next_beat = last_beat + self.heartbeat_interval
                 timeout = max(0.0, next_beat - time.monotonic())
-                for what, _ in poller.poll(timeout * 1000):
+                for what, _ in poller.poll(int(timeout * 1000)):
                     if what == self._wake.fileno():
                         self._wake.drain()
                     elif what is monitor:

@@ -77,7 +77,8 @@ def extract_bundle(data: bytes, dest: str, max_bytes: int = MAX_BUNDLE_BYTES,
 
 
 def _checked_members(tar: tarfile.TarFile, root: str, max_bytes: int, max_entries: int) -> list[tarfile.TarInfo]:
-    members, total = [], 0
+    members: list[tarfile.TarInfo] = []
+    total = 0
     for m in tar:  # reads the headers, skipping the content
         if len(members) >= max_entries:
             raise BundleLimitError(f"bundle holds more than {max_entries} entries")

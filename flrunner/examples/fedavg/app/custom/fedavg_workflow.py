@@ -17,7 +17,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from flrunner import Controller, FLComponent, Shareable, ReturnCode
+from flrunner import Controller, FLComponent, ReturnCode, Shareable
 
 #: Header of a failure reply that says what went wrong (as flrunner's own failure replies).
 REASON_HEADER = "reason"
@@ -134,9 +134,14 @@ class FedAvg(Controller):
             raise FedAvgError(f"component '{self.model_state_id}' must be a ModelState, got {type(state).__name__}")
         self.state = state
 
+    def _model_state(self) -> ModelState:
+        if self.state is None:
+            raise FedAvgError("the workflow has not started (start_controller was not called)")
+        return self.state
+
     def control_flow(self, abort_signal, fl_ctx) -> None:
         engine = fl_ctx.get_engine()
-        state = self.state
+        state = self._model_state()
         if state.weights is None:
             state.weights = list(self.initial_weights)
         elif state.round:
@@ -204,7 +209,7 @@ class FedAvg(Controller):
         """Write the model and its history to the job's run dir (atomically); returns the path."""
         engine = fl_ctx.get_engine()
         path = os.path.join(engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), self.final_model_file)
-        state = self.state
+        state = self._model_state()
         doc = {"weights": state.weights, "rounds": state.round, "num_rounds": self.num_rounds,
                "loss": state.history[-1]["loss"] if state.history else None, "history": state.history}
         tmp = path + ".tmp"

@@ -29,7 +29,7 @@ def site_seed(site_name: str, seed: int = 0) -> int:
     ``zlib.crc32`` is stable across processes and Python versions; ``hash()`` is not (string
     hashing is randomised per process).
     """
-    return zlib.crc32(f"{seed}:{site_name}".encode("utf-8"))
+    return zlib.crc32(f"{seed}:{site_name}".encode())
 
 
 def make_site_data(site_name: str, true_weights: Sequence[float], min_samples: int = 60, max_samples: int = 140,
