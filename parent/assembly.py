@@ -24,7 +24,6 @@ import time
 import zmq
 
 from flrunner.workspace import Workspace
-
 from parent.config import ParentConfig
 from parent.edge.awaited import AwaitedReplies
 from parent.edge.job_connections import JobConnections

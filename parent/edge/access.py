@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from flrunner.errors import Unauthorized
 from flrunner.protocol import Request
-
 from parent.sites.registry import SiteRegistry
 
 if TYPE_CHECKING:  # the allowlists are only loaded with a kit

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from flrunner.errors import FlrunnerError
 from flrunner.security.gate import ADMIN_DOMAIN, JOBS_DOMAIN, SITES_DOMAIN, AnyKey, Gate
 from flrunner.security.kit import Role, load_kit
-
 from parent.edge.endpoint import CurveServer
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ from flrunner.protocol import Channel, Dispatcher, Handler, Op, Request
 from flrunner.protocol.dispatch import Authorize
 from flrunner.transport.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
 from flrunner.util.logthrottle import LogThrottle
-
 from parent.edge.awaited import AwaitedReplies
 from parent.edge.limits import RateLimiter
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from flrunner.errors import Unauthorized
 from flrunner.protocol import Request
-
 from parent.jobs.running import RunningJob, RunningJobs
 
 

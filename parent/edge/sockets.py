@@ -19,7 +19,6 @@ import zmq
 from flrunner.errors import EndpointError, FlrunnerError
 from flrunner.protocol import admin_ops, job_ops, site_ops
 from flrunner.workspace import Workspace
-
 from parent.config import ParentConfig
 from parent.edge.access import AdminAllowlist, SiteAccess
 from parent.edge.awaited import AwaitedReplies

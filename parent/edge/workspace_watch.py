@@ -22,7 +22,6 @@ import zmq
 from flrunner.errors import FlrunnerError
 from flrunner.util.fsutil import lock_exclusive
 from flrunner.workspace import Workspace, workspace_error
-
 from parent.edge.endpoint import RouterEndpoint
 from parent.errors import WorkspaceBusy
 

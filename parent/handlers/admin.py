@@ -18,17 +18,15 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-from flrunner.protocol import Request, admin_ops
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
-from flrunner.protocol import Rc
-
+from flrunner.protocol import Rc, Request, admin_ops
 from parent.edge.connections import Connection, connection_of, cut
-from parent.jobs.submission import SHUTTING_DOWN
-from parent.jobs.lifecycle import JobLifecycle
-from parent.loop.offload import Offload
-from parent.jobs.store import JobRecord
-from parent.sites.registry import SiteRegistry
 from parent.edge.endpoint import RouterEndpoint, source_fd
+from parent.jobs.lifecycle import JobLifecycle
+from parent.jobs.store import JobRecord
+from parent.jobs.submission import SHUTTING_DOWN
+from parent.loop.offload import Offload
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 

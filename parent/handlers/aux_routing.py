@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from flrunner.protocol import Rc, Request, aux_ops, job_ops
 from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, NotFound, Unauthorized
+from flrunner.protocol import Rc, Request, aux_ops, job_ops
 from flrunner.transport.wire import Message
-
 from parent.edge.awaited import AwaitedReplies
 from parent.edge.endpoint import RouterEndpoint
 from parent.edge.job_connections import JobConnections

@@ -8,10 +8,9 @@ import hmac
 import logging
 import os
 
-from flrunner.protocol import Request, job_ops
 from flrunner.errors import BadRequest
+from flrunner.protocol import Request, job_ops
 from flrunner.security.curve import KEY_BYTES
-
 from parent.edge.endpoint import RouterEndpoint
 from parent.edge.job_connections import JobConnections
 from parent.jobs.lifecycle import JobLifecycle

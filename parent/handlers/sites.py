@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from flrunner.protocol import Request, site_ops
 from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, Conflict, Unauthorized
 from flrunner.job import NAME_RE
-
+from flrunner.protocol import Request, site_ops
 from parent.edge.access import SiteAccess
 from parent.edge.connections import Connection, connection_of, cut
+from parent.edge.endpoint import RouterEndpoint, source_fd
 from parent.jobs.running import RunningJobs
 from parent.sites.registry import SiteRegistry
-from parent.edge.endpoint import RouterEndpoint, source_fd
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import signal
 
 from flrunner.errors import Conflict, FlrunnerError
 from flrunner.status import RunStatus
-
 from parent.events import Events
 from parent.jobs.held_writes import HeldWrites
 from parent.jobs.kill_escalation import KillEscalation

@@ -21,7 +21,6 @@ from typing import Any, Callable
 from flrunner.errors import StoreUnavailable
 from flrunner.linux import decode_exit
 from flrunner.status import RunStatus
-
 from parent.config import ParentConfig
 from parent.events import Events
 from parent.jobs.cleanup import kill_stragglers

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from flrunner.errors import IllegalTransition, StoreUnavailable
-from flrunner.util.logthrottle import LogThrottle
 from flrunner.status import RunStatus, can_move
-
+from flrunner.util.logthrottle import LogThrottle
 from parent.events import Events
 from parent.jobs.store import JobRecord, JobStore
 from parent.loop.timers import Timer, Timers

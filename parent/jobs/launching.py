@@ -24,7 +24,6 @@ from flrunner.errors import Conflict, LaunchError, NotFound, Unauthorized
 from flrunner.job import job_from_meta
 from flrunner.status import RunStatus
 from flrunner.workspace import Workspace
-
 from parent.config import ParentConfig
 from parent.events import Events
 from parent.jobs.aborts import Aborts

@@ -20,7 +20,6 @@ import logging
 
 from flrunner.job import Job, job_from_meta
 from flrunner.workspace import Workspace
-
 from parent.config import ParentConfig
 from parent.events import Events
 from parent.jobs.aborts import Aborts

@@ -21,7 +21,6 @@ import psutil
 
 from flrunner.job import job_from_meta
 from flrunner.status import RunStatus
-
 from parent.config import ParentConfig
 from parent.jobs.cleanup import kill_stragglers
 from parent.jobs.held_writes import HeldWrites

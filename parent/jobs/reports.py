@@ -14,7 +14,6 @@ from typing import Any
 
 from flrunner.errors import BadRequest, Conflict, StoreUnavailable
 from flrunner.status import CHILD_REPORTABLE, RunStatus, clip_error, is_final, progress_problem
-
 from parent.jobs.held_writes import HeldWrites
 from parent.jobs.kill_escalation import KillEscalation
 from parent.jobs.running import RunningJob

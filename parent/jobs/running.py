@@ -16,7 +16,6 @@ from typing import Callable, Iterator, Protocol
 import psutil
 
 from flrunner.job import Job
-
 from parent.launchers.base import JobProcess
 from parent.loop.timers import Timer
 

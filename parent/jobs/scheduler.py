@@ -25,13 +25,12 @@ from typing import Callable
 
 from flrunner.job import Job
 from flrunner.status import RunStatus
-
 from parent.config import ParentConfig
-from parent.jobs.held_writes import HeldWrites
-from parent.sites.registry import SiteRegistry
 from parent.edge.site_requests import Results
+from parent.jobs.held_writes import HeldWrites
 from parent.jobs.site_apps import SiteApps
 from parent.loop.timers import Timer, Timers
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 

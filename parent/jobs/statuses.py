@@ -13,7 +13,6 @@ from typing import Any
 
 from flrunner.errors import BadRequest, NotFound
 from flrunner.status import RunStatus
-
 from parent.events import Events
 from parent.jobs.held_writes import HeldWrites
 from parent.jobs.store import JobRecord

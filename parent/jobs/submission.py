@@ -19,7 +19,6 @@ from flrunner.errors import BadRequest, Conflict, StoreUnavailable
 from flrunner.job import JobDefinition, load_job_folder
 from flrunner.util.bundles import BundleLimitError, extract_bundle
 from flrunner.workspace import Workspace
-
 from parent.config import ParentConfig
 from parent.jobs.folder_copy import CopyLimits, copy_scanned, scan_job_folder
 from parent.jobs.held_writes import HeldWrites

@@ -24,7 +24,6 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from flrunner.transport.wakeup import WakePipe
-
 from parent.loop.offload import Offload
 from parent.loop.timers import StallClock, Timers
 
@@ -145,7 +144,7 @@ class EventLoop:
                 return
             timeout = self.timers.timeout(cap=self.max_sleep)
             self.clock.sleeping(timeout)
-            ready = self.poller.poll(timeout * 1000)
+            ready = self.poller.poll(int(timeout * 1000))  # what pyzmq does with a float
             self.clock()  # a stall that struck during the poll is taken out before anything reads the clock
             if self.clock.stalled > stalled + 0.01:
                 log.warning("the parent was stalled for %.1fs (paused, frozen, or blocked); peers are not held "

@@ -20,7 +20,6 @@ from typing import Callable
 
 from flrunner.client import Client
 from flrunner.errors import Conflict, Unauthorized
-
 from parent.events import Events
 
 ADDED = "add"
