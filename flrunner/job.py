@@ -71,6 +71,8 @@ class JobDefinition:
         name: the job name.
         deploy_map: app folder -> participants.
         server_app: the app deployed to ``"server"`` and its parsed config.
+        min_clients: the sites the job needs: meta.json's ``min_clients``, else
+            `default_min_clients`.
     """
 
     folder: Path
@@ -300,7 +302,7 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
                              f"exactly one app must be deployed to 'server', found {len(server_apps)}")
     server_app = parse_server_app(root / server_apps[0], server_apps[0])
 
-    min_clients = _int_field(meta, "min_clients", 0)
+    min_clients = _int_field(meta, "min_clients", default_min_clients(deploy_map))
     mandatory = meta.get("mandatory_clients", [])
     if not isinstance(mandatory, list) or not all(isinstance(s, str) and s for s in mandatory):
         raise JobFolderError(META_FILE, "mandatory_clients", "must be a list of site names")
@@ -329,5 +331,18 @@ def load_job_folder(folder: str | os.PathLike) -> JobDefinition:
                          float(timeout) if timeout is not None else None)
 
 
-def job_from_definition(job_id: str, jd: JobDefinition) -> Job:
-    return Job(job_id, jd.resource_spec, jd.deploy_map, jd.meta, jd.min_clients, jd.mandatory_clients)
+def default_min_clients(deploy_map: dict) -> int:
+    """The sites a job needs when its meta.json gives no ``min_clients``: one if it has an app
+    for sites (a named site, or ``@ALL``), none for a server-only job."""
+    named, everyone = site_participants(deploy_map)
+    return 1 if (named or everyone) else 0
+
+
+def job_from_meta(job_id: str, meta: dict) -> Job:
+    """The `Job` of a job, from its ``meta.json`` (validated by `load_job_folder`, as the parent
+    stores it): the one way a `Job` is made, so its defaults are the same wherever it is made
+    (``min_clients``: `default_min_clients`)."""
+    deploy_map = meta.get("deploy_map") or {}
+    min_clients = meta.get("min_clients", default_min_clients(deploy_map))
+    return Job(job_id, meta.get("resource_spec") or {}, deploy_map, meta, int(min_clients or 0),
+               meta.get("mandatory_clients") or [])

@@ -17,8 +17,8 @@ class EmbeddedParent:
 
     def __init__(self, parent: Parent) -> None:
         self._parent = parent
-        self.admin_endpoint = parent.admin.endpoint
-        self.sites_endpoint = parent.sites.endpoint
+        self.admin_endpoint = parent.admin_endpoint
+        self.sites_endpoint = parent.sites_endpoint
         self._thread = threading.Thread(target=parent.run, name="flrunner-parent", daemon=True)
         self._thread.start()
 

@@ -244,7 +244,7 @@ class Bench:
                     t2 = time.perf_counter()
                     if end["status"] != "FINISHED:COMPLETED":
                         raise RuntimeError(f"trivial job ended {end['status']}")
-                    _exit_recorded(feed, job_id)
+                    _exit_recorded(feed, job_id, end)
                     time.sleep(0.1)  # each submit goes to a quiescent parent (see _exit_recorded)
                     if i:
                         to_running.append((t1 - t0) * 1000)
@@ -438,8 +438,8 @@ class Bench:
                     job_id = parent.admin.submit(trivial)
                     B.wait_status(feed, job_id, "RUNNING")
                     times.append((time.perf_counter() - t0) * 1000)
-                    B.wait_status(feed, job_id, "FINISHED:")
-                    _exit_recorded(feed, job_id)
+                    end = B.wait_status(feed, job_id, "FINISHED:")
+                    _exit_recorded(feed, job_id, end)
                     time.sleep(0.1)
             base = self.figures.get("submit_to_running_cold")
             self.add("submit_to_running_10k", "ms", times, None, "cold launcher, 10,000 sites logged in",
@@ -647,13 +647,17 @@ def _running(ev: dict) -> bool:
     return ev["status"] == "RUNNING"
 
 
-def _exit_recorded(feed: Any, job_id: str, timeout: float = 30.0) -> None:
-    """Wait for the feed event that records the exit of a finished job's process.
+def _exit_recorded(feed: Any, job_id: str, end: dict, timeout: float = 30.0) -> None:
+    """Wait for the feed event that records the exit of a finished job's process, unless ``end``
+    (the job's FINISHED event) records it already: a final status the job reported is announced
+    once, with the exit code, when its process is gone.
 
     The parent's work for an exit goes on after that (a scan of every process for stragglers of
     the job, on the worker thread that also prepares submissions); the caller pauses briefly so
     that the next submit does not queue behind it.
     """
+    if end.get("exit_code") is not None or end.get("signal") is not None:
+        return
     deadline = time.monotonic() + timeout
     while True:
         ev = feed.next(max(0.0, deadline - time.monotonic()))

@@ -11,7 +11,7 @@ import pytest
 
 import flrunner
 from flrunner.errors import BadRequest, JobFolderError
-from flrunner.job import Job, job_from_definition, load_job_folder
+from flrunner.job import Job, job_from_meta, load_job_folder
 
 META = "meta.json"
 SERVER_CFG = "app_server/config/config_fed_server.json"
@@ -286,7 +286,7 @@ def test_valid_folder_loads(tmp_path):
     assert jd.mandatory_clients == ["site-1"]
     assert jd.resource_spec == {"site-1": {"num_cpus": 1, "mem_gb": 0.5}}
     assert jd.timeout == 30.0 and isinstance(jd.timeout, float)
-    job = job_from_definition("job-1", jd)
+    job = job_from_meta("job-1", jd.meta)
     assert isinstance(job, Job)
     assert job.name == "unit-job"
     assert job.get_application_name("server") == "app_server"
@@ -302,7 +302,24 @@ def test_minimal_folder_uses_defaults(tmp_path):
     assert jd.server_app.format_version == 2
     assert jd.server_app.workflows[0].args == {}
     assert jd.server_app.components == []
-    assert (jd.min_clients, jd.mandatory_clients, jd.resource_spec, jd.timeout) == (0, [], {}, None)
+    # Its server app is deployed to @ALL, so the sites run it too: it needs one site.
+    assert (jd.min_clients, jd.mandatory_clients, jd.resource_spec, jd.timeout) == (1, [], {}, None)
+
+
+@pytest.mark.parametrize("deploy_map, given, needs", [
+    ({"app_server": ["server"], "app_site": ["site-1", "site-2"]}, None, 1),  # an app for sites: one site
+    ({"app_server": ["@ALL"]}, None, 1),
+    ({"app_server": ["server"]}, None, 0),  # server-only: no site
+    ({"app_server": ["server"], "app_site": ["site-1"]}, 0, 0),  # what meta.json says wins
+    ({"app_server": ["server"]}, 2, 2),
+])
+def test_min_clients_has_one_default_for_a_job_folder_and_its_stored_meta(tmp_path, deploy_map, given, needs):
+    meta = {"name": "m", "deploy_map": deploy_map, **({"min_clients": given} if given is not None else {})}
+    apps = tuple(deploy_map)
+    jd = load_job_folder(write_job(tmp_path / "job", meta, valid_server_config(), apps=apps))
+    assert jd.min_clients == needs
+    # The parent makes the job's `Job` from the meta it stored: the same number of sites.
+    assert job_from_meta("job-1", jd.meta).min_sites == needs
 
 
 def test_example_hello_loads():

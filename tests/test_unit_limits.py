@@ -106,11 +106,11 @@ def test_sizes_for_people():
 def test_a_socket_drops_what_is_over_the_byte_limit_and_tells_the_peer_once():
     clock = FakeClock()
     ctx = zmq.Context()
-    endpoint = RouterEndpoint(ctx, "admin", admin_ops.FROM_ADMIN, 1 << 20)
+    endpoint = RouterEndpoint(ctx, "admin", admin_ops.FROM_ADMIN, 1 << 20,
+                              limiter=RateLimiter(None, byte_rate=1000, byte_burst=10_000, clock=clock))
     peer = ctx.socket(zmq.DEALER)
     try:
         endpoint.on(admin_ops.PING, lambda req: {"pong": True})
-        endpoint.limiter = RateLimiter(None, byte_rate=1000, byte_burst=10_000, clock=clock)
         address = endpoint.bind("inproc://limits")
         peer.connect(address)
         ids = [next_id() for _ in range(4)]

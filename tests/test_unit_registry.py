@@ -12,10 +12,21 @@ from parent.sites.registry import ADDED, REMOVED, SiteRecord, SiteRegistry
 from .support import FakeClock
 
 
-def make_registry(timeout: float = 10.0, change_log: int = 4096) -> tuple[SiteRegistry, FakeClock]:
+class ChangesSeen:
+    """The registry's events: every (base, revision, changes) it announces."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, list[dict]]] = []
+
+    def sites_changed(self, base: int, revision: int, changes: list[dict]) -> None:
+        self.seen.append((base, revision, changes))
+
+
+def make_registry(timeout: float = 10.0, change_log: int = 4096,
+                  events: ChangesSeen | None = None) -> tuple[SiteRegistry, FakeClock]:
     clock = FakeClock(1000.0)
     wall = FakeClock(1_700_000_000.0)
-    return SiteRegistry(timeout, clock=clock, wall=wall, change_log=change_log), clock
+    return SiteRegistry(timeout, clock=clock, wall=wall, change_log=change_log, events=events), clock  # type: ignore[arg-type]
 
 
 def by_name(clients: list[dict]) -> dict[str, dict]:
@@ -113,9 +124,8 @@ def test_a_refusal_names_an_unknown_pid():
 
 
 def test_the_same_agent_logging_in_again_resumes_its_session_unchanged():
-    reg, clock = make_registry(timeout=10.0)
-    seen = []
-    reg.listeners.append(lambda base, rev, changes: seen.append(rev))
+    events = ChangesSeen()
+    reg, clock = make_registry(timeout=10.0, events=events)
     rec = reg.login("site-a", b"id1", {"pid": 1, "resources": {"num_gpus": 1}}, instance="agent-1")
     reg.login("site-b", b"idb")
     rev, token, login_time, listed = reg.revision, rec.token, rec.login_time, reg.clients()
@@ -123,7 +133,7 @@ def test_the_same_agent_logging_in_again_resumes_its_session_unchanged():
     again = reg.login("site-a", b"id2", {"pid": 1, "resources": {"num_gpus": 1}}, instance="agent-1")
     assert again is rec and again.token == token and again.login_time == login_time
     assert again.identity == b"id2" and again.last_seen == clock.now
-    assert reg.revision == rev and reg.changes_since(rev) == [] and seen == [1, 2]  # no change, no push
+    assert reg.revision == rev and reg.changes_since(rev) == [] and [r for _, r, _ in events.seen] == [1, 2]  # no push
     assert reg.authenticate(token) is rec
     assert reg.clients() == list(reversed(listed))  # the same entries; site-a is now the last heard
     assert reg.names() == ["site-b", "site-a"]
@@ -245,10 +255,10 @@ def test_expire_costs_o_expired_not_o_sites():
     assert _CountingRecord.reads <= 4
 
 
-def test_listeners_get_base_revision_and_changes():
-    reg, clock = make_registry(timeout=1.0)
-    seen = []
-    reg.listeners.append(lambda base, rev, changes: seen.append((base, rev, changes)))
+def test_events_get_base_revision_and_changes():
+    events = ChangesSeen()
+    reg, clock = make_registry(timeout=1.0, events=events)
+    seen = events.seen
     a = reg.login("a", b"a")
     clock.advance(5)
     reg.expire()

@@ -19,7 +19,9 @@ from flrunner.workspace import Workspace
 from parent.config import ParentConfig
 from parent.jobs.held_writes import HeldWrites
 from parent.jobs.store import JobStore
-from parent.jobs.manager import JobManager, ManagerHooks, job_from_meta
+from flrunner.job import job_from_meta
+from parent.jobs.lifecycle import JobLifecycle
+from parent.jobs.running import RunningJobs
 from parent.launchers.base import Launcher, LaunchSpec
 from parent.sites.registry import SiteRegistry
 from parent.jobs.scheduler import Scheduler
@@ -97,8 +99,27 @@ class FakeSiteJobs:
         return {t for c in self.cancels for t in c.values()}
 
 
+class QuietEvents:
+    """`parent.events.Events` that tells nobody."""
+
+    def status_changed(self, rec) -> None:
+        pass
+
+    def ask_to_abort(self, job_id: str, reason: str) -> bool:
+        return False
+
+    def job_ended(self, job_id: str, how: str, restarting: bool) -> None:
+        pass
+
+    def writes_stored(self, rec) -> None:
+        pass
+
+    def sites_changed(self, base: int, revision: int, changes: list) -> None:
+        pass
+
+
 class Harness:
-    """A scheduler wired as `JobManager` wires it, with fakes around it."""
+    """A scheduler wired as `JobLifecycle` wires it, with fakes around it."""
 
     def __init__(self, tmp_path: Path, sites: tuple[str, ...] = (), **config) -> None:
         config.setdefault("schedule_attempts", 10)
@@ -107,7 +128,7 @@ class Harness:
         self.config = ParentConfig(workspace=str(tmp_path), **config)
         self.clock = FakeClock()
         self.timers = Timers(clock=self.clock)
-        self.store = HeldWrites(JobStore(str(tmp_path / "jobs.db")), self.timers, on_stored=lambda rec: None)
+        self.store = HeldWrites(JobStore(str(tmp_path / "jobs.db")), self.timers, events=QuietEvents())
         self.registry = SiteRegistry(30.0, clock=self.clock)
         self.site_apps = FakeSiteJobs(self.clock)
         self.running: dict[str, set[str]] = {}
@@ -122,7 +143,7 @@ class Harness:
     def close(self) -> None:
         self.store.store.close()
 
-    # --- what JobManager does around the scheduler ---------------------------------------------------
+    # --- what the job domain does around the scheduler -------------------------------------------------
     def _launch(self, job_id: str, sites: set[str]) -> None:
         self.store.transition(job_id, RunStatus.DISPATCHED, "launched")
         self.running[job_id] = set(sites)
@@ -139,12 +160,12 @@ class Harness:
         return job_id
 
     def abort(self, job_id: str) -> None:
-        """`JobManager.abort` of a job that has no process yet."""
+        """`Aborts.abort` of a job that has no process yet."""
         self.scheduler.remove(job_id)
         self.store.transition(job_id, RunStatus.FINISHED_ABORTED, "aborted by admin")
 
     def finish(self, job_id: str) -> None:
-        """`JobManager.on_exit`: the job's process is gone; resources may have freed up."""
+        """`Endings.on_exit`: the job's process is gone; resources may have freed up."""
         del self.running[job_id]
         self.store.transition(job_id, RunStatus.FINISHED_COMPLETED, "done")
         self.scheduler.kick(resources_changed=True)
@@ -355,12 +376,11 @@ def test_the_concurrency_limit_counts_tries_in_flight(make):
 
 def test_nothing_is_tried_while_the_scheduler_is_paused(make):
     h = make(("s1",))
-    h.scheduler.paused = True
+    h.scheduler.pause()
     job = h.submit()
     h.scheduler.kick(resources_changed=True)
     assert h.site_apps.checks == []
-    h.scheduler.paused = False
-    h.scheduler.kick()
+    h.scheduler.resume()
     assert h.launched == [(job, {"s1"})]
 
 
@@ -369,14 +389,13 @@ def test_a_try_that_returns_after_shutdown_paused_the_scheduler_launches_nothing
     h.site_apps.defer = True
     job = h.submit(resource_spec={"s1": GPU})
     h.site_apps.release("check")
-    h.scheduler.paused = True  # JobManager.shutdown
+    h.scheduler.pause()  # as JobLifecycle.shutdown stops it
     h.site_apps.release("start")
     assert h.launched == []
     assert h.status(job) is SUBMITTED
     assert [stop[:2] for stop in h.site_apps.stops] == [(job, ["s1"])]
     # The next start tries it again.
-    h.scheduler.paused = False
-    h.scheduler.kick()
+    h.scheduler.resume()
     h.site_apps.release("check")
     h.site_apps.release("start")
     assert h.launched == [(job, {"s1"})]
@@ -386,7 +405,7 @@ def test_a_resource_check_that_returns_after_shutdown_gives_the_reservations_bac
     h = make(("s1", "s2"))
     h.site_apps.defer = True
     job = h.submit(resource_spec={"s1": GPU, "s2": GPU})
-    h.scheduler.paused = True
+    h.scheduler.pause()
     h.site_apps.release("check")
     assert h.site_apps.cancelled_tokens() == {"tok-s1-1", "tok-s2-2"}
     assert h.site_apps.starts == [] and h.launched == []
@@ -586,7 +605,24 @@ def test_a_server_only_job_with_min_clients_waits_for_that_many_sites(make):
     assert h.site_apps.starts == []
 
 
-# --- the job manager around the scheduler ---------------------------------------------------------------------
+# --- the job domain around the scheduler ----------------------------------------------------------------------
+
+class NoLoop:
+    """The loop's fd watching, for a test that never runs the loop."""
+
+    def watch_fd(self, fd: int, callback) -> None:
+        pass
+
+    def unwatch_fd(self, fd: int) -> None:
+        pass
+
+
+class InlineLane:
+    """An offload lane that runs the work at once."""
+
+    def run(self, work, done) -> None:
+        done(work(), None)
+
 
 class FailingLauncher(Launcher):
     name = "failing"
@@ -607,17 +643,16 @@ def test_a_launch_failure_stops_the_site_apps_the_scheduler_started(tmp_path: Pa
     ws.root.mkdir()
     clock = FakeClock()
     timers = Timers(clock=clock)
-    store = HeldWrites(JobStore(ws.get_job_store_path()), timers, on_stored=lambda rec: None)
+    events = QuietEvents()
+    store = HeldWrites(JobStore(ws.get_job_store_path()), timers, events=events)
     registry = SiteRegistry(30.0, clock=clock)
     registry.login("s1", b"s1")
     site_apps = FakeSiteJobs(clock)
-    hooks = ManagerHooks(watch_fd=lambda fd, cb: None, unwatch_fd=lambda fd: None,
-                         push_to_child=lambda *a: None, on_change=lambda rec: None)
-    manager = JobManager(ParentConfig(workspace=str(ws.root)), ws, store, FailingLauncher(), timers, hooks,
-                         endpoint=lambda: "ipc:///nowhere", registry=registry, site_apps=site_apps)
+    jobs = JobLifecycle(ParentConfig(workspace=str(ws.root)), ws, store, FailingLauncher(), timers, RunningJobs(clock),
+                        registry, site_apps, events, loop=NoLoop(), reaper=InlineLane(), job_endpoint="ipc:///nowhere")
     try:
-        manager.start()
-        job_id = manager.submit(str(folder)).job_id
+        jobs.start()
+        job_id = jobs.submissions.submit(str(folder)).job_id
         assert site_apps.starts == [(job_id, ["s1"], {"s1": "tok-s1-1"})]
         rec = store.get(job_id)
         assert rec.status is RunStatus.FINISHED_FAILED_TO_RUN

@@ -1,8 +1,9 @@
 """Durable file writes shared by the snapshot, provisioning and anything else that must not be
-seen half-written or lost in a crash."""
+seen half-written or lost in a crash; and the lock file that keeps a second process off a folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 
@@ -39,3 +40,22 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None) 
             pass
         raise
     fsync_dir(folder)
+
+
+def lock_exclusive(path: str | os.PathLike, mode: int = 0o600) -> int:
+    """Take an exclusive ``flock`` on ``path`` (created if missing), without waiting.
+
+    Returns the open descriptor, which holds the lock until it is closed (it is not inherited
+    by child processes: ``O_CLOEXEC``).
+
+    Raises:
+        BlockingIOError: another open file description holds the lock (nothing is left open).
+        OSError: ``path`` cannot be opened.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -10,8 +10,8 @@ the handler raises into a coded answer. Nothing a peer sends stops the parent's 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import zmq
 
@@ -20,7 +20,7 @@ from flrunner.protocol import Channel, Dispatcher, Handler, Op, Request
 from flrunner.protocol.dispatch import Authorize
 from flrunner.transport.wire import MAX_HEADER_BYTES, Message, decode, encode, next_id, peek_id
 from flrunner.util.logthrottle import LogThrottle
-
+from parent.edge.awaited import AwaitedReplies
 from parent.edge.limits import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -38,24 +38,48 @@ def source_fd(req: Request) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class CurveServer:
+    """How a socket is a CURVE server: the parent's key pair, and the ZAP domain whose handler
+    admits (or refuses) each peer's key."""
+
+    public_key: bytes
+    secret_key: bytes
+    domain: str
+
+
 class RouterEndpoint:
-    """A bound ROUTER socket serving one `Channel`.
+    """A ROUTER socket serving one `Channel` (`bind` it, then the loop calls `process_ready`).
 
     Args:
         ctx: ZeroMQ context.
         name: ``"sites"``, ``"jobs"`` or ``"admin"`` (for logs and errors).
         channel: the operations peers send on this socket.
         max_msg_size: ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected by libzmq.
+        limiter: per-peer limits on messages and bytes a second (None: unlimited).
+        authorize: called with each request before its handler; raises `Unauthorized` to refuse it.
+        curve: make the socket a CURVE server (its requests then carry the peer's ZAP User-Id).
+        awaited: the requests this socket's peers are expected to answer (their replies go there;
+            without it, replies are dropped).
+        backlog: ZMQ_BACKLOG, the kernel's queue of connections not yet accepted.
     """
 
-    def __init__(self, ctx: zmq.Context, name: str, channel: Channel, max_msg_size: int,
-                 max_header: int = MAX_HEADER_BYTES) -> None:
+    def __init__(self, ctx: zmq.Context, name: str, channel: Channel, max_msg_size: int, *,
+                 limiter: RateLimiter | None = None, authorize: Authorize | None = None,
+                 curve: CurveServer | None = None, awaited: AwaitedReplies | None = None,
+                 backlog: int | None = None, max_header: int = MAX_HEADER_BYTES) -> None:
         self.name = name
         self.channel = channel
         self.max_header = max_header
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
+        if backlog is not None:
+            self.sock.setsockopt(zmq.BACKLOG, backlog)
+        if curve is not None:
+            from flrunner.security.gate import make_curve_server
+
+            make_curve_server(self.sock, curve.public_key, curve.secret_key, curve.domain)
         # No ROUTER_HANDOVER: the jobs socket authenticates a peer by its routing identity, and with
         # handover any peer that sets the same ZMQ_ROUTING_ID would take over that session (its
         # replies and pushes, and its authentication). Peers here use libzmq-assigned identities.
@@ -63,15 +87,13 @@ class RouterEndpoint:
         # Report a message to a peer that is gone (EHOSTUNREACH) instead of dropping it silently,
         # so a request to a departed site fails at once.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.dispatcher = Dispatcher(channel, f"{name} socket", on_refused=self._refused)
-        #: Receives replies peers send to this socket's pushes; without it they are dropped.
-        self.on_reply: Callable[[bytes, Message], None] | None = None
+        self.dispatcher = Dispatcher(channel, f"{name} socket", authorize=authorize, on_refused=self._refused)
+        self.awaited = awaited
         self.dropped = 0
         self.errors = 0
-        #: Set when the socket is a CURVE server: requests then carry the peer's ZAP User-Id.
-        self.curve = False
-        #: Per-peer limits on messages and bytes a second (None: unlimited).
-        self.limiter: RateLimiter | None = None
+        #: A CURVE server: requests carry the peer's ZAP User-Id.
+        self.curve = curve is not None
+        self.limiter = limiter
         self._log = LogThrottle(log, f"{name} socket: ", LOG_BURST)
         self.endpoint = ""
 
@@ -83,15 +105,6 @@ class RouterEndpoint:
     def on(self, op: Op, handler: Handler) -> None:
         """Serve ``op`` with ``handler``."""
         self.dispatcher.on(op, handler)
-
-    @property
-    def authorize(self) -> Authorize | None:
-        """Called with each request before its handler; raises `Unauthorized` to refuse it."""
-        return self.dispatcher.authorize
-
-    @authorize.setter
-    def authorize(self, check: Authorize | None) -> None:
-        self.dispatcher.authorize = check
 
     def _refused(self, msg: Message, exc: FlrunnerError) -> None:
         self.errors += 1
@@ -143,10 +156,9 @@ class RouterEndpoint:
             log.exception("%s socket: decoding a message failed", self.name)
             return
         if msg.is_reply:
-            # Replies are only expected where a handler registered for them (see on_reply).
-            if self.on_reply is not None:
-                self.on_reply(identity, msg)
-            else:
+            # A reply to one of this socket's pushes: late (after its timeout) or never asked
+            # for, it is counted and dropped.
+            if self.awaited is None or not self.awaited.reply(self.name, identity, msg):
                 self.dropped += 1
             return
         self.dispatcher.dispatch(msg, lambda answer: self._send(identity, answer), peer=identity,

@@ -1,4 +1,6 @@
-"""Put back what was deleted from the workspace while the parent runs: parent.json, the socket
+"""The parent's hold on its workspace: the lock file that keeps a second parent off it
+(`lock_workspace`), parent.json that tells the CLI where the parent listens, and `WorkspaceWatch`,
+which puts back what was deleted from the workspace while the parent runs: parent.json, the socket
 dir with the ipc sockets in it, the lock file.
 
 Without them the parent serves on but nobody reaches it: the CLI finds no parent.json and says
@@ -9,7 +11,6 @@ second parent could start on the workspace. The parent's housekeeping calls
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -19,11 +20,44 @@ import psutil
 import zmq
 
 from flrunner.errors import FlrunnerError
-from flrunner.workspace import Workspace
-
+from flrunner.util.fsutil import lock_exclusive
+from flrunner.workspace import Workspace, workspace_error
 from parent.edge.endpoint import RouterEndpoint
+from parent.errors import WorkspaceBusy
 
 log = logging.getLogger("parent")
+
+
+def lock_path(ws: Workspace) -> str:
+    """The workspace's lock file, held by the parent that serves it."""
+    return os.path.join(ws.get_root_dir(), "parent.lock")
+
+
+def lock_workspace(ws: Workspace) -> int:
+    """Lock the workspace for this parent; the open lock file (closing it releases the lock).
+
+    Raises:
+        WorkspaceBusy: another parent holds it.
+        WorkspaceError: the lock file cannot be opened (the message names it).
+    """
+    path = lock_path(ws)
+    try:
+        return lock_exclusive(path)
+    except BlockingIOError:
+        other = read_parent_info(ws).get("pid", "?")
+        raise WorkspaceBusy(f"another parent (pid {other}) is running on workspace {ws.get_root_dir()}") from None
+    except OSError as exc:
+        raise workspace_error(ws.get_root_dir(), "open", path, exc) from None
+
+
+def read_parent_info(ws: Workspace) -> dict:
+    """The workspace's parent.json, or {} if there is none (or it is unreadable)."""
+    try:
+        with open(ws.get_parent_info_path()) as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def write_parent_info(path: str, info: dict) -> None:
@@ -136,16 +170,14 @@ class WorkspaceWatch:
 
     def _check_lock(self) -> bool:
         """parent.lock: if the file we hold was deleted or replaced, lock a new one, so no second parent starts."""
-        path = os.path.join(self.ws.get_root_dir(), "parent.lock")
+        path = lock_path(self.ws)
         held = _identity(self._lock_fds[-1])
         now = _identity(path)
         if now is not None and held is not None and now[:2] == held[:2]:
             return True
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_exclusive(path)
         except BlockingIOError:
-            os.close(fd)
             self._error("parent.lock", "workspace %s: %s was replaced, and another process holds the new one",
                         self.ws.get_root_dir(), path)
             return False

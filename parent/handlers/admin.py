@@ -18,16 +18,15 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-from flrunner.protocol import Request, admin_ops
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
-from flrunner.protocol import Rc
-
+from flrunner.protocol import Rc, Request, admin_ops
 from parent.edge.connections import Connection, connection_of, cut
-from parent.jobs.manager import JobManager
-from parent.loop.offload import Offload
-from parent.jobs.store import JobRecord
-from parent.sites.registry import SiteRegistry
 from parent.edge.endpoint import RouterEndpoint, source_fd
+from parent.jobs.lifecycle import JobLifecycle
+from parent.jobs.store import JobRecord
+from parent.jobs.submission import SHUTTING_DOWN
+from parent.loop.offload import Offload
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,26 @@ AUDITED = frozenset({"abort", "shutdown"})
 
 
 class AdminService:
-    """Serves admin clients; pushes status changes to subscribers."""
+    """Serves admin clients; pushes status changes to subscribers.
 
-    def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
+    Args:
+        endpoint: the local admin socket.
+        lifecycle: the job domain.
+        registry: the logged-in sites.
+        subscriber_ttl: a subscription not renewed (ping) within this is dropped.
+        request_stop: asks the parent to stop (the ``shutdown`` op).
+        workspace: the workspace folder (``audit.log`` is written there).
+        copies: the lane that reads and copies submitted job folders.
+        clock: monotonic seconds.
+        remote: the remote admin socket (CURVE), if any: served the same, except that job
+            folders are uploaded.
+    """
+
+    def __init__(self, endpoint: RouterEndpoint, lifecycle: JobLifecycle, registry: SiteRegistry,
                  subscriber_ttl: float, request_stop: Callable[[str], None], workspace: str, copies: Offload,
                  clock: Callable[[], float] = time.monotonic, remote: RouterEndpoint | None = None) -> None:
         self.local = endpoint
-        self.manager = manager
+        self.lifecycle = lifecycle
         self.registry = registry
         self.subscriber_ttl = subscriber_ttl
         self.request_stop = request_stop
@@ -65,7 +77,6 @@ class AdminService:
         self._subscriber_names: dict[tuple[RouterEndpoint, bytes], str] = {}
         #: Remote admin name -> {peer identity: its connection}, the latest few, to close when revoked.
         self._connections: dict[str, dict[bytes, Connection]] = {}
-        self.ready = False
         self._preparing = 0
         self._self_ps = psutil.Process()
         self._self_ps.cpu_percent(None)
@@ -143,9 +154,9 @@ class AdminService:
                              "are accepted on the local admin socket only")
         if job_dir is not None and not os.path.isabs(job_dir):
             raise BadRequest(f"op 'submit': job_dir must be an absolute path, got '{job_dir[:200]}'")
-        if not self.manager.accepting:
-            raise Conflict("the parent is shutting down and accepts no new jobs")
-        if self.manager.reconciling:
+        if not self.lifecycle.accepting:
+            raise Conflict(SHUTTING_DOWN)
+        if self.lifecycle.reconciling:
             raise NotReady("the parent is re-adopting jobs left running by its predecessor; submit again shortly")
         if self._preparing >= MAX_PREPARING:
             raise NotReady(f"{self._preparing} submissions are being read already; submit again shortly")
@@ -158,7 +169,7 @@ class AdminService:
         def done(prepared: Any, exc: BaseException | None) -> None:
             self._preparing -= 1
             if exc is None and deadline is not None and time.monotonic() > deadline:
-                self.manager.discard(prepared[0])
+                self.lifecycle.submissions.discard(prepared[0])
                 log.warning("submission of %s dropped: it was read only after its client stopped waiting (%gs)",
                             what, waits)
                 self._audit({**entry, "result": "ABANDONED", "reason": "read after the client stopped waiting"})
@@ -166,7 +177,7 @@ class AdminService:
             try:
                 if exc is not None:
                     raise exc
-                rec = self.manager.accept(*prepared)
+                rec = self.lifecycle.submissions.accept(*prepared)
             except FlrunnerError as err:
                 self._audit({**entry, "result": err.rc, "reason": str(err)[:500]})
                 ep.reply(req.peer, req.msg, {"reason": str(err)}, rc=err.rc)
@@ -182,20 +193,20 @@ class AdminService:
         # Reading and copying the folder happens off the loop; the reply follows when it is done.
         self._preparing += 1
         if upload is None:
-            self.copies.run(lambda: self.manager.prepare(job_dir), done)
+            self.copies.run(lambda: self.lifecycle.submissions.prepare(job_dir), done)
         else:
             data = upload.bytes if hasattr(upload, "bytes") else bytes(upload)
             origin = f"{what} by {req.user_id or 'local admin'}"
-            self.copies.run(lambda: self.manager.prepare_upload(data, origin), done)
+            self.copies.run(lambda: self.lifecycle.submissions.prepare_upload(data, origin), done)
 
     def jobs(self, req: Request) -> dict:
-        return {"jobs": [r.to_dict() for r in self.manager.store.list()]}
+        return {"jobs": [r.to_dict() for r in self.lifecycle.store.list()]}
 
     def status(self, req: Request) -> dict:
-        return {"job": self.manager.resolve(req.args["job_id"]).to_dict(with_history=True)}
+        return {"job": self.lifecycle.statuses.resolve(req.args["job_id"]).to_dict(with_history=True)}
 
     def abort(self, req: Request) -> dict:
-        rec = self.manager.abort(req.args["job_id"], req.args["reason"] or "aborted by admin")
+        rec = self.lifecycle.aborts.abort(req.args["job_id"], req.args["reason"] or "aborted by admin")
         return {"job": rec.to_dict(with_history=True)}
 
     def clients(self, req: Request) -> dict:
@@ -208,8 +219,8 @@ class AdminService:
             parent = {"pid": me.pid, "workspace": self.workspace, "cpu_percent": me.cpu_percent(None),
                       "rss_bytes": me.memory_info().rss, "uptime_s": now - me.create_time()}
         jobs = []
-        for job in self.manager.running.values():
-            status = self.manager.store.get(job.job_id, with_history=False).status.value
+        for job in self.lifecycle.running.values():
+            status = self.lifecycle.store.get(job.job_id, with_history=False).status.value
             info = {"job_id": job.job_id, "name": job.name, "pid": job.proc.pid, "status": status,
                     "cpu_percent": None, "rss_bytes": None, "uptime_s": None}
             p = job.process_info()
@@ -249,8 +260,8 @@ class AdminService:
     def ping(self, ep: RouterEndpoint, req: Request) -> dict:
         if (ep, req.peer) in self.subscribers:
             self.subscribers[(ep, req.peer)] = self.clock()
-        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.ready and not self.manager.reconciling,
-                "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE), "store_error": self.manager.store.error}
+        return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.lifecycle.ready,
+                "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE), "store_error": self.lifecycle.store.error}
 
     def shutdown(self, req: Request) -> dict:
         self.request_stop("shutdown requested over the admin socket")

@@ -15,19 +15,18 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from flrunner.protocol import Rc, Request, aux_ops, job_ops
 from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, NotFound, Unauthorized
+from flrunner.protocol import Rc, Request, aux_ops, job_ops
 from flrunner.transport.wire import Message
-
-from parent.jobs.manager import JobManager
 from parent.edge.awaited import AwaitedReplies
-from parent.sites.registry import SiteRegistry
 from parent.edge.endpoint import RouterEndpoint
+from parent.edge.job_connections import JobConnections
 from parent.edge.site_requests import Results, SiteGateway
+from parent.jobs.running import RunningJob, RunningJobs
 from parent.jobs.site_apps import SiteApps
-from parent.jobs.running import RunningJob
 from parent.loop.timers import Timer, Timers
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,28 @@ SLACK = 2.0
 
 
 class AuxService:
-    """Serves the routed ops of the jobs and sites sockets."""
+    """Serves the routed ops of the jobs and sites sockets.
 
-    def __init__(self, jobs: RouterEndpoint, sites: RouterEndpoint, manager: JobManager, registry: SiteRegistry,
-                 gateway: SiteGateway, site_apps: SiteApps, awaited: AwaitedReplies, timers: Timers,
-                 login_grace: float = 15.0) -> None:
-        self.jobs = jobs
-        self.sites = sites
-        self.manager = manager
+    Args:
+        job_socket: the jobs socket.
+        site_socket: the sites socket.
+        connections: which connection is which job process.
+        running: the running jobs.
+        registry: the logged-in sites.
+        gateway: requests to sites.
+        site_apps: a job's part on its sites.
+        awaited: the requests forwarded to a job process that await its reply.
+        timers: the loop's timers.
+        login_grace: see `login_grace_until`.
+    """
+
+    def __init__(self, job_socket: RouterEndpoint, site_socket: RouterEndpoint, connections: JobConnections,
+                 running: RunningJobs, registry: SiteRegistry, gateway: SiteGateway, site_apps: SiteApps,
+                 awaited: AwaitedReplies, timers: Timers, login_grace: float = 15.0) -> None:
+        self.job_socket = job_socket
+        self.site_socket = site_socket
+        self.connections = connections
+        self.running = running
         self.registry = registry
         self.gateway = gateway
         self.site_apps = site_apps
@@ -53,22 +66,15 @@ class AuxService:
         #: that has not logged in again yet waits for its login instead of failing at once.
         self.login_grace_until = timers.clock() + login_grace
         self._awaiting_login: dict[str, list[tuple[Callable[[], None], Timer, str]]] = {}
-        registry.listeners.append(self._on_registry_change)
-        jobs.on(aux_ops.FROM_JOB, self.job_aux)
-        jobs.on(job_ops.CHECK_RESOURCES, self.check_resources)
-        jobs.on(job_ops.CANCEL_RESOURCES, self.cancel_resources)
-        jobs.on(job_ops.START_CLIENT_JOB, self.start_client_job)
-        sites.on(aux_ops.FROM_SITE, self.site_aux)
-        jobs.on_reply = lambda identity, msg: self._on_reply(jobs, identity, msg)
-        sites.on_reply = lambda identity, msg: self._on_reply(sites, identity, msg)
-
-    def _on_reply(self, endpoint: RouterEndpoint, identity: bytes, msg: Message) -> None:
-        if not self.awaited.reply(endpoint.name, identity, msg):
-            endpoint.dropped += 1  # late (after its timeout) or never asked for
+        job_socket.on(aux_ops.FROM_JOB, self.job_aux)
+        job_socket.on(job_ops.CHECK_RESOURCES, self.check_resources)
+        job_socket.on(job_ops.CANCEL_RESOURCES, self.cancel_resources)
+        job_socket.on(job_ops.START_CLIENT_JOB, self.start_client_job)
+        site_socket.on(aux_ops.FROM_SITE, self.site_aux)
 
     # --- job -> sites --------------------------------------------------------------------------
     def job_aux(self, req: Request) -> None:
-        job = self.manager.job_for(req.peer)
+        job = self.connections.job(req.peer)
         topic, timeout = req.args["topic"], float(req.args["timeout"])
         targets = req.args["targets"] or job.default_targets(self.registry.names())
         if not all(isinstance(t, str) for t in targets):
@@ -89,17 +95,17 @@ class AuxService:
         # callbacks keep only who asked and the request id, not the payload, so a big request is
         # freed once it is sent rather than when the slowest site answers.
         asker, request = req.peer, Message(req.msg.op, id=req.msg.id)
-        self.jobs.reply(asker, request, {"targets": targets})
+        self.job_socket.reply(asker, request, {"targets": targets})
         # One encoding for every site; a secure request's header differs per site (its sealed
         # key), so there only the (ciphertext) frames are shared.
-        prepared = self.sites.prepare(aux_ops.TO_SITE.message(frames, **body)) if sealed is None else None
+        prepared = self.site_socket.prepare(aux_ops.TO_SITE.message(frames, **body)) if sealed is None else None
         for site in targets:
             if not job.may_address(site):
-                self.jobs.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
+                self.job_socket.reply(asker, request, {"site": site, "reason": f"site '{site}' is not a site of this job"},
                                 rc=Rc.NOT_FOUND)
                 continue
-            on_fail = (lambda rc, reason, s=site: self.jobs.reply(asker, request, {"site": s, "reason": reason}, rc=rc))
-            on_reply = (lambda m, s=site: self.jobs.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
+            on_fail = (lambda rc, reason, s=site: self.job_socket.reply(asker, request, {"site": s, "reason": reason}, rc=rc))
+            on_reply = (lambda m, s=site: self.job_socket.reply(asker, request, {"site": s, **_reason(m)}, m.frames,
                                                           rc=m.rc or Rc.OK))
             send = (lambda s=site, reply=on_reply, fail=on_fail: self._ask_site(
                 s, body, sealed, frames, prepared, timeout + SLACK, job.job_id, reply, fail))
@@ -155,7 +161,8 @@ class AuxService:
         for _, timer, _ in self._drop_awaiting(lambda w: w[2] == job_id):
             timer.cancel()
 
-    def _on_registry_change(self, base: int, revision: int, changes: list[dict]) -> None:
+    def sites_changed(self, base: int, revision: int, changes: list[dict]) -> None:
+        """Send the requests held for a site that has logged in again."""
         for change in changes:
             if change["op"] == "add":
                 for send, timer, _ in self._awaiting_login.pop(change["client"]["name"], []):
@@ -163,32 +170,32 @@ class AuxService:
                     send()
 
     def check_resources(self, req: Request) -> None:
-        job = self.manager.job_for(req.peer)
+        job = self.connections.job(req.peer)
         reqs = req.args["resource_reqs"]
         self._check_sites(job, reqs)
 
         def done(results: Results) -> None:
-            self.jobs.reply(req.peer, req.msg, {"results": {
+            self.job_socket.reply(req.peer, req.msg, {"results": {
                 s: [ok, d.get("token") if ok else None, d.get("reason")] for s, (ok, d) in results.items()}})
 
         self.site_apps.check_resources(job.job_id, reqs, done, req.args["timeout"])
 
     def cancel_resources(self, req: Request) -> dict:
-        job = self.manager.job_for(req.peer)
+        job = self.connections.job(req.peer)
         tokens = req.args["tokens"]
         self._check_sites(job, tokens)
         self.site_apps.cancel_resources({s: t for s, t in tokens.items() if isinstance(t, str)})
         return {}
 
     def start_client_job(self, req: Request) -> None:
-        job = self.manager.job_for(req.peer)
+        job = self.connections.job(req.peer)
         sites = req.args["sites"]
         self._check_sites(job, {s: None for s in sites})
         tokens = {s: t for s, t in (req.args["tokens"] or {}).items() if isinstance(t, str)}
 
         def done(results: Results) -> None:
             job.sites.update(s for s, (ok, _) in results.items() if ok)
-            self.jobs.reply(req.peer, req.msg, {"results": {s: [ok, d.get("reason")] for s, (ok, d) in results.items()}})
+            self.job_socket.reply(req.peer, req.msg, {"results": {s: [ok, d.get("reason")] for s, (ok, d) in results.items()}})
 
         assert job.job is not None
         self.site_apps.start(job.job, list(dict.fromkeys(sites)), tokens, done, req.args["timeout"],
@@ -203,8 +210,9 @@ class AuxService:
     # --- site -> job ------------------------------------------------------------------------------
     def site_aux(self, req: Request) -> None:
         site = self.registry.authenticate(req.args["token"]).name
-        job = self.manager.running.get(req.args["job_id"])
-        if job is None or job.identity is None:
+        job = self.running.get(req.args["job_id"])
+        identity = self.connections.identity_of(job.job_id) if job is not None else None
+        if job is None or identity is None:
             raise NotFound(f"job '{req.args['job_id'][:64]}' is not running")
         if not job.may_address(site):
             raise Unauthorized(f"site '{site}' is not a site of job {job.job_id}")
@@ -213,17 +221,17 @@ class AuxService:
             body["sealed_key"] = req.args["sealed_key"]
         if req.args["fire_and_forget"]:
             body["fire_and_forget"] = True
-            self.jobs.push(job.identity, aux_ops.TO_JOB.message(req.msg.frames, **body))
+            self.job_socket.push(identity, aux_ops.TO_JOB.message(req.msg.frames, **body))
             return None
-        mid = self.jobs.push(job.identity, aux_ops.TO_JOB.message(req.msg.frames, **body))
+        mid = self.job_socket.push(identity, aux_ops.TO_JOB.message(req.msg.frames, **body))
         if mid is None:
             raise NotFound(f"job {job.job_id}'s process cannot be reached")
         asker, request, job_id = req.peer, Message(req.msg.op, id=req.msg.id), job.job_id
         self.awaited.expect(
-            self.jobs.name, job.identity, mid, float(req.args["timeout"]) + SLACK,
-            on_reply=lambda m: self.sites.reply(asker, request, {"job_id": job_id, **_reason(m)}, m.frames,
+            self.job_socket.name, identity, mid, float(req.args["timeout"]) + SLACK,
+            on_reply=lambda m: self.site_socket.reply(asker, request, {"job_id": job_id, **_reason(m)}, m.frames,
                                                 rc=m.rc or Rc.OK),
-            on_fail=lambda rc, reason: self.sites.reply(asker, request, {"job_id": job_id, "reason": reason}, rc=rc),
+            on_fail=lambda rc, reason: self.site_socket.reply(asker, request, {"job_id": job_id, "reason": reason}, rc=rc),
             job_id=job_id)
         return None
 

@@ -1,4 +1,5 @@
-"""The jobs socket's operations: what a job process asks of its parent."""
+"""The jobs socket's operations: what a job process asks of its parent, and what the parent
+pushes to it (an abort, the site registry's changes)."""
 
 from __future__ import annotations
 
@@ -7,69 +8,83 @@ import hmac
 import logging
 import os
 
-from flrunner.protocol import Request, job_ops
 from flrunner.errors import BadRequest
+from flrunner.protocol import Request, job_ops
 from flrunner.security.curve import KEY_BYTES
-
-from parent.jobs.manager import JobManager
-from parent.sites.registry import SiteRegistry
 from parent.edge.endpoint import RouterEndpoint
+from parent.edge.job_connections import JobConnections
+from parent.jobs.lifecycle import JobLifecycle
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 
 
-class JobsService:
-    """Serves job processes on the jobs socket; every op but hello needs an authenticated peer."""
+class JobProcessService:
+    """Serves job processes on the jobs socket; every op but hello needs a connection that said
+    hello (`JobConnections.authorize`, given to the socket).
 
-    def __init__(self, endpoint: RouterEndpoint, manager: JobManager, registry: SiteRegistry) -> None:
+    Args:
+        endpoint: the jobs socket.
+        lifecycle: the job domain.
+        registry: the logged-in sites (what a job process syncs).
+        connections: which connection is which job process.
+    """
+
+    def __init__(self, endpoint: RouterEndpoint, lifecycle: JobLifecycle, registry: SiteRegistry,
+                 connections: JobConnections) -> None:
         self.endpoint = endpoint
-        self.manager = manager
+        self.lifecycle = lifecycle
         self.registry = registry
-        endpoint.authorize = self._authorize
+        self.connections = connections
         endpoint.on(job_ops.HELLO, self.hello)
         endpoint.on(job_ops.SYNC_CLIENTS, self.sync_clients)
         endpoint.on(job_ops.RUN_STATUS, self.run_status)
         endpoint.on(job_ops.HEARTBEAT, self.heartbeat)
-        registry.listeners.append(self._clients_changed)
-
-    def _authorize(self, req: Request) -> None:
-        if req.op.needs_auth:
-            self.manager.job_for(req.peer)
 
     def hello(self, req: Request) -> dict:
         key = req.args["sealing_key"]
         if key is not None and len(key) != KEY_BYTES:
             raise BadRequest(f"op 'hello': field 'sealing_key' must be a {KEY_BYTES}-byte public key, "
                              f"got {len(key)} bytes")
-        rec = self.manager.hello(req.peer, req.args["job_id"], req.args["secret"], req.args["pid"], key)
+        job = self.lifecycle.launching.authenticate(req.args["job_id"], req.args["secret"], req.args["pid"])
+        # Bound before the job hears of its hello: an abort requested meanwhile is pushed to it.
+        self.connections.bind(req.peer, job.job_id)
+        rec = self.lifecycle.launching.said_hello(job, key)
         return {"status": rec.status.value, "name": rec.name, "meta": rec.meta, "parent_pid": os.getpid()}
 
     def sync_clients(self, req: Request) -> dict:
-        job = self.manager.job_for(req.peer)
+        job = self.connections.job(req.peer)
         since = req.args["since"]
         changes = self.registry.changes_since(since) if since is not None else None
-        job.synced_revision = self.registry.revision
+        self.connections.synced(job.job_id, self.registry.revision)
         if changes is None:
             clients = [job_view(c, job.job_id) for c in self.registry.clients(with_tokens=True)]
             return {"revision": self.registry.revision, "clients": clients}
         return {"revision": self.registry.revision, "base": since, "changes": job_changes(changes, job.job_id)}
 
     def run_status(self, req: Request) -> dict:
-        job = self.manager.job_for(req.peer)
-        rec = self.manager.report_status(job, req.args["status"], req.args["progress"], req.args["error"])
+        job = self.connections.job(req.peer)
+        rec = self.lifecycle.reports.report(job, req.args["status"], req.args["progress"], req.args["error"])
         return {"status": rec.status.value, "durable": True}
 
     def heartbeat(self, req: Request) -> dict:
-        self.manager.job_for(req.peer)
+        self.connections.job(req.peer)
         return {}
 
-    def _clients_changed(self, base: int, revision: int, changes: list[dict]) -> None:
+    def ask_to_abort(self, job_id: str, reason: str) -> bool:
+        """Push an abort to the job's process; False if it has not said hello (no connection)."""
+        identity = self.connections.identity_of(job_id)
+        if identity is None:
+            return False
+        self.endpoint.push(identity, job_ops.ABORT.message(reason=reason))
+        return True
+
+    def sites_changed(self, base: int, revision: int, changes: list[dict]) -> None:
         """Push the registry delta to every job process that has synced."""
-        for job in self.manager.running.values():
-            if job.identity is not None and job.synced_revision is not None:
-                self.endpoint.push(job.identity, job_ops.CLIENTS_CHANGED.message(
-                    base=base, revision=revision, changes=job_changes(changes, job.job_id)))
-                job.synced_revision = revision
+        for identity, job_id in self.connections.synced_peers():
+            self.endpoint.push(identity, job_ops.CLIENTS_CHANGED.message(
+                base=base, revision=revision, changes=job_changes(changes, job_id)))
+            self.connections.synced(job_id, revision)
 
 
 def job_token(site_token: str, job_id: str) -> str:

@@ -3,36 +3,38 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
-from flrunner.protocol import Request, site_ops
 from flrunner.client import PUBLIC_KEY_PROP
 from flrunner.errors import BadRequest, Conflict, Unauthorized
 from flrunner.job import NAME_RE
-
+from flrunner.protocol import Request, site_ops
+from parent.edge.access import SiteAccess
 from parent.edge.connections import Connection, connection_of, cut
-from parent.sites.registry import SiteRegistry
 from parent.edge.endpoint import RouterEndpoint, source_fd
+from parent.jobs.running import RunningJobs
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 
 
 class SitesService:
-    """Serves site agents on the sites socket."""
+    """Serves site agents on the sites socket.
 
-    def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, heartbeat_interval: float,
-                 runs_job: Callable[[str], bool] = lambda job_id: False, max_sites: int = 100_000,
-                 job_key: Callable[[str], bytes | None] = lambda job_id: None) -> None:
+    Args:
+        endpoint: the sites socket.
+        registry: the logged-in sites.
+        access: who may send (given to the socket too).
+        heartbeat_interval: how often a site is told to heartbeat.
+        running: the running jobs (a site logging in again keeps their site apps, and gets the
+            keys of their processes).
+        max_sites: the most sites logged in at once.
+    """
+
+    def __init__(self, endpoint: RouterEndpoint, registry: SiteRegistry, access: SiteAccess,
+                 heartbeat_interval: float, running: RunningJobs, max_sites: int = 100_000) -> None:
         self.registry = registry
-        self.runs_job = runs_job
-        #: The public key of a running job's process (`JobManager.sealing_key`).
-        self.job_key = job_key
-        #: With CURVE, every request must come from a provisioned key, acting only as its own name.
-        self.require_user_id = False
-        #: Whether a provisioned name may still connect (the allowlist, re-read as it changes).
-        self.allowed: Callable[[str], bool] = lambda name: True
-        #: The Z85 public key a provisioned name connects with (None without CURVE).
-        self.public_key: Callable[[str], bytes | None] = lambda name: None
+        self.access = access
+        self.running = running
         self.max_sites = max_sites
         self.heartbeat_interval = heartbeat_interval
         #: The connection each site logged in on (CURVE only), to cut it when the site is revoked.
@@ -40,21 +42,10 @@ class SitesService:
         endpoint.on(site_ops.LOGIN, self.login)
         endpoint.on(site_ops.HEARTBEAT, self.heartbeat)
         endpoint.on(site_ops.LOGOUT, self.logout)
-        endpoint.authorize = self._authorize
-
-    def _authorize(self, req: Request) -> None:
-        user_id, op, msg = req.user_id, req.op, req.msg
-        if self.require_user_id and (not user_id or not self.allowed(user_id)):
-            raise Unauthorized("this connection has no provisioned identity (or its access was revoked)")
-        if op.needs_auth:
-            token = msg.body.get("token")
-            rec = self.registry.authenticate(token if isinstance(token, str) else "")
-            if self.require_user_id and rec.name != user_id:
-                raise Unauthorized(f"this connection is '{user_id}'; it cannot act as site '{rec.name}'")
 
     def login(self, req: Request) -> dict:
         name = req.args["name"]
-        if self.require_user_id and name != req.user_id:
+        if self.access.provisioned and name != req.user_id:
             raise Unauthorized(f"this connection's key belongs to '{req.user_id}'; it cannot log in as '{name[:64]}'")
         if not NAME_RE.match(name) or name in ("server", "@ALL"):
             raise BadRequest(f"op 'login': '{name[:64]}' is not a valid site name")
@@ -63,7 +54,7 @@ class SitesService:
         props = {"resources": req.args["resources"] or {}}
         if req.args["pid"] is not None:
             props["pid"] = req.args["pid"]
-        key = self.public_key(name) if self.require_user_id else None
+        key = self.access.public_key(name)
         if key is not None:  # job processes seal secure aux requests for it
             props[PUBLIC_KEY_PROP] = key.decode("ascii")
         held = self.registry.get(name)
@@ -80,9 +71,9 @@ class SitesService:
         # jobs that still run here, and stops the others. It gets the keys of their processes,
         # which may have said hello (re-adopted, or relaunched with a new key) while it was away.
         jobs = [j for j in (req.args["jobs"] or []) if isinstance(j, str)]
-        keys = {j: key for j in jobs if (key := self.job_key(j)) is not None}
+        keys = {j: key for j in jobs if (key := self.running.sealing_key(j)) is not None}
         return {"token": rec.token, "heartbeat_interval": self.heartbeat_interval, "revision": self.registry.revision,
-                "stop_jobs": [j for j in jobs if not self.runs_job(j)], "job_keys": keys}
+                "stop_jobs": [j for j in jobs if j not in self.running], "job_keys": keys}
 
     def disconnect(self, name: str) -> bool:
         """Close the connection ``name`` logged in on (a revoked site); whether there was one to close.

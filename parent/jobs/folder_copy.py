@@ -19,7 +19,7 @@ Symlinks to folders outside the job folder are followed (users link shared code 
 The copy then creates exactly the entries of the scan: it never walks the folder again, reads
 each file at most to the size the scan counted (a file that grew in between is refused), and
 opens nothing that is not a regular file by then. A half-written copy is the caller's to remove
-(`parent.jobs.manager.JobManager.prepare` removes the whole run dir on any failure).
+(`parent.jobs.submission.Submissions.prepare` removes the whole run dir on any failure).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ and ``submit --wait`` would never return. So `HeldWrites` sits in front of the `
 - reads (`get`, `list`) show what is held on top of what is stored, each held history entry
   marked and the record's ``store_error`` saying why it is not stored yet — no job is shown
   ``RUNNING`` once its end is known;
-- nothing held is announced: ``on_stored`` announces each held transition once it is durable, as
-  the parent announces every change (after the commit);
+- nothing held is announced: each held transition or exit record is announced once it is durable
+  (`Events.writes_stored`), as the parent announces every change (after the commit);
 - what was never acknowledged is refused instead of held: a submission (`add`), and a status
   update a job process sends (``hold=False``), which it sends again.
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from flrunner.errors import IllegalTransition, StoreUnavailable
-from flrunner.util.logthrottle import LogThrottle
 from flrunner.status import RunStatus, can_move
-
+from flrunner.util.logthrottle import LogThrottle
+from parent.events import Events
 from parent.jobs.store import JobRecord, JobStore
 from parent.loop.timers import Timer, Timers
 
@@ -62,16 +62,16 @@ class HeldWrites:
     Args:
         store: the job store.
         timers: the loop's timers (retries run on the loop).
-        on_stored: called with a job's record each time one of its held transitions or exit
-            records is stored.
+        events: told (`Events.writes_stored`, with the job's record) each time a job's held
+            transitions and exit records are all stored.
         wall: epoch seconds, for the time of each held event.
     """
 
-    def __init__(self, store: JobStore, timers: Timers, on_stored: Callable[[JobRecord], None],
+    def __init__(self, store: JobStore, timers: Timers, events: Events,
                  wall: Callable[[], float] = time.time) -> None:
         self.store = store
         self.timers = timers
-        self.on_stored = on_stored
+        self.events = events
         self.wall = wall
         self._held: list[Held] = []
         self._retry: Timer | None = None
@@ -231,6 +231,6 @@ class HeldWrites:
                 log.error("dropping a held write that the store refuses: %s", exc)
             self._held.pop(0)
             if h.kind != "history" and not self.holding(h.job_id):
-                self.on_stored(self.store.get(h.job_id, with_history=False))
+                self.events.writes_stored(self.store.get(h.job_id, with_history=False))
         log.warning("the job store %s takes writes again; every held write is stored", self.path)
         self.error = None

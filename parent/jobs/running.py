@@ -1,5 +1,5 @@
 """`RunningJob`: what the parent knows of a job whose process it started (or re-adopted) and has
-not yet seen exit.
+not yet seen exit; `RunningJobs`: all of them, and the jobs between a crash and their restart.
 
 The exit is detected through the process's pidfd, registered with the parent's poller: it becomes
 readable the moment the process exits, with no polling loop and no SIGCHLD handler (a handler
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
 import psutil
 
 from flrunner.job import Job
-
 from parent.launchers.base import JobProcess
 from parent.loop.timers import Timer
 
@@ -31,8 +31,9 @@ class RunningJob:
     proc: JobProcess
     secret_hash: str
     started_at: float
-    identity: bytes | None = None
-    synced_revision: int | None = None
+    #: Its process proved itself with the job's secret (it may then be asked to abort, and must
+    #: heartbeat).
+    said_hello: bool = False
     last_heard: float = 0.0
     abort_reason: str | None = None
     term_sent: bool = False
@@ -53,6 +54,10 @@ class RunningJob:
     #: Sites whose part of the job was started (they get stop_job when it ends).
     sites: set[str] = field(default_factory=set)
     timers: list[Timer] = field(default_factory=list)
+    #: The wait for its hello (the start timeout, or the adoption window): a hello cancels it.
+    hello_timer: Timer | None = None
+    #: Its ``timeout`` from meta.json, once it runs.
+    timeout_timer: Timer | None = None
     _ps: psutil.Process | None = None
 
     def may_address(self, site: str) -> bool:
@@ -69,6 +74,11 @@ class RunningJob:
             return sorted(self.sites)
         return [s for s in online if self.may_address(s)]
 
+    def add_timer(self, timer: Timer) -> Timer:
+        """Keep ``timer`` to be cancelled when the process is gone; returns it."""
+        self.timers.append(timer)
+        return timer
+
     def cancel_timers(self) -> None:
         for t in self.timers:
             t.cancel()
@@ -82,3 +92,64 @@ class RunningJob:
             except psutil.Error:
                 return None
         return self._ps
+
+
+class RunningJobs:
+    """The jobs whose processes run (or are being re-adopted), by job id, and the jobs between a
+    crash of their process and its restart.
+
+    Args:
+        clock: the loop's clock, for when a job's process was last heard from.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._jobs: dict[str, RunningJob] = {}
+        #: Jobs between a crash and their restart: the sites their site apps run on.
+        self.restarting: dict[str, set[str]] = {}
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs)
+
+    def values(self) -> list[RunningJob]:
+        return list(self._jobs.values())
+
+    def get(self, job_id: str) -> RunningJob | None:
+        return self._jobs.get(job_id)
+
+    def add(self, job: RunningJob) -> None:
+        self._jobs[job.job_id] = job
+
+    def remove(self, job_id: str) -> None:
+        del self._jobs[job_id]
+
+    def heard_from(self, job_id: str) -> RunningJob | None:
+        """A running job's process sent something: it is alive now. None if it is not running."""
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.last_heard = self.clock()
+        return job
+
+    def sealing_key(self, job_id: str) -> bytes | None:
+        """The public key of a running job's process (None: not running, or no hello yet)."""
+        job = self._jobs.get(job_id)
+        return job.sealing_key if job is not None else None
+
+    @property
+    def reconciling(self) -> bool:
+        """True while jobs left by a previous parent wait to be re-adopted (nothing is scheduled then)."""
+        return any(job.adopting for job in self._jobs.values())
+
+
+class ExitWatch(Protocol):
+    """Watches a started (or re-adopted) job's process for its exit, which `parent.jobs.endings`
+    then records."""
+
+    def watch(self, job: RunningJob) -> None:
+        """Call back on the loop when ``job``'s process exits."""

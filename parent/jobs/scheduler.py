@@ -25,13 +25,12 @@ from typing import Callable
 
 from flrunner.job import Job
 from flrunner.status import RunStatus
-
 from parent.config import ParentConfig
-from parent.jobs.held_writes import HeldWrites
-from parent.sites.registry import SiteRegistry
 from parent.edge.site_requests import Results
+from parent.jobs.held_writes import HeldWrites
 from parent.jobs.site_apps import SiteApps
 from parent.loop.timers import Timer, Timers
+from parent.sites.registry import SiteRegistry
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,13 @@ class Scheduler:
         give_up: ends a job that cannot be scheduled (status, reason).
         running: how many job processes run now.
         job_of: the `Job` of a job id.
+        paused: start paused (nothing is tried until `resume`).
     """
 
     def __init__(self, config: ParentConfig, store: HeldWrites, registry: SiteRegistry, site_apps: SiteApps,
                  timers: Timers, launch: Callable[[str, set[str]], None],
-                 give_up: Callable[[str, RunStatus, str], None], running: Callable[[], int],
-                 job_of: Callable[[str], Job]) -> None:
+                 give_up: Callable[[str, RunStatus, str], object], running: Callable[[], int],
+                 job_of: Callable[[str], Job], paused: bool = False) -> None:
         self.config = config
         self.store = store
         self.registry = registry
@@ -73,12 +73,38 @@ class Scheduler:
         self.running = running
         self.job_of = job_of
         self.waiting: OrderedDict[str, Waiting] = OrderedDict()
-        self.paused = False
+        self._paused = paused
+        self._stopped = False
         self._kicking = False
         self._kick_again = False
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self.waiting
+
+    @property
+    def paused(self) -> bool:
+        """Nothing is tried now (before the parent serves, and once it stops)."""
+        return self._paused
+
+    @property
+    def stopped(self) -> bool:
+        """The parent is stopping: nothing is started, restarted or queued any more."""
+        return self._stopped
+
+    def pause(self) -> None:
+        """Try nothing until `resume`; a try in flight starts nothing when it returns."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Try the waiting jobs again (not once `stop` was called)."""
+        if self._paused and not self._stopped:
+            self._paused = False
+            self.kick()
+
+    def stop(self) -> None:
+        """The parent stops: pause for good. What waits stays ``SUBMITTED`` for the next start."""
+        self._stopped = True
+        self._paused = True
 
     def add(self, job_id: str) -> None:
         self.waiting[job_id] = Waiting(job_id)
@@ -113,7 +139,7 @@ class Scheduler:
     def _kick_once(self, resources_changed: bool) -> None:
         if self.store.holding():
             # The store refuses writes (a full disk): a job started now could not be recorded.
-            # Scheduling resumes once the held writes are stored (`JobManager.stored`).
+            # Scheduling resumes once the held writes are stored (`JobLifecycle.writes_stored`).
             return
         now = self.timers.clock()
         for w in list(self.waiting.values()):

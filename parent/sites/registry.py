@@ -20,6 +20,7 @@ from typing import Callable
 
 from flrunner.client import Client
 from flrunner.errors import Conflict, Unauthorized
+from parent.events import Events
 
 ADDED = "add"
 REMOVED = "remove"
@@ -54,10 +55,11 @@ class SiteRegistry:
         clock: monotonic seconds (injected for tests).
         wall: epoch seconds, for the times reported to users.
         change_log: how many changes are kept for delta syncs.
+        events: told of every change (`Events.sites_changed`); None: nobody is.
     """
 
     def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, change_log: int = 4096) -> None:
+                 wall: Callable[[], float] = time.time, change_log: int = 4096, events: Events | None = None) -> None:
         self.timeout = timeout
         self.clock = clock
         self.wall = wall
@@ -65,7 +67,7 @@ class SiteRegistry:
         self._sites: OrderedDict[str, SiteRecord] = OrderedDict()
         self._by_token: dict[str, str] = {}
         self._changes: deque[tuple[int, dict]] = deque(maxlen=change_log)
-        self.listeners: list[Callable[[int, int, list[dict]], None]] = []
+        self.events = events
 
     def __len__(self) -> int:
         return len(self._sites)
@@ -170,8 +172,8 @@ class SiteRegistry:
         base = self.revision
         self.revision += 1
         self._changes.append((self.revision, {"base": base, "changes": changes}))
-        for listener in self.listeners:
-            listener(base, self.revision, changes)
+        if self.events is not None:
+            self.events.sites_changed(base, self.revision, changes)
 
     def clients(self, with_tokens: bool = True) -> list[dict]:
         return [rec.to_client().to_dict(with_token=with_tokens) for rec in self._sites.values()]
