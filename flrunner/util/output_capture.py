@@ -112,6 +112,9 @@ class OutputCapture:
         self.file = RotatingFile(path, max_bytes, backups)
         self._read_fd = -1
         self._stopping = threading.Event()
+        # Wakes the copying thread out of its wait at once when the capture stops (a job's exit
+        # must not wait for a poll timeout).
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._copy, name="output-capture", daemon=True)
 
     def start(self) -> None:
@@ -128,8 +131,8 @@ class OutputCapture:
     def _copy(self) -> None:
         while True:
             stopping = self._stopping.is_set()
-            readable, _, _ = select.select([self._read_fd], [], [], 0.0 if stopping else 0.5)
-            if not readable:
+            readable, _, _ = select.select([self._read_fd, self._wake_r], [], [], 0.0 if stopping else None)
+            if self._read_fd not in readable:
                 if stopping:
                     return
                 continue
@@ -151,6 +154,7 @@ class OutputCapture:
         except (OSError, ValueError):
             pass
         self._stopping.set()
+        os.write(self._wake_w, b"x")
         self._thread.join(timeout)
         # Whatever is written from here on (an error on the way out) goes to the log itself.
         try:
