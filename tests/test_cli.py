@@ -132,3 +132,13 @@ def test_admin_commands_are_audited(parent, make_job, tmp):
     assert entries[0]["job_id"] == job_id and "is not a directory" in entries[3]["reason"]
     assert entries[1]["args"] == {"job_id": job_id, "reason": "audit me"} and entries[1]["job_id"] == job_id
     assert all(e["who"] and e["time"] > 0 for e in entries)
+
+
+def test_version_reports_the_running_parents_version_and_uptime(parent, tmp):
+    import flrunner
+
+    doc = cli_json(tmp / "ws", "version")
+    assert doc["version"] == flrunner.__version__ and doc["pid"] == parent.pid and doc["uptime_s"] > 0
+    text = cli(tmp / "ws", "version").stdout
+    assert f"version: {flrunner.__version__}" in text and f"pid: {parent.pid}" in text
+    assert parent.admin.version()["pid"] == parent.pid  # AdminClient has the method, written nowhere

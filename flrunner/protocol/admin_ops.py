@@ -36,8 +36,12 @@ PING = Op("ping", "Is the parent serving? Also renews a subscription.",
           reply={"pid": req(int), "workspace": req(str), "ready": req(bool), "max_upload": opt(int),
                  "store_error": opt(str)})
 SHUTDOWN = Op("shutdown", "Stop the parent gracefully (as SIGTERM does).", reply={"stopping": req(bool)})
+VERSION = Op("version", "The running parent's flrunner version, pid, Python and uptime.",
+             reply={"version": req(str), "pid": req(int), "python": req(str), "started": req(float),
+                    "uptime_s": req(float)})
 
-FROM_ADMIN = Channel("admin", SUBMIT, JOBS, STATUS, ABORT, CLIENTS, PS, SUBSCRIBE, UNSUBSCRIBE, PING, SHUTDOWN)
+FROM_ADMIN = Channel("admin", SUBMIT, JOBS, STATUS, ABORT, CLIENTS, PS, SUBSCRIBE, UNSUBSCRIBE, PING, SHUTDOWN,
+                     VERSION)
 
 JOB_STATUS = Op("job_status", "A job's status changed: the job as 'status' shows it, without history.",
                 {"job": req(dict)}, reply=None)
@@ -72,4 +76,5 @@ COMMANDS: dict[Op, Command] = {
     ABORT: Command(("job_id",), "job", custom=True),
     CLIENTS: Command(result="clients", custom=True),
     PS: Command(custom=True),
+    VERSION: Command(),
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 from functools import partial
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import psutil
 import zmq
 
+import flrunner
 from flrunner.errors import BadRequest, Conflict, FlrunnerError, NotReady
 from flrunner.protocol import Rc, Request, admin_ops
 from parent.edge.connections import Connection, connection_of, cut
@@ -91,7 +93,8 @@ class AdminService:
                             (admin_ops.CLIENTS, self.clients), (admin_ops.PS, self.ps),
                             (admin_ops.SUBSCRIBE, partial(self.subscribe, ep)),
                             (admin_ops.UNSUBSCRIBE, partial(self.unsubscribe, ep)),
-                            (admin_ops.PING, partial(self.ping, ep)), (admin_ops.SHUTDOWN, self.shutdown)):
+                            (admin_ops.PING, partial(self.ping, ep)), (admin_ops.SHUTDOWN, self.shutdown),
+                            (admin_ops.VERSION, self.version)):
             handler = self._audited(op.name, handler) if op.name in AUDITED else handler
             ep.on(op, handler if ep is self.local else self._tracked(handler))
 
@@ -262,6 +265,11 @@ class AdminService:
             self.subscribers[(ep, req.peer)] = self.clock()
         return {"pid": os.getpid(), "workspace": self.workspace, "ready": self.lifecycle.ready,
                 "max_upload": ep.sock.getsockopt(zmq.MAXMSGSIZE), "store_error": self.lifecycle.store.error}
+
+    def version(self, req: Request) -> dict:
+        started = self._self_ps.create_time()
+        return {"version": flrunner.__version__, "pid": os.getpid(), "python": platform.python_version(),
+                "started": started, "uptime_s": time.time() - started}
 
     def shutdown(self, req: Request) -> dict:
         self.request_stop("shutdown requested over the admin socket")
